@@ -1,0 +1,1 @@
+"""Cluster glue: configuration, the Serve application, the local launcher and the CLI."""

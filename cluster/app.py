@@ -1,0 +1,41 @@
+"""The Ray Serve application: a thin ingress deployment around JobService.
+
+``loom serve`` and serveConfigV2 (Helm) both use ``cluster.app:app_builder`` with the
+LoomConfig mapping as its args.
+"""
+from __future__ import annotations
+
+from ray import serve
+
+from cluster import runtime
+from cluster.config import LoomConfig
+from orchestrator.api import build_app
+from orchestrator.service import JobService
+from orchestrator.store import InProcessJobStore
+
+
+def make_store(cfg: LoomConfig):
+    if cfg.redis_url:
+        raise NotImplementedError("the Redis job store is not built yet; leave redis_url empty")
+    return InProcessJobStore()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress()
+class LoomIngress:
+    def __init__(self, config: dict):
+        self.cfg = LoomConfig.from_dict(config)
+        self.runner = runtime.make_runner(self.cfg)
+        self.service = JobService(self.runner, make_store(self.cfg))
+
+    def __serve_build_asgi_app__(self):
+        return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health)
+
+    async def health(self) -> dict:
+        return {"workers": list(self.runner.workers), "model": self.cfg.model_name,
+                "cluster": await self.runner.coord.cluster.remote()}
+
+
+def app_builder(args: dict):
+    """Serve application builder: ``import_path: cluster.app:app_builder``."""
+    return LoomIngress.bind(LoomConfig.from_dict(dict(args or {})).to_dict())

@@ -1,0 +1,129 @@
+"""The ``loom`` command: run a job locally, serve the app, submit to a running app."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from cluster.config import ConfigError, load
+
+
+def parse_budget(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"loom: --budget expects key=value, got {item!r}")
+        try:
+            out[key] = float(value) if "." in value else int(value)
+        except ValueError:
+            raise SystemExit(f"loom: --budget {key}: {value!r} is not a number") from None
+    return out
+
+
+def cmd_run(args) -> int:
+    import ray
+
+    from cluster import runtime, tree
+    from orchestrator.records import JobRequest, RequestError
+    from orchestrator.service import JobService
+    from orchestrator.store import InProcessJobStore
+
+    cfg = load(args.config, {"num_workers": args.workers} if args.workers else None)
+    try:
+        request = JobRequest.from_dict({"prompt": _prompt(args.question), "format": args.format or cfg.format,
+                                        "mode": args.mode, "budget": parse_budget(args.budget)})
+    except RequestError as e:
+        raise SystemExit(f"loom: {e}") from None
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, namespace="loom")
+    try:
+        t0 = time.time()
+        service = JobService(runtime.make_runner(cfg), InProcessJobStore())
+        print(f"engines ready in {time.time() - t0:.1f}s", file=sys.stderr)
+        record = asyncio.run(service.run(request))
+    finally:
+        runtime.shutdown_actors(cfg)
+        ray.shutdown()
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2))
+    else:
+        print(tree.render(record))
+        print("\n" + request.prompt + record.result.get("text", ""))
+        print(f"\nanswer: {record.result.get('answer', '')}")
+    return 0 if record.status == "done" else 1
+
+
+def _prompt(question: str) -> str:
+    q = question.strip()
+    if not q:
+        raise SystemExit("loom: the question is empty")
+    return q + "\n"
+
+
+def cmd_serve(args) -> int:
+    import ray
+    from ray import serve
+
+    from cluster.app import app_builder
+
+    cfg = load(args.config)
+    ray.init(namespace="loom", include_dashboard=args.dashboard)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(app_builder(cfg.to_dict()), name="loom", route_prefix="/", blocking=True)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    import httpx
+
+    body = {"prompt": _prompt(args.question), "mode": args.mode, "budget": parse_budget(args.budget)}
+    if args.format:
+        body["format"] = args.format
+    with httpx.Client(base_url=args.url, timeout=30) as client:
+        try:
+            r = client.post("/v1/jobs", json=body)
+        except httpx.HTTPError as e:
+            raise SystemExit(f"loom: cannot reach {args.url}: {e}") from None
+        if r.status_code >= 400:
+            raise SystemExit(f"loom: {r.status_code}: {r.json().get('error', {}).get('message', r.text)}")
+        job_id = r.json()["id"]
+        print(job_id, file=sys.stderr)
+        if args.no_wait:
+            return 0
+        while (rec := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+            time.sleep(0.5)
+    print(json.dumps(rec, indent=2) if args.json else rec["result"].get("answer", rec.get("error")))
+    return 0 if rec["status"] == "done" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="loom", description="Adaptive parallel reasoning on Ray + vLLM")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run one job on a local Ray cluster and print the thread tree")
+    run.add_argument("question")
+    run.add_argument("--workers", type=int, default=0, help="engines to start (default: config)")
+    run.add_argument("--cpus", type=int, default=None)
+    serve_p = sub.add_parser("serve", help="start the Serve app from a YAML config")
+    serve_p.add_argument("--dashboard", action="store_true")
+    submit = sub.add_parser("submit", help="submit a job to a running app and wait for it")
+    submit.add_argument("question")
+    submit.add_argument("--url", default="http://127.0.0.1:8000")
+    submit.add_argument("--no-wait", action="store_true")
+    for sp in (run, serve_p, submit):
+        sp.add_argument("--config", default=None, help="YAML config (see cluster/serve_config.yaml)")
+    for sp in (run, submit):
+        sp.add_argument("--format", default=None, choices=["threadweaver", "multiverse", "apr"])
+        sp.add_argument("--mode", default="parallel", choices=["parallel", "sequential"])
+        sp.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE")
+        sp.add_argument("--json", action="store_true", help="print the whole job record")
+    args = p.parse_args(argv)
+    try:
+        return {"run": cmd_run, "serve": cmd_serve, "submit": cmd_submit}[args.cmd](args)
+    except ConfigError as e:
+        raise SystemExit(f"loom: config: {e}") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Loom's configuration: typed, read from YAML and LOOM_* environment variables.
+
+One config drives ``loom run``, ``loom serve`` and the Helm chart's serveConfigV2.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from orchestrator.budget import JobBudget
+from workers.engine import EngineConfig
+
+DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "loom-arith")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class LoomConfig:
+    model: str = DEFAULT_MODEL
+    model_name: str = "loom-arith"
+    num_workers: int = 1
+    worker_num_gpus: float = 0.0
+    worker_num_cpus: float = 0.0
+    max_model_len: int = 1024
+    dtype: str = "auto"
+    enforce_eager: bool = True
+    kv_cache_gib: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_num_seqs: int = 64
+    block_size: int = 32
+    max_threads_in_flight: int = 64
+    format: str = "threadweaver"
+    budget: dict = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    redis_url: str = ""
+
+    def engine(self) -> EngineConfig:
+        return EngineConfig(model=self.model, max_model_len=self.max_model_len, dtype=self.dtype,
+                            enforce_eager=self.enforce_eager, kv_cache_gib=self.kv_cache_gib,
+                            gpu_memory_utilization=self.gpu_memory_utilization,
+                            max_num_seqs=self.max_num_seqs, block_size=self.block_size)
+
+    def job_budget(self) -> JobBudget:
+        return JobBudget.from_dict(self.budget)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoomConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.num_workers < 1:
+            raise ConfigError("num_workers must be >= 1")
+        if not Path(self.model).exists() and "/" not in self.model.strip("/"):
+            raise ConfigError(f"model {self.model!r} is neither a directory nor a hub id")
+        self.job_budget()
+
+
+ENV = {"LOOM_MODEL": ("model", str), "LOOM_NUM_WORKERS": ("num_workers", int),
+       "LOOM_REDIS_URL": ("redis_url", str), "LOOM_PORT": ("port", int),
+       "LOOM_FORMAT": ("format", str), "LOOM_KV_CACHE_GIB": ("kv_cache_gib", int)}
+
+
+def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> LoomConfig:
+    """Defaults < YAML file < LOOM_* environment < explicit overrides."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping")
+    for var, (key, typ) in ENV.items():
+        if var in os.environ:
+            data[key] = typ(os.environ[var])
+    data.update(overrides or {})
+    return LoomConfig.from_dict(data)

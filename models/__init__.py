@@ -1,0 +1,1 @@
+"""Loom's own small parallel-reasoning model: data recipe, tokenizer, training, evaluation."""

@@ -1,0 +1,157 @@
+"""The compute budget: a ledger per job and one for the cluster. Plain Python, no Ray.
+
+The coordinator actor (coordinator.py) wraps one ``Ledger``; every decision is made here so
+that the policy is tested deterministically (time is passed in, never read).
+- admit_fork: width w <= N from the job's max width and the cluster's free thread slots;
+  the N - w others run in later waves, never dropped. A fork past max depth, max fork
+  rounds, or without tokens for every thread is refused: the model goes on sequentially.
+- charge: tokens are charged as they stream; past the job's total or its deadline the
+  job is exhausted and the caller cancels what is left.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+class BudgetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobBudget:
+    max_total_tokens: int = 8192
+    max_width: int = 8
+    max_depth: int = 2
+    max_thread_tokens: int = 512
+    max_fork_rounds: int = 16
+    deadline_s: float = 300.0
+    min_thread_tokens: int = 16
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if value <= 0:
+                raise BudgetError(f"budget.{name} must be > 0, got {value}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None, base: "JobBudget | None" = None) -> "JobBudget":
+        base_d = asdict(base or cls())
+        unknown = set(d or {}) - set(base_d)
+        if unknown:
+            raise BudgetError(f"unknown budget field(s): {', '.join(sorted(unknown))}")
+        try:
+            merged = {k: type(base_d[k])(v) for k, v in {**base_d, **(d or {})}.items()}
+        except (TypeError, ValueError) as e:
+            raise BudgetError(f"budget: {e}") from None
+        return cls(**merged)
+
+
+@dataclass(frozen=True)
+class Admission:
+    width: int  # threads to run at once; 0 = refused, go on sequentially
+    thread_max_tokens: int = 0
+    reason: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        return self.width > 0
+
+
+@dataclass
+class JobUsage:
+    budget: JobBudget
+    opened_at: float
+    tokens: int = 0
+    forks: int = 0
+    in_flight: int = 0
+    per_thread: dict[str, int] = field(default_factory=dict)
+    exhausted: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return self.budget.max_total_tokens - self.tokens
+
+
+class Ledger:
+    def __init__(self, max_threads_in_flight: int = 64):
+        if max_threads_in_flight <= 0:
+            raise BudgetError("max_threads_in_flight must be > 0")
+        self.max_threads_in_flight = max_threads_in_flight
+        self.jobs: dict[str, JobUsage] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(j.in_flight for j in self.jobs.values())
+
+    def open_job(self, job_id: str, budget: JobBudget, now: float) -> None:
+        self.jobs.setdefault(job_id, JobUsage(budget, now))
+
+    def close_job(self, job_id: str) -> dict:
+        usage = self.jobs.pop(job_id, None)
+        return self.usage_dict(usage) if usage else {}
+
+    def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
+        job = self._job(job_id)
+        b = job.budget
+        refusal = self._refusal(job, n, depth, now)
+        if refusal:
+            return Admission(0, reason=refusal)
+        free = self.max_threads_in_flight - self.in_flight
+        width = max(1, min(n, b.max_width, free))
+        per_thread = min(b.max_thread_tokens, job.remaining // n)
+        job.forks += 1
+        reason = "" if width == n else f"narrowed to {width} of {n} (waves)"
+        return Admission(width, per_thread, reason)
+
+    def _refusal(self, job: JobUsage, n: int, depth: int, now: float) -> str:
+        b = job.budget
+        if job.exhausted:
+            return job.exhausted
+        if now - job.opened_at > b.deadline_s:
+            return "deadline passed"
+        if depth > b.max_depth:
+            return f"depth {depth} > max_depth {b.max_depth}"
+        if job.forks >= b.max_fork_rounds:
+            return f"fork rounds {job.forks} reached max_fork_rounds"
+        if job.remaining // max(n, 1) < b.min_thread_tokens:
+            return f"{job.remaining} tokens left: too few for {n} threads"
+        return ""
+
+    def start_threads(self, job_id: str, k: int) -> None:
+        self._job(job_id).in_flight += k
+
+    def end_thread(self, job_id: str) -> None:
+        job = self._job(job_id)
+        job.in_flight = max(0, job.in_flight - 1)
+
+    def charge(self, job_id: str, node: str, tokens: int, now: float) -> str:
+        """Add tokens; returns "" while the job may go on, else why it must stop."""
+        job = self._job(job_id)
+        job.tokens += tokens
+        job.per_thread[node] = job.per_thread.get(node, 0) + tokens
+        if not job.exhausted:
+            if job.tokens >= job.budget.max_total_tokens:
+                job.exhausted = f"token budget exhausted ({job.tokens}/{job.budget.max_total_tokens})"
+            elif now - job.opened_at > job.budget.deadline_s:
+                job.exhausted = f"deadline of {job.budget.deadline_s}s passed"
+        return job.exhausted
+
+    def remaining(self, job_id: str) -> int:
+        return self._job(job_id).remaining
+
+    def usage(self, job_id: str) -> dict:
+        return self.usage_dict(self._job(job_id))
+
+    def cluster(self) -> dict:
+        return {"jobs": len(self.jobs), "threads_in_flight": self.in_flight,
+                "max_threads_in_flight": self.max_threads_in_flight}
+
+    @staticmethod
+    def usage_dict(u: JobUsage) -> dict:
+        return {"tokens": u.tokens, "forks": u.forks, "per_thread": dict(u.per_thread),
+                "exhausted": u.exhausted, "budget": asdict(u.budget)}
+
+    def _job(self, job_id: str) -> JobUsage:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise BudgetError(f"job {job_id!r} is not open in the ledger") from None

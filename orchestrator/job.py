@@ -1,0 +1,297 @@
+"""Drives one job: main segment -> fork -> threads -> join -> continue, until the answer.
+
+Everything is token ids: a thread's prompt is the context's ids plus its header's ids (so
+the engine's prefix cache serves the shared prefix), and the join is the context's ids
+plus each thread's header and generated ids in plan order, which is exactly the token
+stream the model would have written sequentially. Nested blocks recurse (formats with
+nesting). The coordinator admits forks and is charged for every streamed token.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from orchestrator.budget import JobBudget
+from orchestrator.placement import Placement, PrefixIndex
+from orchestrator.plan.dag import Node, ThreadDAG
+from orchestrator.plan.formats import Outline, Plan, PlanFormat, ThreadResult, get_format
+from orchestrator.records import JobRecord, JobRequest
+from workers.engine import GenRequest
+
+CHARGE_EVERY = 8  # tokens between charges to the coordinator
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+@dataclass
+class Lane:
+    """A sequence of segments: the main thread, or one thread (which may fork again)."""
+
+    ids: list[int]
+    depth: int
+    last: int  # the DAG node the next segment comes after
+    stops: list[str]
+    cap: int  # tokens this lane may still generate
+    is_thread: bool = False
+
+
+@dataclass
+class JobContext:
+    record: JobRecord
+    request: JobRequest
+    fmt: PlanFormat
+    budget: JobBudget
+    dag: ThreadDAG = field(default_factory=ThreadDAG)
+    emit: Callable[[str], None] | None = None
+    prompt_len: int = 0
+    main_ids: list[int] = field(default_factory=list)
+
+
+class JobRunner:
+    """Runs jobs against Ray worker actors and the coordinator actor."""
+
+    def __init__(self, workers: dict, coordinator, tokenizer, max_model_len: int,
+                 default_budget: JobBudget | None = None, block_size: int = 32):
+        self.workers = workers
+        self.coord = coordinator
+        self.tok = tokenizer
+        self.max_model_len = max_model_len
+        self.default_budget = default_budget or JobBudget()
+        self.placement = Placement(list(workers), PrefixIndex(block=block_size))
+
+    # -- entry ------------------------------------------------------------------
+    async def run(self, record: JobRecord, emit: Callable[[str], None] | None = None) -> JobRecord:
+        req = JobRequest(**record.request)
+        ctx = JobContext(record, req, get_format(req.format),
+                         JobBudget.from_dict(req.budget, self.default_budget), emit=emit)
+        record.status, record.started = "running", time.time()
+        await self.coord.open_job.remote(record.id, ctx.budget, time.time())
+        try:
+            ids = self.prompt_ids(req)
+            ctx.prompt_len, ctx.main_ids = len(ids), ids
+            main = Lane(ids, 0, -1, self._stops(ctx, thread=False), ctx.budget.max_total_tokens)
+            ids, finish = await self.run_lane(ctx, main)
+            self._finish(ctx, finish)
+        except BudgetExhausted as e:
+            record.notes.append(str(e))
+            self._finish(ctx, "budget")
+        except Exception as e:  # a worker or engine failure: the job says so, never vanishes
+            record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            record.usage = await self.coord.close_job.remote(record.id)
+            record.dag = ctx.dag.to_dict()
+            record.finished = time.time()
+        return record
+
+    def prompt_ids(self, req: JobRequest) -> list[int]:
+        if req.messages is not None:
+            if getattr(self.tok, "chat_template", None):
+                text = self.tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+            else:
+                text = "\n".join(m["content"] for m in req.messages) + "\n"
+        else:
+            text = req.prompt
+        return self.tok.encode(text, add_special_tokens=True)
+
+    def _stops(self, ctx: JobContext, thread: bool) -> list[str]:
+        fmt = ctx.fmt
+        forks = ctx.request.mode == "parallel" and (fmt.nesting or not thread)
+        stops = [fmt.fork_stop] if forks else []
+        if thread and fmt.thread_close:
+            stops.append(fmt.thread_close)
+        return stops
+
+    def _finish(self, ctx: JobContext, finish: str) -> None:
+        rec = ctx.record
+        text = self.tok.decode(ctx.main_ids[ctx.prompt_len:], skip_special_tokens=False)
+        rec.result = {"text": text, "answer": extract_answer(text), "finish": finish,
+                      "total_tokens": ctx.dag.total_tokens(),
+                      "critical_path_tokens": ctx.dag.critical_path_tokens()}
+        rec.status = "done" if finish in ("stop", "eos", "length") else "cancelled"
+
+    # -- lanes ------------------------------------------------------------------
+    async def run_lane(self, ctx: JobContext, lane: Lane, first: Node | None = None) -> tuple[list[int], str]:
+        """Decode segments of a lane, forking at each complete plan, until it ends.
+        A thread's lane decodes its first segment on the thread's own node."""
+        node = first
+        while True:
+            if node is None:
+                node = ctx.dag.add("segment", [lane.last] if lane.last >= 0 else [],
+                                   label="thread" if lane.is_thread else "main", depth=lane.depth)
+            room = self.max_model_len - len(lane.ids)
+            if room <= 0 or lane.cap <= 0:
+                return lane.ids, "length"
+            out, finish = await self.decode(ctx, node, lane, min(lane.cap, room))
+            lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
+            if not lane.is_thread:
+                ctx.main_ids = lane.ids
+            plan = self._plan_at_end(ctx, lane, finish)
+            if plan is None:
+                return lane.ids, finish
+            await self.fork(ctx, lane, node, plan)
+            node = None
+
+    def _plan_at_end(self, ctx: JobContext, lane: Lane, finish: str) -> Plan | None:
+        if finish != "stop" or ctx.fmt.fork_stop not in lane.stops:
+            return None
+        text = self.tok.decode(lane.ids, skip_special_tokens=False)
+        plan = ctx.fmt.find_plan(text)
+        if plan is None:
+            return None
+        ctx.record.notes.extend(plan.repairs)
+        if not plan.outlines:
+            ctx.record.notes.append("plan closed with no outlines: sequential fallback")
+            return None
+        return plan
+
+    # -- fork / join --------------------------------------------------------------
+    async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> None:
+        depth = lane.depth + 1
+        adm = await self.coord.admit_fork.remote(ctx.record.id, len(plan.outlines), depth, time.time())
+        if not adm.admitted:
+            ctx.record.notes.append(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
+            return
+        if adm.reason:
+            ctx.record.notes.append(adm.reason)
+        threads, join = ctx.dag.fork(node.id, [o.id for o in plan.outlines], depth)
+        results = await self.run_waves(ctx, lane, plan, threads, adm)
+        before = len(lane.ids)
+        lane.ids = self.join_ids(ctx, lane.ids, plan, results)
+        lane.last = join.id
+        join.status = "done"
+        if not lane.is_thread:
+            ctx.main_ids = lane.ids
+            self._emit(ctx, self.tok.decode(lane.ids[before:], skip_special_tokens=False))
+
+    async def run_waves(self, ctx, lane: Lane, plan: Plan, threads: list[Node], adm) -> list[tuple]:
+        results: list[tuple] = []
+        pairs = list(zip(plan.outlines, threads))
+        for i in range(0, len(pairs), adm.width):
+            wave = pairs[i:i + adm.width]
+            await self.coord.start_threads.remote(ctx.record.id, len(wave))
+            results += await gather_or_cancel([self.run_thread(ctx, lane, o, n, adm) for o, n in wave])
+        return results
+
+    async def run_thread(self, ctx: JobContext, lane: Lane, outline: Outline, node: Node, adm):
+        fmt = ctx.fmt
+        header = self.tok.encode(fmt.thread_header(outline), add_special_tokens=fmt.join_mode == "rewrite")
+        base = header if fmt.join_mode == "rewrite" else lane.ids + header
+        sub = Lane(base, node.depth, -1, self._stops(ctx, thread=True), adm.thread_max_tokens, is_thread=True)
+        try:
+            ids, finish = await self.run_lane(ctx, sub, first=node)
+        finally:
+            await self.coord.end_thread.remote(ctx.record.id)
+        return outline, header, ids[len(base):], finish
+
+    def join_ids(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[tuple]) -> list[int]:
+        fmt = ctx.fmt
+        if fmt.join_mode == "rewrite":
+            text = self.tok.decode(ids, skip_special_tokens=False)
+            res = [ThreadResult(o, self.tok.decode(t, skip_special_tokens=False), f) for o, _, t, f in results]
+            return self.tok.encode(fmt.render_join(text, plan, res), add_special_tokens=False)
+        out = list(ids)
+        for outline, header, thread_ids, finish in results:
+            out += header + self._closed(ctx, thread_ids)
+        return out
+
+    def _closed(self, ctx: JobContext, thread_ids: list[int]) -> list[int]:
+        """The thread's ids, cut at a tag it may not hold and ending with the closer."""
+        fmt = ctx.fmt
+        text = self.tok.decode(thread_ids, skip_special_tokens=False)
+        if text.endswith(fmt.thread_close):
+            body = text[:-len(fmt.thread_close)]
+            cleaned, notes = fmt.clean_thread(body)
+            if not notes:
+                return thread_ids
+        else:
+            cleaned, notes = fmt.clean_thread(text)
+            notes = notes + (f"thread ended without '{fmt.thread_close}': closed",)
+        ctx.record.notes.extend(notes)
+        eos = self.tok.eos_token or ""
+        cleaned = cleaned[:-len(eos)] if eos and cleaned.endswith(eos) else cleaned
+        return self.tok.encode(cleaned + fmt.thread_close, add_special_tokens=False)
+
+    # -- one engine request ----------------------------------------------------------
+    async def decode(self, ctx: JobContext, node: Node, lane: Lane, max_tokens: int):
+        ids = lane.ids
+        worker = self.placement.choose(ids)
+        node.worker, node.status, node.started = worker, "running", time.time()
+        node.prompt_tokens = len(ids)
+        self.placement.started(worker, ids)
+        req = GenRequest(f"{ctx.record.id}-n{node.id}-{len(ids)}", ids, max_tokens, lane.stops,
+                         ctx.request.temperature, ctx.request.seed)
+        out: list[int] = []
+        try:
+            finish = await self._stream(ctx, node, worker, req, out, show=not lane.is_thread)
+        finally:
+            self.placement.finished(worker, ids + out)
+            node.ended = time.time()
+        return out, finish
+
+    async def _stream(self, ctx, node: Node, worker: str, req: GenRequest, out: list[int], show: bool) -> str:
+        handle = self.workers[worker]
+        try:
+            return await self._consume(ctx, node, worker, req, out, show)
+        except asyncio.CancelledError:  # a sibling thread exhausted the budget, or the job was cancelled
+            await handle.abort.remote(req.request_id)
+            node.status, node.finish = "cancelled", "cancelled"
+            raise
+
+    async def _consume(self, ctx, node: Node, worker: str, req: GenRequest, out: list[int], show: bool) -> str:
+        pending, finish = 0, "length"
+        gen = self.workers[worker].generate.options(num_returns="streaming").remote(req)
+        async for ref in gen:
+            chunk = await ref
+            out += chunk.token_ids
+            node.tokens += len(chunk.token_ids)
+            pending += len(chunk.token_ids)
+            node.cached_tokens = max(node.cached_tokens, chunk.cached_tokens)
+            if show:
+                self._emit(ctx, chunk.text + (chunk.stop_reason or ""))
+            if pending >= CHARGE_EVERY or chunk.finished:
+                await self._charge(ctx, node, worker, req, pending)
+                pending = 0
+            if chunk.finished:
+                finish = "eos" if chunk.finish_reason == "stop" and not chunk.stop_reason else chunk.finish_reason
+                finish = finish or "stop"
+        node.status, node.finish = "done", finish
+        return finish
+
+    async def _charge(self, ctx: JobContext, node: Node, worker: str, req: GenRequest, n: int) -> None:
+        stop = await self.coord.charge.remote(ctx.record.id, f"n{node.id}", n, time.time())
+        if stop:
+            await self.workers[worker].abort.remote(req.request_id)
+            node.status, node.finish = "cancelled", "budget"
+            raise BudgetExhausted(stop)
+
+    @staticmethod
+    def _emit(ctx: JobContext, text: str) -> None:
+        if ctx.emit is not None and text:
+            ctx.emit(text)
+
+
+async def gather_or_cancel(coros: list) -> list:
+    """Run concurrently; if one fails, cancel the others (their engine requests are aborted)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def extract_answer(text: str) -> str:
+    """The text after the reasoning: after the last </think> (any case), else all of it."""
+    for close in ("</think>", "</Think>"):
+        if close in text:
+            text = text.rsplit(close, 1)[1]
+            break
+    for eos in ("</s>", "<|endoftext|>", "<|im_end|>"):
+        text = text.replace(eos, "")
+    return text.strip()

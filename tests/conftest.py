@@ -1,0 +1,56 @@
+"""Shared fixtures: one Ray cluster, one vLLM engine (worker actor) and one Serve app per
+test session, started lazily by the tests that need them."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+SERVE_PORT = 8765
+
+
+@pytest.fixture(scope="session")
+def loom_config():
+    from cluster.config import load
+
+    return load(overrides={"port": SERVE_PORT})
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, namespace="loom", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def runner(ray_cluster, loom_config):
+    from cluster import runtime
+
+    r = runtime.make_runner(loom_config)
+    yield r
+    runtime.shutdown_actors(loom_config)
+
+
+@pytest.fixture
+def service(runner):
+    from orchestrator.service import JobService
+    from orchestrator.store import InProcessJobStore
+
+    return JobService(runner, InProcessJobStore())
+
+
+@pytest.fixture(scope="session")
+def serve_url(runner, loom_config):
+    from ray import serve
+
+    from cluster.app import app_builder
+
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    serve.run(app_builder(loom_config.to_dict()), name="loom", route_prefix="/")
+    yield f"http://127.0.0.1:{SERVE_PORT}"
+    serve.shutdown()

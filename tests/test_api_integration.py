@@ -1,0 +1,99 @@
+"""The HTTP surface on a real Ray Serve app over the session's engine."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(serve_url):
+    with httpx.Client(base_url=serve_url, timeout=120) as c:
+        yield c
+
+
+def wait_done(client, job_id):
+    for _ in range(600):
+        rec = client.get(f"/v1/jobs/{job_id}").json()
+        if rec["status"] not in ("queued", "running"):
+            return rec
+        time.sleep(0.2)
+    raise AssertionError("job did not finish")
+
+
+def test_submit_then_read_job(client):
+    r = client.post("/v1/jobs", json={"prompt": "Q: 12*3+45*6\n"})
+    assert r.status_code == 202
+    job_id = r.json()["id"]
+    rec = wait_done(client, job_id)
+    assert rec["status"] == "done" and rec["result"]["answer"] == "A: 306"
+    assert len([n for n in rec["dag"]["nodes"] if n["kind"] == "thread"]) == 2
+    assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["data"]]
+
+
+def test_chat_completion_openai_shape(client):
+    r = client.post("/v1/chat/completions", json={"model": "loom-arith",
+                                                  "messages": [{"role": "user", "content": "7*8+6*5"}]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    msg = body["choices"][0]["message"]
+    assert msg["content"] == "A: 86" and "<Parallel>" in msg["reasoning"]
+    assert body["usage"]["completion_tokens"] > 0 and body["object"] == "chat.completion"
+
+
+def test_chat_streaming_sse_ends_with_done(client):
+    with client.stream("POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "7*8+6*5"}], "stream": True}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(x) for x in lines[:-1]]
+    reasoning = "".join(c["choices"][0]["delta"].get("reasoning", "") for c in chunks)
+    content = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert "<Thread>" in reasoning and content == "A: 86"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_models_and_health(client):
+    assert client.get("/v1/models").json()["data"][0]["id"] == "loom-arith"
+    health = client.get("/healthz").json()
+    assert health["status"] == "ok" and health["workers"] == ["loom-worker-0"]
+
+
+@pytest.mark.parametrize("path,body,status,msg", [
+    ("/v1/jobs", b"not json", 400, "not valid JSON"),
+    ("/v1/jobs", {"prompt": ""}, 400, "non-empty"),
+    ("/v1/jobs", {"prompt": "x", "budget": {"max_width": 0}}, 400, "max_width"),
+    ("/v1/jobs", {"prompt": "x", "format": "tot"}, 400, "unknown format"),
+    ("/v1/chat/completions", {"messages": []}, 400, "non-empty list"),
+    ("/v1/chat/completions", {"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}, 404, "gpt-9"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=1"),
+])
+def test_bad_input_gets_4xx_json(client, path, body, status, msg):
+    r = client.post(path, content=body) if isinstance(body, bytes) else client.post(path, json=body)
+    assert r.status_code == status
+    assert msg in r.json()["error"]["message"]
+
+
+def test_unknown_job_is_404_json(client):
+    r = client.get("/v1/jobs/job-nope")
+    assert r.status_code == 404 and "job-nope" in r.json()["error"]["message"]
+
+
+def test_cli_submit_against_the_running_app(serve_url):
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "Q: 99*9+1", "--url", serve_url],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "A: 892"
+
+
+def test_cli_names_bad_input():
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "x", "--budget", "max_width"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "key=value" in out.stderr

@@ -1,0 +1,78 @@
+"""A real job on real Ray with a real vLLM engine and the committed model."""
+from __future__ import annotations
+
+import ray
+import pytest
+
+from models.task import parse_question
+from orchestrator.records import JobRequest
+
+pytestmark = pytest.mark.integration
+QUESTION = "Q: 905*9+14*3+220*6+3+71*0"
+
+
+async def run(service, prompt=QUESTION, **kw):
+    return await service.run(JobRequest(prompt=prompt + "\n", **kw))
+
+
+def threads(record):
+    return [n for n in record.dag["nodes"] if n["kind"] == "thread"]
+
+
+async def test_forked_job_answers_and_runs_one_thread_per_product(service):
+    rec = await run(service)
+    q = parse_question(QUESTION)
+    assert rec.status == "done", rec.error
+    assert rec.result["answer"] == f"A: {q.answer}"
+    assert [t["label"] for t in threads(rec)] == ["1", "2", "3", "4"]
+    assert rec.result["critical_path_tokens"] < rec.result["total_tokens"]
+    assert rec.notes == []
+
+
+async def test_threads_run_concurrently_in_the_engine(service, runner):
+    rec = await run(service)
+    log = {r["request_id"]: r for w in runner.workers.values() for r in ray.get(w.request_log.remote())}
+    spans = [log[f"{rec.id}-n{t['id']}-{t['prompt_tokens']}"] for t in threads(rec)]
+    latest_first = max(s["first_token_at"] for s in spans)
+    earliest_end = min(s["finished_at"] for s in spans)
+    assert latest_first < earliest_end  # every thread had produced a token before any finished
+
+
+async def test_threads_hit_the_prefix_cache(service):
+    rec = await run(service)
+    prefix = next(n for n in rec.dag["nodes"] if n["kind"] == "segment")
+    shared = prefix["prompt_tokens"] + prefix["tokens"]
+    for t in threads(rec):
+        assert t["cached_tokens"] >= (shared // 32) * 32 - 32 > 0, t
+
+
+async def test_answer_equals_threads_run_one_after_the_other(service):
+    parallel = await run(service)
+    waves = await run(service, budget={"max_width": 1})
+    assert waves.result["text"] == parallel.result["text"]
+    assert any("waves" in n for n in waves.notes)
+
+
+async def test_sequential_decoding_writes_the_same_text(service):
+    parallel = await run(service)
+    sequential = await run(service, mode="sequential")
+    assert sequential.result["text"] == parallel.result["text"]
+    assert threads(sequential) == [] and sequential.result["critical_path_tokens"] == sequential.result["total_tokens"]
+
+
+async def test_refused_fork_falls_back_to_sequential_and_says_so(service):
+    rec = await run(service, budget={"min_thread_tokens": 4000})
+    assert rec.status == "done" and rec.result["answer"] == f"A: {parse_question(QUESTION).answer}"
+    assert threads(rec) == [] and any("refused" in n for n in rec.notes)
+
+
+async def test_token_budget_exhaustion_cancels_and_is_recorded(service):
+    rec = await run(service, budget={"max_total_tokens": 60, "min_thread_tokens": 1})
+    assert rec.status == "cancelled"
+    assert any("exhausted" in n for n in rec.notes)
+    assert rec.usage["tokens"] >= 60 and rec.result["finish"] == "budget"
+
+
+async def test_no_product_question_does_not_fork(service):
+    rec = await run(service, prompt="Q: 12+345")
+    assert rec.result["answer"] == "A: 357" and threads(rec) == []

@@ -1,0 +1,40 @@
+"""The committed model, loaded offline, meets a lower bar end to end through Loom."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cluster.config import DEFAULT_MODEL
+from models.evaluate import evaluate, questions, summarize
+
+pytestmark = pytest.mark.integration
+
+
+def test_committed_model_files_and_size():
+    d = Path(DEFAULT_MODEL)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "README.md"):
+        assert (d / name).exists(), name
+    assert sum(f.stat().st_size for f in d.iterdir()) <= 20 * 2**20
+    assert json.loads((d / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+
+
+def test_loads_offline_in_transformers_and_answers(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL)
+    model = AutoModelForCausalLM.from_pretrained(DEFAULT_MODEL)
+    ids = tok("Q: 12+345\n", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=120, do_sample=False)
+    assert tok.decode(out[0], skip_special_tokens=True).endswith("A: 357")
+
+
+async def test_accuracy_and_fork_decisions_on_fresh_questions(service):
+    outcomes = await evaluate(service, questions(32, seed=777), concurrency=16)
+    s = summarize(outcomes, 0.0)
+    assert s["exact_match"] >= 0.85, s
+    assert s["fork_decision_right"] >= 0.95, s
+    assert s["token_speedup_forked"] > 1.0

@@ -1,0 +1,73 @@
+"""A Ray actor that owns one engine (one GPU, or the CPU) and streams generations.
+
+``generate`` is an async generator: called with ``.options(num_returns="streaming")`` it
+streams ``GenChunk`` deltas to the caller as the engine produces them, so the job can
+charge tokens and cancel mid-thread. Requests run concurrently inside the engine's batch.
+"""
+from __future__ import annotations
+
+import time
+
+import ray
+
+from workers.engine import EngineConfig, GenChunk, GenRequest
+
+
+class EngineWorker:
+    """The worker's logic, usable without Ray (the actor below wraps it)."""
+
+    def __init__(self, name: str, cfg: EngineConfig, engine=None):
+        from workers.engine import VLLMEngine
+
+        self.name = name
+        self.engine = engine or VLLMEngine(cfg)
+        self.active: set[str] = set()
+        self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
+        self.log: list[dict] = []  # per finished request: id, times, tokens (bounded)
+
+    async def generate(self, req: GenRequest):
+        self.active.add(req.request_id)
+        submitted = time.time()
+        try:
+            async for chunk in self.engine.generate(req):
+                self.stats["generated_tokens"] += len(chunk.token_ids)
+                if chunk.finished:
+                    self._record(req, chunk, submitted)
+                yield chunk
+        finally:
+            self.active.discard(req.request_id)
+
+    def _record(self, req: GenRequest, chunk: GenChunk, submitted: float) -> None:
+        self.stats["requests"] += 1
+        self.stats["prompt_tokens"] += chunk.prompt_tokens
+        self.stats["cached_tokens"] += chunk.cached_tokens
+        self.log.append({"request_id": req.request_id, "submitted": submitted,
+                         "first_token_at": chunk.first_token_at, "finished_at": chunk.finished_at,
+                         "prompt_tokens": chunk.prompt_tokens, "cached_tokens": chunk.cached_tokens})
+        del self.log[:-1000]
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def load(self) -> dict:
+        return {"name": self.name, "active": len(self.active), **self.stats}
+
+    def request_log(self) -> list[dict]:
+        return list(self.log)
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        return self.engine.encode(text, bos)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.engine.decode(ids)
+
+    def eos_token_id(self) -> int | None:
+        return self.engine.eos_token_id()
+
+
+@ray.remote(max_concurrency=1000)
+class WorkerActor(EngineWorker):
+    """One engine per actor; schedule with num_gpus=1 on GPU nodes."""
+
+    async def ready(self) -> str:
+        return self.name
