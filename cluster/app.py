@@ -15,18 +15,23 @@ from orchestrator.store import InProcessJobStore
 
 
 def make_store(cfg: LoomConfig):
-    if cfg.redis_url:
-        raise NotImplementedError("the Redis job store is not built yet; leave redis_url empty")
-    return InProcessJobStore()
+    """RedisJobStore when ``redis_url`` (or LOOM_REDIS_URL) is set, else the in-process store."""
+    import os
+
+    from orchestrator.store import RedisJobStore
+
+    url = cfg.redis_url or os.environ.get("LOOM_REDIS_URL", "")
+    return RedisJobStore(url) if url else InProcessJobStore()
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress()
 class LoomIngress:
-    def __init__(self, config: dict):
+    async def __init__(self, config: dict):
         self.cfg = LoomConfig.from_dict(config)
         self.runner = runtime.make_runner(self.cfg)
         self.service = JobService(self.runner, make_store(self.cfg))
+        await self.service.recover()  # queued jobs resume; orphaned running ones are marked failed
 
     def __serve_build_asgi_app__(self):
         return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health)

@@ -2,39 +2,142 @@
 
 The Serve deployment (api.py) and the CLI both drive this plain class; nothing accepted is
 lost: a record is stored (queued) before the submit call returns, and every outcome,
-failures included, is written back.
+failures included, is written back. Status changes are compare-and-set ``transition`` calls,
+so several controllers (ingress replicas) can share one store: only one of them takes a
+queued job, and a finished record is never overwritten by a stale one. While a job runs,
+its controller keeps a lease on it in the store; ``recover`` uses that to tell a job whose
+controller died from one that another live controller is still running.
 """
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from orchestrator.records import JobRecord, JobRequest
+from orchestrator.store import TERMINAL
+
+log = logging.getLogger(__name__)
+
+RESTARTED = "controller restarted while the job was running"
+STOPPED = "controller stopped while the job was running"
+_OUTCOME = ("started", "dag", "usage", "result", "notes", "error")  # written back with the status
+
+
+@dataclass
+class Recovery:
+    """What ``JobService.recover`` did, by job id."""
+    resumed: list[str] = field(default_factory=list)  # queued: run again by this controller
+    failed: list[str] = field(default_factory=list)  # running, controller gone: marked failed
+    live: list[str] = field(default_factory=list)  # running under a live lease: left, watched
 
 
 class JobService:
-    def __init__(self, runner, store):
+    def __init__(self, runner, store, lease_s: float = 30.0):
         self.runner = runner
         self.store = store
+        self.lease_s = lease_s
         self.tasks: dict[str, asyncio.Task] = {}
+        self._watchers: set[asyncio.Task] = set()
 
     async def submit(self, request: JobRequest, emit: Callable[[str], None] | None = None) -> JobRecord:
         record = JobRecord.new(request)
         await self.store.put(record)
-        self.tasks[record.id] = asyncio.create_task(self._run(record, emit))
+        self._start(record, emit)
         return record
 
-    async def _run(self, record: JobRecord, emit) -> JobRecord:
+    def _start(self, record: JobRecord, emit) -> None:
+        self.tasks[record.id] = asyncio.create_task(self._run(record, emit))
+
+    async def _run(self, record: JobRecord, emit) -> JobRecord | None:
         try:
-            record.status = "running"
-            await self.store.put(record)
+            claimed = await self.store.transition(record.id, ("queued",), "running", started=time.time())
+            if claimed is None:  # another controller took it, or it has ended already
+                return await self.store.get(record.id)
+            return await self._execute(claimed, emit)
+        finally:
+            self.tasks.pop(record.id, None)
+
+    async def _execute(self, record: JobRecord, emit) -> JobRecord | None:
+        keepalive = asyncio.create_task(self._keepalive(record.id))
+        try:
             await self.runner.run(record, emit)
         except Exception as e:  # never lose a job: record what went wrong
             record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+        except asyncio.CancelledError:  # shutting down: say so rather than leave it running
+            record.status, record.error = "failed", STOPPED
+            await self._finish(record)
+            raise
         finally:
-            await self.store.put(record)
-            self.tasks.pop(record.id, None)
-        return record
+            keepalive.cancel()
+        return await self._finish(record)
+
+    async def _finish(self, record: JobRecord) -> JobRecord | None:
+        """running -> the runner's final status ("done" if it left none); the stored record."""
+        status = record.status if record.status in TERMINAL else "done"
+        outcome = {name: getattr(record, name) for name in _OUTCOME}
+        stored = await self.store.transition(record.id, ("running",), status,
+                                             finished=record.finished or time.time(), **outcome)
+        with contextlib.suppress(Exception):  # the lease lapses by itself anyway
+            await self.store.lease(record.id, 0)
+        return stored or await self.store.get(record.id)
+
+    async def _keepalive(self, job_id: str) -> None:
+        while True:
+            try:
+                await self.store.lease(job_id, self.lease_s)
+            except Exception as e:  # the store is down: keep trying, the job goes on
+                log.warning("lease renewal for %s failed: %s", job_id, e)
+            await asyncio.sleep(self.lease_s / 3)
+
+    async def recover(self) -> Recovery:
+        """Takes over what a dead controller left in the store; call once at startup.
+
+        Queued jobs are run again here (the queued->running compare-and-set lets only one
+        controller take each, however many recover at once). Running jobs whose controller is
+        gone (no live lease, started over ``lease_s`` ago) are marked failed with RESTARTED, not
+        re-queued: they may already have streamed output and spent budget, and the client,
+        who saw the failure, can resubmit. Running jobs under a live lease are left to their
+        controller and watched: failed the same way if the lease lapses. Nothing is deleted.
+        """
+        out = Recovery()
+        running = await self.store.list_by_status("running", None)
+        out.failed, out.live = await self._sweep(running)
+        for record in reversed(await self.store.list_by_status("queued", None)):  # oldest first
+            if record.id not in self.tasks:
+                self._start(record, None)
+                out.resumed.append(record.id)
+        if out.live:
+            watcher = asyncio.create_task(self._watch(out.live))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+        return out
+
+    async def _sweep(self, records: list[JobRecord]) -> tuple[list[str], list[str]]:
+        """Fails the running records whose controller is gone; returns (failed, live) ids."""
+        failed, live = [], []
+        for r in records:
+            if r.status != "running":
+                continue
+            if await self._alive(r):
+                live.append(r.id)
+            elif await self.store.transition(r.id, ("running",), "failed", error=RESTARTED,
+                                             finished=time.time()):
+                failed.append(r.id)
+        return failed, live
+
+    async def _alive(self, record: JobRecord) -> bool:
+        return (record.id in self.tasks or record.started > time.time() - self.lease_s
+                or await self.store.leased(record.id))
+
+    async def _watch(self, ids: list[str]) -> None:
+        while ids:
+            await asyncio.sleep(self.lease_s)
+            records = [r for r in [await self.store.get(i) for i in ids] if r is not None]
+            _, ids = await self._sweep(records)
 
     async def wait(self, job_id: str) -> JobRecord | None:
         task = self.tasks.get(job_id)
