@@ -11,8 +11,10 @@ Scratchpads are local on purpose, so a small model learns them:
 - a product multiplies digit by digit from the right, every step written as
   ``d*b+carry=XY`` (two digits, the tens digit is the next carry); the result is written
   reversed and zero-padded to five digits, ``=54180`` for 8145;
+- first every term is copied from the question onto its own line (a bare integer also
+  reversed and padded there), so later copies are short and fixed-width;
 - the sum lists every term reversed and padded (``t: ...``), adds column by column
-  (``c0: 5+2+0+3=10`` with the carry last) and reads the answer off the column digits.
+  (``c0: 5+2+0+3+0=10`` with the carry last) and reads the answer off the column digits.
 """
 from __future__ import annotations
 
@@ -131,9 +133,21 @@ def trace(q: Question) -> str:
     if len(products) >= 2:
         outlines = [Outline(str(i + 1), str(t)) for i, t in enumerate(products)]
         bodies = [f" {t}\n{product_steps(t)}" for t in products]
-        return "<think>\n" + TW.render_block(outlines, bodies, after=tail)
-    inline = "".join(f"{t}\n{product_steps(t)}\n" for t in products)
-    return "<think>\n" + inline + tail
+        return "<think>\n" + term_lines(q, inline=False) + TW.render_block(outlines, bodies, after=tail)
+    return "<think>\n" + term_lines(q, inline=True) + tail
+
+
+def term_lines(q: Question, inline: bool) -> str:
+    """One line per term, copied in order from the question: a bare integer is reversed and
+    padded right there (``89=98000``), so later steps copy fixed-width groups from nearby;
+    a product is worked out inline when the model does not fork."""
+    lines = []
+    for t in q.terms:
+        if not t.is_product:
+            lines.append(f"{t}={rev5(t.value)}\n")
+        else:
+            lines.append(f"{t}\n" + (f"{product_steps(t)}\n" if inline else ""))
+    return "".join(lines)
 
 
 def thread_samples(q: Question) -> list[tuple[str, str]]:

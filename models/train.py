@@ -31,13 +31,13 @@ class Recipe:
     layers: int = 4
     heads: int = 6
     intermediate: int = 576
-    batch: int = 48
-    steps: int = 3000
-    lr: float = 3e-3
+    batch: int = 40
+    steps: int = 2300
+    lr: float = 2e-3
     warmup: int = 150
     weight_decay: float = 0.05
     thread_sample_p: float = 0.5
-    max_minutes: float = 42.0
+    max_minutes: float = 43.0
     threads: int = 2
 
 

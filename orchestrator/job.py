@@ -107,7 +107,10 @@ class JobRunner:
 
     def _finish(self, ctx: JobContext, finish: str) -> None:
         rec = ctx.record
-        text = self.tok.decode(ctx.main_ids[ctx.prompt_len:], skip_special_tokens=False)
+        ids = ctx.main_ids[ctx.prompt_len:]
+        if ids and ids[-1] == self.tok.eos_token_id:
+            ids = ids[:-1]
+        text = self.tok.decode(ids, skip_special_tokens=False)
         rec.result = {"text": text, "answer": extract_answer(text), "finish": finish,
                       "total_tokens": ctx.dag.total_tokens(),
                       "critical_path_tokens": ctx.dag.critical_path_tokens()}
@@ -129,23 +132,20 @@ class JobRunner:
             lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
             if not lane.is_thread:
                 ctx.main_ids = lane.ids
-            plan = self._plan_at_end(ctx, lane, finish)
-            if plan is None:
+            text = self.tok.decode(lane.ids, skip_special_tokens=False)
+            if not (finish == "stop" and ctx.fmt.fork_stop in lane.stops and text.endswith(ctx.fmt.fork_stop)):
                 return lane.ids, finish
-            await self.fork(ctx, lane, node, plan)
-            node = None
+            plan = self._plan(ctx, text)
+            if plan is not None:
+                await self.fork(ctx, lane, node, plan)
+            node = None  # either way the lane goes on: after the join, or sequentially
 
-    def _plan_at_end(self, ctx: JobContext, lane: Lane, finish: str) -> Plan | None:
-        if finish != "stop" or ctx.fmt.fork_stop not in lane.stops:
-            return None
-        text = self.tok.decode(lane.ids, skip_special_tokens=False)
+    def _plan(self, ctx: JobContext, text: str) -> Plan | None:
         plan = ctx.fmt.find_plan(text)
-        if plan is None:
-            return None
-        ctx.record.notes.extend(plan.repairs)
-        if not plan.outlines:
+        if plan is None or not plan.outlines:
             ctx.record.notes.append("plan closed with no outlines: sequential fallback")
             return None
+        ctx.record.notes.extend(plan.repairs)
         return plan
 
     # -- fork / join --------------------------------------------------------------
