@@ -9,6 +9,7 @@ from ray import serve
 
 from cluster import runtime
 from cluster.config import LoomConfig
+from orchestrator import tracing
 from orchestrator.api import build_app
 from orchestrator.service import JobService
 from orchestrator.store import InProcessJobStore
@@ -29,6 +30,7 @@ def make_store(cfg: LoomConfig):
 class LoomIngress:
     async def __init__(self, config: dict):
         self.cfg = LoomConfig.from_dict(config)
+        tracing.setup()  # OTEL_TRACES_EXPORTER=otlp|console; off by default
         self.runner = runtime.make_runner(self.cfg)
         self.service = JobService(self.runner, make_store(self.cfg))
         await self.service.recover()  # queued jobs resume; orphaned running ones are marked failed

@@ -37,6 +37,11 @@ def cmd_run(args) -> int:
                                         "mode": args.mode, "budget": parse_budget(args.budget)})
     except RequestError as e:
         raise SystemExit(f"loom: {e}") from None
+    if args.trace:
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        from orchestrator import tracing
+        tracing.setup(ConsoleSpanExporter())
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         t0 = time.time()
@@ -105,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("question")
     run.add_argument("--workers", type=int, default=0, help="engines to start (default: config)")
     run.add_argument("--cpus", type=int, default=None)
+    run.add_argument("--trace", action="store_true", help="print the job's OpenTelemetry spans (console)")
     serve_p = sub.add_parser("serve", help="start the Serve app from a YAML config")
     serve_p.add_argument("--dashboard", action="store_true")
     submit = sub.add_parser("submit", help="submit a job to a running app and wait for it")

@@ -43,7 +43,7 @@ def make_runner(cfg: LoomConfig):
     from orchestrator.job import JobRunner
 
     return JobRunner(start_workers(cfg), start_coordinator(cfg), load_tokenizer(cfg),
-                     cfg.max_model_len, cfg.job_budget(), cfg.block_size)
+                     cfg.max_model_len, cfg.job_budget(), cfg.block_size, cfg.model_name)
 
 
 def shutdown_actors(cfg: LoomConfig) -> None:

@@ -13,11 +13,25 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from contextlib import contextmanager
+
+from orchestrator import tracing
 from orchestrator.job import extract_answer
 from orchestrator.records import JobRequest, RequestError
 from orchestrator.service import JobService
 
 CHAT_FIELDS = {"model", "messages", "stream", "temperature", "seed", "max_tokens", "loom", "user", "n"}
+
+
+@contextmanager
+def caller_trace(request: Request):
+    """Make the caller's W3C traceparent current, so the job's trace continues it
+    (the job task copies this context when it is created)."""
+    token = tracing.attach({k: v for k, v in request.headers.items() if k in ("traceparent", "tracestate")})
+    try:
+        yield
+    finally:
+        tracing.detach(token)
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -65,7 +79,8 @@ def build_app(service: JobService, model_name: str, default_format: str = "threa
     async def submit_job(request: Request):
         body = await read_json(request)
         body.setdefault("format", default_format)
-        record = await service.submit(JobRequest.from_dict(body))
+        with caller_trace(request):
+            record = await service.submit(JobRequest.from_dict(body))
         return JSONResponse({"id": record.id, "status": record.status}, status_code=202)
 
     @app.get("/v1/jobs")
@@ -99,9 +114,12 @@ def build_app(service: JobService, model_name: str, default_format: str = "threa
             return error(404, f"model {body.get('model')!r} is not served here; try {model_name!r}",
                          "model_not_found")
         job = chat_to_job(body, model_name, default_format)
-        if body.get("stream"):
-            return StreamingResponse(stream_chat(service, job, model_name), media_type="text/event-stream")
-        record = await service.run(job)
+        with caller_trace(request):
+            if body.get("stream"):
+                record = await service.submit(job, emit=(queue := asyncio.Queue()).put_nowait)
+                return StreamingResponse(stream_chat(service, record, queue, model_name),
+                                         media_type="text/event-stream")
+            record = await service.run(job)
         if record.status == "failed":
             return error(500, record.error, "server_error")
         return completion(record, model_name)
@@ -158,10 +176,8 @@ class ReasoningSplitter:
         return self.seen[start:min(ends)]
 
 
-async def stream_chat(service: JobService, job: JobRequest, model_name: str):
+async def stream_chat(service: JobService, record, queue: asyncio.Queue, model_name: str):
     """SSE: reasoning deltas as the main context grows, then the answer, then [DONE]."""
-    queue: asyncio.Queue = asyncio.Queue()
-    record = await service.submit(job, emit=queue.put_nowait)
     cid, created = "chatcmpl-" + record.id, int(time.time())
 
     def sse(delta: dict, finish: str | None = None) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 
+from orchestrator import tracing
 from orchestrator.budget import JobBudget
 from orchestrator.placement import Placement, PrefixIndex
 from orchestrator.plan.dag import Node, ThreadDAG
@@ -55,16 +57,28 @@ class JobRunner:
     """Runs jobs against Ray worker actors and the coordinator actor."""
 
     def __init__(self, workers: dict, coordinator, tokenizer, max_model_len: int,
-                 default_budget: JobBudget | None = None, block_size: int = 32):
+                 default_budget: JobBudget | None = None, block_size: int = 32, model_name: str = "loom"):
         self.workers = workers
         self.coord = coordinator
         self.tok = tokenizer
         self.max_model_len = max_model_len
+        self.model_name = model_name
         self.default_budget = default_budget or JobBudget()
         self.placement = Placement(list(workers), PrefixIndex(block=block_size))
 
     # -- entry ------------------------------------------------------------------
-    async def run(self, record: JobRecord, emit: Callable[[str], None] | None = None) -> JobRecord:
+    async def run(self, record: JobRecord, emit: Callable[[str], None] | None = None,
+                  trace: dict | None = None) -> JobRecord:
+        """Run a job; ``trace`` is the caller's W3C carrier (the HTTP request's traceparent)."""
+        with tracing.span("loom.job", trace, loom__job__id=record.id, gen_ai__operation__name="chat",
+                          gen_ai__request__model=self.model_name) as span:
+            await self._run(record, emit)
+            tracing.set_attrs(span, loom__job__status=record.status,
+                              gen_ai__usage__output_tokens=record.result.get("total_tokens"),
+                              loom__critical_path_tokens=record.result.get("critical_path_tokens"))
+        return record
+
+    async def _run(self, record: JobRecord, emit) -> JobRecord:
         req = JobRequest(**record.request)
         ctx = JobContext(record, req, get_format(req.format),
                          JobBudget.from_dict(req.budget, self.default_budget), emit=emit)
@@ -128,7 +142,9 @@ class JobRunner:
             room = self.max_model_len - len(lane.ids)
             if room <= 0 or lane.cap <= 0:
                 return lane.ids, "length"
-            out, finish = await self.decode(ctx, node, lane, min(lane.cap, room))
+            with tracing.span("loom.segment", loom__node=node.id, loom__depth=lane.depth) if first is not node \
+                    else nullcontext():
+                out, finish = await self.decode(ctx, node, lane, min(lane.cap, room))
             lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
             if not lane.is_thread:
                 ctx.main_ids = lane.ids
@@ -158,7 +174,9 @@ class JobRunner:
         if adm.reason:
             ctx.record.notes.append(adm.reason)
         threads, join = ctx.dag.fork(node.id, [o.id for o in plan.outlines], depth)
-        results = await self.run_waves(ctx, lane, plan, threads, adm)
+        with tracing.span("loom.block", loom__block__threads=len(threads), loom__block__width=adm.width,
+                          loom__depth=depth, loom__format=ctx.fmt.name):
+            results = await self.run_waves(ctx, lane, plan, threads, adm)
         before = len(lane.ids)
         lane.ids = self.join_ids(ctx, lane.ids, plan, results)
         lane.last = join.id
@@ -182,7 +200,9 @@ class JobRunner:
         base = header if fmt.join_mode == "rewrite" else lane.ids + header
         sub = Lane(base, node.depth, -1, self._stops(ctx, thread=True), adm.thread_max_tokens, is_thread=True)
         try:
-            ids, finish = await self.run_lane(ctx, sub, first=node)
+            with tracing.span("loom.thread", loom__thread__index=outline.id, loom__node=node.id,
+                              loom__depth=node.depth):
+                ids, finish = await self.run_lane(ctx, sub, first=node)
         finally:
             await self.coord.end_thread.remote(ctx.record.id)
         return outline, header, ids[len(base):], finish
@@ -222,15 +242,26 @@ class JobRunner:
         node.worker, node.status, node.started = worker, "running", time.time()
         node.prompt_tokens = len(ids)
         self.placement.started(worker, ids)
-        req = GenRequest(f"{ctx.record.id}-n{node.id}-{len(ids)}", ids, max_tokens, lane.stops,
-                         ctx.request.temperature, ctx.request.seed)
         out: list[int] = []
-        try:
-            finish = await self._stream(ctx, node, worker, req, out, show=not lane.is_thread)
-        finally:
-            self.placement.finished(worker, ids + out)
-            node.ended = time.time()
+        with tracing.span(f"chat {self.model_name}", gen_ai__operation__name="chat",
+                          gen_ai__request__model=self.model_name, gen_ai__request__max_tokens=max_tokens,
+                          gen_ai__request__temperature=ctx.request.temperature,
+                          gen_ai__usage__input_tokens=len(ids), loom__worker=worker) as span:
+            req = GenRequest(f"{ctx.record.id}-n{node.id}-{len(ids)}", ids, max_tokens, lane.stops,
+                             ctx.request.temperature, ctx.request.seed, trace=tracing.inject())
+            try:
+                finish = await self._stream(ctx, node, worker, req, out, show=not lane.is_thread)
+            finally:
+                self.placement.finished(worker, ids + out)
+                node.ended = time.time()
+                self._trace_request(span, node, out)
         return out, finish
+
+    def _trace_request(self, span, node: Node, out: list[int]) -> None:
+        tracing.set_attrs(span, gen_ai__usage__output_tokens=len(out), gen_ai__response__finish_reasons=[node.finish],
+                          loom__prefix__cached_tokens=node.cached_tokens, loom__node=node.id)
+        if tracing.content_enabled():
+            tracing.set_attrs(span, loom__output__text=self.tok.decode(out, skip_special_tokens=False))
 
     async def _stream(self, ctx, node: Node, worker: str, req: GenRequest, out: list[int], show: bool) -> str:
         handle = self.workers[worker]

@@ -20,6 +20,7 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     temperature: float = 0.0
     seed: int | None = None
+    trace: dict = field(default_factory=dict)  # W3C carrier of the caller's span
 
 
 @dataclass

@@ -10,6 +10,7 @@ import time
 
 import ray
 
+from orchestrator import tracing
 from workers.engine import EngineConfig, GenChunk, GenRequest
 
 
@@ -20,6 +21,7 @@ class EngineWorker:
         from workers.engine import VLLMEngine
 
         self.name = name
+        tracing.setup()  # this process exports its own spans (OTEL_* env), children of the job's
         self.engine = engine or VLLMEngine(cfg)
         self.active: set[str] = set()
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
@@ -28,20 +30,26 @@ class EngineWorker:
     async def generate(self, req: GenRequest):
         self.active.add(req.request_id)
         submitted = time.time()
+        # not made current: an async generator resumes in its caller's context at each yield
+        span = tracing.tracer().start_span("loom.engine.generate", context=tracing.extract(req.trace))
+        tracing.set_attrs(span, loom__worker=self.name, gen_ai__usage__input_tokens=len(req.prompt_ids))
         try:
             async for chunk in self.engine.generate(req):
                 self.stats["generated_tokens"] += len(chunk.token_ids)
                 if chunk.finished:
                     self._record(req, chunk, submitted)
+                    tracing.set_attrs(span, loom__prefix__cached_tokens=chunk.cached_tokens)
                 yield chunk
         finally:
             self.active.discard(req.request_id)
+            span.end()
 
     def _record(self, req: GenRequest, chunk: GenChunk, submitted: float) -> None:
         self.stats["requests"] += 1
         self.stats["prompt_tokens"] += chunk.prompt_tokens
         self.stats["cached_tokens"] += chunk.cached_tokens
         self.log.append({"request_id": req.request_id, "submitted": submitted,
+                         "traceparent": req.trace.get("traceparent", ""),
                          "first_token_at": chunk.first_token_at, "finished_at": chunk.finished_at,
                          "prompt_tokens": chunk.prompt_tokens, "cached_tokens": chunk.cached_tokens})
         del self.log[:-1000]

@@ -1,0 +1,91 @@
+"""OpenTelemetry for Loom: one trace per job, spans job > segment | block > thread > engine request.
+
+Context crosses every Ray and Serve hop explicitly as a W3C ``traceparent`` carrier (a
+plain dict in the request dataclasses), not through Ray's tracing hook. Attributes follow
+the gen_ai semantic conventions plus Loom's own ``loom.*``. Prompt and output text are
+recorded only when LOOM_TRACE_CONTENT=1. Export is chosen by the standard variables:
+OTEL_TRACES_EXPORTER=otlp (OTEL_EXPORTER_OTLP_ENDPOINT, ...) | console | none (default).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+TRACER = "loom"
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def setup(exporter=None, service_name: str | None = None) -> TracerProvider | None:
+    """Install a tracer provider for this process; returns it (None when tracing is off)."""
+    if exporter is None:
+        exporter = _exporter_from_env()
+        if exporter is None:
+            return None
+        processor = BatchSpanProcessor(exporter)
+    else:
+        processor = SimpleSpanProcessor(exporter)
+    name = service_name or os.environ.get("OTEL_SERVICE_NAME", "loom")
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _exporter_from_env():
+    kind = os.environ.get("OTEL_TRACES_EXPORTER", "none").split(",")[0].strip().lower()
+    if kind == "console":
+        return ConsoleSpanExporter()
+    if kind == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    return None
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER)
+
+
+def inject() -> dict:
+    """The current span's context as a W3C carrier ({"traceparent": ...})."""
+    carrier: dict = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier
+
+
+def extract(carrier: dict | None):
+    return _PROPAGATOR.extract(carrier or {})
+
+
+@contextmanager
+def span(name: str, carrier: dict | None = None, **attrs):
+    """A span, child of the current one (or of ``carrier`` when given)."""
+    ctx = extract(carrier) if carrier is not None else None
+    with tracer().start_as_current_span(name, context=ctx) as s:
+        set_attrs(s, **attrs)
+        yield s
+
+
+def set_attrs(s, **attrs) -> None:
+    for key, value in attrs.items():
+        if value is not None:
+            s.set_attribute(key.replace("__", "."), value)
+
+
+def content_enabled() -> bool:
+    return os.environ.get("LOOM_TRACE_CONTENT", "") in ("1", "true", "yes")
+
+
+def attach(carrier: dict | None):
+    """Make ``carrier`` the current context; returns a token for ``detach``."""
+    return otel_context.attach(extract(carrier))
+
+
+def detach(token) -> None:
+    otel_context.detach(token)
