@@ -16,6 +16,7 @@ from typing import Callable
 
 from orchestrator import tracing
 from orchestrator.budget import JobBudget
+from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placement, PrefixIndex
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.plan.formats import Outline, Plan, PlanFormat, ThreadResult, get_format
@@ -63,6 +64,7 @@ class JobRunner:
         self.tok = tokenizer
         self.max_model_len = max_model_len
         self.model_name = model_name
+        self.metrics = LoomMetrics()
         self.default_budget = default_budget or JobBudget()
         self.placement = Placement(list(workers), PrefixIndex(block=block_size))
 
@@ -73,6 +75,7 @@ class JobRunner:
         with tracing.span("loom.job", trace, loom__job__id=record.id, gen_ai__operation__name="chat",
                           gen_ai__request__model=self.model_name) as span:
             await self._run(record, emit)
+            self.metrics.job_done(record.status, record.started - record.created)
             tracing.set_attrs(span, loom__job__status=record.status,
                               gen_ai__usage__output_tokens=record.result.get("total_tokens"),
                               loom__critical_path_tokens=record.result.get("critical_path_tokens"))
@@ -92,6 +95,7 @@ class JobRunner:
             self._finish(ctx, finish)
         except BudgetExhausted as e:
             record.notes.append(str(e))
+            self.metrics.rejected("exhausted")
             self._finish(ctx, "budget")
         except Exception as e:  # a worker or engine failure: the job says so, never vanishes
             record.status, record.error = "failed", f"{type(e).__name__}: {e}"
@@ -170,7 +174,9 @@ class JobRunner:
         adm = await self.coord.admit_fork.remote(ctx.record.id, len(plan.outlines), depth, time.time())
         if not adm.admitted:
             ctx.record.notes.append(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
+            self.metrics.rejected(adm.reason)
             return
+        self.metrics.fork_width.observe(adm.width)
         if adm.reason:
             ctx.record.notes.append(adm.reason)
         threads, join = ctx.dag.fork(node.id, [o.id for o in plan.outlines], depth)
@@ -191,6 +197,7 @@ class JobRunner:
         for i in range(0, len(pairs), adm.width):
             wave = pairs[i:i + adm.width]
             await self.coord.start_threads.remote(ctx.record.id, len(wave))
+            self.metrics.threads.inc(len(wave))
             results += await gather_or_cancel([self.run_thread(ctx, lane, o, n, adm) for o, n in wave])
         return results
 
@@ -255,6 +262,8 @@ class JobRunner:
                 self.placement.finished(worker, ids + out)
                 node.ended = time.time()
                 self._trace_request(span, node, out)
+                self.metrics.request_done(len(ids), len(out), node.cached_tokens,
+                                          node.first_token - node.started if node.first_token else None)
         return out, finish
 
     def _trace_request(self, span, node: Node, out: list[int]) -> None:
@@ -279,6 +288,7 @@ class JobRunner:
             chunk = await ref
             out += chunk.token_ids
             node.tokens += len(chunk.token_ids)
+            node.first_token = node.first_token or (time.time() if chunk.token_ids else 0.0)
             pending += len(chunk.token_ids)
             node.cached_tokens = max(node.cached_tokens, chunk.cached_tokens)
             if show:

@@ -9,6 +9,7 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 SERVE_PORT = 8765
+METRICS_PORT = 8766
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,8 @@ def loom_config():
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, namespace="loom", log_to_driver=False)
+    ray.init(num_cpus=4, include_dashboard=False, namespace="loom", log_to_driver=False,
+             _metrics_export_port=METRICS_PORT)
     yield ray
     ray.shutdown()
 

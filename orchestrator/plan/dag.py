@@ -23,6 +23,7 @@ class Node:
     status: str = "pending"  # pending | running | done | cancelled | failed
     finish: str = ""
     started: float = 0.0
+    first_token: float = 0.0
     ended: float = 0.0
 
 

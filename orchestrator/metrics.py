@@ -1,0 +1,73 @@
+"""Loom's metrics through ``ray.util.metrics``: exported on each node's Ray metrics port
+(Prometheus format, names prefixed ``ray_``), next to Ray's and vLLM's own.
+
+Created lazily in the process that records them (driver or Serve replica), so importing
+this module never needs Ray.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+
+TIME_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
+WIDTH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
+
+
+class LoomMetrics:
+    @cached_property
+    def jobs(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_jobs_total", "Jobs finished, by final status", tag_keys=("status",))
+
+    @cached_property
+    def threads(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_threads_started_total", "Threads started by forks")
+
+    @cached_property
+    def fork_width(self):
+        from ray.util.metrics import Histogram
+
+        return Histogram("loom_fork_width", "Threads run at once per admitted fork", boundaries=WIDTH_BUCKETS)
+
+    @cached_property
+    def tokens(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_tokens_total", "Tokens by kind (prompt, generated, cached)", tag_keys=("kind",))
+
+    @cached_property
+    def rejections(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_budget_rejections_total", "Forks refused or jobs stopped by the budget",
+                       tag_keys=("reason",))
+
+    @cached_property
+    def queue_time(self):
+        from ray.util.metrics import Histogram
+
+        return Histogram("loom_queue_seconds", "Seconds from submit to start", boundaries=TIME_BUCKETS)
+
+    @cached_property
+    def ttft(self):
+        from ray.util.metrics import Histogram
+
+        return Histogram("loom_time_to_first_token_seconds", "Seconds from an engine request to its first token",
+                         boundaries=TIME_BUCKETS)
+
+    def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None) -> None:
+        self.tokens.inc(prompt, tags={"kind": "prompt"})
+        self.tokens.inc(generated, tags={"kind": "generated"})
+        if cached:
+            self.tokens.inc(cached, tags={"kind": "cached"})
+        if ttft is not None and ttft >= 0:
+            self.ttft.observe(ttft)
+
+    def job_done(self, status: str, queue_s: float) -> None:
+        self.jobs.inc(tags={"status": status})
+        self.queue_time.observe(max(0.0, queue_s))
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.inc(tags={"reason": reason.split(" ")[0] if reason else "unknown"})
