@@ -125,9 +125,7 @@ class JobRunner:
 
     def _finish(self, ctx: JobContext, finish: str) -> None:
         rec = ctx.record
-        ids = ctx.main_ids[ctx.prompt_len:]
-        if ids and ids[-1] == self.tok.eos_token_id:
-            ids = ids[:-1]
+        ids = _no_eos(ctx.main_ids[ctx.prompt_len:], self.tok.eos_token_id)
         text = self.tok.decode(ids, skip_special_tokens=False)
         rec.result = {"text": text, "answer": extract_answer(text), "finish": finish,
                       "total_tokens": ctx.dag.total_tokens(),
@@ -291,8 +289,9 @@ class JobRunner:
             node.first_token = node.first_token or (time.time() if chunk.token_ids else 0.0)
             pending += len(chunk.token_ids)
             node.cached_tokens = max(node.cached_tokens, chunk.cached_tokens)
-            if show:
-                self._emit(ctx, chunk.text + (chunk.stop_reason or ""))
+            if show:  # decoded from ids, like the final text (vLLM's delta text omits stop strings)
+                self._emit(ctx, self.tok.decode(_no_eos(chunk.token_ids, self.tok.eos_token_id),
+                                                skip_special_tokens=False))
             if pending >= CHARGE_EVERY or chunk.finished:
                 await self._charge(ctx, node, worker, req, pending)
                 pending = 0
@@ -313,6 +312,10 @@ class JobRunner:
     def _emit(ctx: JobContext, text: str) -> None:
         if ctx.emit is not None and text:
             ctx.emit(text)
+
+
+def _no_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids[:-1] if ids and ids[-1] == eos else ids
 
 
 async def gather_or_cancel(coros: list) -> list:
