@@ -42,8 +42,11 @@ def figures(par: list, seq: list, par_wall: float, seq_wall: float) -> dict:
         "total_tokens": total, "critical_path_tokens": critical,
         "token_speedup": round(total / critical, 3),
         "wall_parallel_s": round(par_wall, 2), "wall_sequential_s": round(seq_wall, 2),
+        "sequential_tokens": (seq_tokens := sum(r.result["total_tokens"] for r in seq)),
         "wall_speedup": round(seq_wall / par_wall, 3),
-        "parallel_efficiency": round((seq_wall / par_wall) / (total / critical), 3),
+        # the sequential run may write other tokens than the parallel one: scale it to the same count
+        "wall_speedup_same_tokens": round(seq_wall * total / seq_tokens / par_wall, 3),
+        "parallel_efficiency": round((seq_wall * total / seq_tokens / par_wall) / (total / critical), 3),
         "thread_prompt_tokens_mean": round(sum(t["prompt_tokens"] for t in threads) / len(threads), 1),
         "thread_cached_tokens_mean": round(sum(t["cached_tokens"] for t in threads) / len(threads), 1),
         "orchestration_overhead_s_per_job": round((par_wall - engine_critical) / len(par), 3),
