@@ -70,14 +70,20 @@ class PlanFormat:
     # -- plan -----------------------------------------------------------------
     def find_plan(self, context: str) -> Plan | None:
         """The plan whose close tag ends ``context``; None when there is none."""
+        found = self.plan_body(context)
+        if found is None:
+            return None
+        outlines, repairs = self.parse_outlines(found[1])
+        return Plan(self.name, outlines, found[0], repairs)
+
+    def plan_body(self, context: str) -> tuple[int, str] | None:
+        """(offset of the plan's open tag, text between open and close) for a plan ending ``context``."""
         if not context.endswith(self.plan_close):
             return None
         start = context.rfind(self.plan_open)
         if start < 0:
             return None
-        body = context[start + len(self.plan_open):len(context) - len(self.plan_close)]
-        outlines, repairs = self.parse_outlines(body)
-        return Plan(self.name, outlines, start, repairs)
+        return start, context[start + len(self.plan_open):len(context) - len(self.plan_close)]
 
     def parse_outlines(self, body: str) -> tuple[tuple[Outline, ...], tuple[str, ...]]:
         """Outlines in plan order; duplicates dropped, missing ids assigned, each noted."""
@@ -162,18 +168,9 @@ def _note_gaps(ids: list[str], repairs: list[str]) -> None:
 class APRFormat(PlanFormat):
     """APR: children start from fresh contexts and the join rewrites the parent's call."""
 
-    def find_plan(self, context: str) -> Plan | None:
-        if not context.endswith(self.plan_close):
-            return None
-        start = context.rfind(self.plan_open)
-        if start < 0:
-            return None
-        body = context[start + len(self.plan_open):len(context) - len(self.plan_close)]
-        outlines = []
-        for m in _APR_CALL.finditer(body):
-            outlines.append(Outline(m.group(1), m.group(0).strip()))
-        repairs = () if outlines else ("no '<Start Sub Search' line in the call",)
-        return Plan(self.name, tuple(outlines), start, repairs)
+    def parse_outlines(self, body: str) -> tuple[tuple[Outline, ...], tuple[str, ...]]:
+        outlines = tuple(Outline(m.group(1), m.group(0).strip()) for m in _APR_CALL.finditer(body))
+        return outlines, (() if outlines else ("no '<Start Sub Search' line in the call",))
 
     def thread_header(self, outline: Outline) -> str:
         return outline.text + "\n"
