@@ -28,7 +28,8 @@ class LoomConfig:
     worker_num_gpus: float = 0.0
     worker_num_cpus: float = 0.0
     max_model_len: int = 1024
-    dtype: str = "auto"
+    # the shipped model is tiny; fp32 leaves fewer near-ties between batched and single decoding than bf16
+    dtype: str = "float32"
     enforce_eager: bool = True
     kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85

@@ -61,13 +61,17 @@ def summarize(outcomes: list[Outcome], wall: float) -> dict:
         "questions": n,
         "exact_match": sum(o.correct for o in outcomes) / n,
         "fork_decision_right": sum(o.fork_right for o in outcomes) / n,
-        "token_speedup_all": sum(o.total_tokens for o in outcomes) / max(1, sum(o.critical_path_tokens for o in outcomes)),
-        "token_speedup_forked": sum(o.total_tokens for o in forked) / max(1, sum(o.critical_path_tokens for o in forked)),
+        "token_speedup_all": token_speedup(outcomes),
+        "token_speedup_forked": token_speedup(forked),
         "forked_questions": len(forked),
         "wall_seconds": round(wall, 1),
         "mean_job_seconds": round(sum(o.seconds for o in outcomes) / n, 3),
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
     }
+
+
+def token_speedup(outcomes: list[Outcome]) -> float:
+    return sum(o.total_tokens for o in outcomes) / max(1, sum(o.critical_path_tokens for o in outcomes))
 
 
 def questions(n: int, seed: int) -> list[task.Question]:

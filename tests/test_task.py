@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from models.task import Question, parse_question, product_steps, random_question, sum_steps, thread_samples, trace
+from models.task import parse_question, product_steps, random_question, sum_steps, thread_samples, trace
 from orchestrator.plan.formats import THREADWEAVER
 from orchestrator.plan.parser import PlanClosed, PlanParser
 
