@@ -84,8 +84,9 @@ def _parse_term(part: str) -> Term:
     return Term(int(a), int(b))
 
 
-def random_question(rng: random.Random) -> Question:
-    n_terms = rng.randint(1, 5)
+def random_question(rng: random.Random, term_weights: list[int] | None = None) -> Question:
+    """A question of the task; ``term_weights`` skews the number of terms (training only)."""
+    n_terms = rng.choices(range(1, 6), weights=term_weights)[0] if term_weights else rng.randint(1, 5)
     n_products = rng.randint(0, n_terms)
     kinds = [True] * n_products + [False] * (n_terms - n_products)
     rng.shuffle(kinds)

@@ -38,10 +38,11 @@ class Recipe:
     weight_decay: float = 0.05
     thread_sample_p: float = 0.5
     max_minutes: float = 43.0
+    term_weights: str = ""  # e.g. "1,1,2,3,3" to see more long questions; "" = the task's uniform draw
     threads: int = 2
 
 
-def model_config(r: Recipe, vocab: int, tok) -> "transformers.LlamaConfig":
+def model_config(r: Recipe, vocab: int, tok):
     from transformers import LlamaConfig
 
     return LlamaConfig(
@@ -73,7 +74,9 @@ def batches(tok, r: Recipe, rng: random.Random):
     while True:
         pool = []
         while len(pool) < r.batch * 16:
-            for ctx, comp in examples(task.random_question(rng), rng, r.thread_sample_p):
+            weights = [int(w) for w in r.term_weights.split(",")] if r.term_weights else None
+            q = task.random_question(rng, weights)
+            for ctx, comp in examples(q, rng, r.thread_sample_p):
                 pool.append(encode(tok, ctx, comp))
         pool.sort(key=lambda e: len(e[0]))
         chunks = [pool[i:i + r.batch] for i in range(0, len(pool), r.batch)]
