@@ -69,10 +69,9 @@ class JobRunner:
         self.placement = Placement(list(workers), PrefixIndex(block=block_size))
 
     # -- entry ------------------------------------------------------------------
-    async def run(self, record: JobRecord, emit: Callable[[str], None] | None = None,
-                  trace: dict | None = None) -> JobRecord:
-        """Run a job; ``trace`` is the caller's W3C carrier (the HTTP request's traceparent)."""
-        with tracing.span("loom.job", trace, loom__job__id=record.id, gen_ai__operation__name="chat",
+    async def run(self, record: JobRecord, emit: Callable[[str], None] | None = None) -> JobRecord:
+        """Run a job; its span's parent is the current context (the HTTP caller's, see api.py)."""
+        with tracing.span("loom.job", loom__job__id=record.id, gen_ai__operation__name="chat",
                           gen_ai__request__model=self.model_name) as span:
             await self._run(record, emit)
             self.metrics.job_done(record.status, record.started - record.created)
@@ -150,8 +149,10 @@ class JobRunner:
             lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
             if not lane.is_thread:
                 ctx.main_ids = lane.ids
+            if finish != "stop" or ctx.fmt.fork_stop not in lane.stops:
+                return lane.ids, finish
             text = self.tok.decode(lane.ids, skip_special_tokens=False)
-            if not (finish == "stop" and ctx.fmt.fork_stop in lane.stops and text.endswith(ctx.fmt.fork_stop)):
+            if not text.endswith(ctx.fmt.fork_stop):  # the lane's other stop (a thread's closer)
                 return lane.ids, finish
             plan = self._plan(ctx, text)
             if plan is not None:
