@@ -84,7 +84,6 @@ class JobRunner:
         req = JobRequest(**record.request)
         ctx = JobContext(record, req, get_format(req.format),
                          JobBudget.from_dict(req.budget, self.default_budget), emit=emit)
-        record.status, record.started = "running", time.time()
         await self.coord.open_job.remote(record.id, ctx.budget, time.time())
         try:
             ids = self.prompt_ids(req)
