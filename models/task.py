@@ -7,21 +7,27 @@ block, one thread per product, built with the same strings the orchestrator uses
 (``orchestrator.plan.formats.THREADWEAVER``), so a parallel run and a sequential run of
 the model produce the same text.
 
-Scratchpads are local on purpose, so a small model learns them:
+Scratchpads are built so that a 2M-parameter model learns them: every value is looked up
+by a unique key or at a fixed distance, never by counting lines or groups.
+- every term gets a label by position (``a`` .. ``e``) and is copied from the question on
+  its own line, ``b 89``; a bare integer is reversed and zero-padded to five digits on the
+  next line, ``b=98000``;
 - a product multiplies digit by digit from the right, every step written as
-  ``d*b+carry=XY`` (two digits, the tens digit is the next carry); the result is written
-  reversed and zero-padded to five digits, ``=54180`` for 8145;
-- first every term is copied from the question onto its own line (a bare integer also
-  reversed and padded there), so later copies are short and fixed-width;
-- the sum lists every term reversed and padded (``t: ...``), adds column by column
-  (``c0: 5+2+0+3+0=10`` with the carry last) and reads the answer off the column digits.
+  ``d*b+carry=XY`` (two digits, the tens digit is the next carry), and ends with its
+  labelled reversed result, ``a=54180`` for 8145; inside a thread the outline is the
+  labelled term (``a 905*9``), so the thread's result line carries the same key;
+- the sum keeps a running total, one fixed-width line per term in question order:
+  ``b=98000+07020=96020`` is the term's value (looked up by its key ``b=``), the previous
+  total (the line above, at a fixed distance) and the new total, all reversed so carries run
+  left to right; the answer is the last total read backwards.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-WIDTH = 5  # 5 * 999 * 9 = 44955 < 10**5: five columns always hold the sum
+WIDTH = 5  # 5 * 999 * 9 = 44955 < 10**5: five digits always hold the sum
+LABELS = "abcde"  # one per term, by position in the question
 
 
 @dataclass(frozen=True)
@@ -103,65 +109,73 @@ def rev5(n: int) -> str:
 
 
 def product_steps(term: Term) -> str:
-    """Digit-by-digit product, ``3*4+0=12`` lines, then ``=`` and the reversed result."""
+    """Digit-by-digit product, ``3*4+0=12`` lines; the result line is added by the caller."""
     lines, carry = [], 0
     for d in reversed(str(term.a)):
         v = int(d) * term.b + carry
         lines.append(f"{d}*{term.b}+{carry}={v:02d}")
         carry = v // 10
-    return "\n".join(lines) + f"\n={rev5(term.value)}"
+    return "\n".join(lines)
 
 
-def sum_steps(values: list[int]) -> str:
-    """Column addition over reversed, padded terms; then the answer line."""
-    rows = [rev5(v) for v in values]
-    lines, carry = ["t: " + " ".join(rows)], 0
-    for col in range(WIDTH):
-        digits = "+".join(r[col] for r in rows)
-        v = sum(int(r[col]) for r in rows) + carry
-        lines.append(f"c{col}: {digits}+{carry}={v:02d}")
-        carry = v // 10
+def term_work(label: str, term: Term) -> str:
+    """``a 345*6`` then the steps and ``a=07020`` for a product, ``b 89`` then ``b=98000``
+    for a bare integer: the text of a thread after its header, or of an inline term."""
+    steps = product_steps(term) + "\n" if term.is_product else ""
+    return f"{label} {term}\n{steps}{label}={rev5(term.value)}"
+
+
+def sum_lines(values: list[int]) -> str:
+    """One ``x=value+previous=total`` line per term, reversed and fixed width."""
+    lines, total = [], 0
+    for label, v in zip(LABELS, values):
+        lines.append(f"{label}={rev5(v)}+{rev5(total)}={rev5(total + v)}")
+        total += v
     return "\n".join(lines)
 
 
 def trace(q: Question) -> str:
     """The exact completion the model is trained to write after ``q.prompt``."""
-    from orchestrator.plan.formats import THREADWEAVER as TW, Outline
+    from orchestrator.plan.formats import THREADWEAVER as TW
 
-    products = q.products
-    values = [t.value for t in q.terms]
-    tail = sum_steps(values) + f"\n</think>\nA: {q.answer}"
-    if len(products) >= 2:
-        outlines = [Outline(str(i + 1), str(t)) for i, t in enumerate(products)]
-        bodies = [f" {t}\n{product_steps(t)}" for t in products]
-        return "<think>\n" + term_lines(q, inline=False) + TW.render_block(outlines, bodies, after=tail)
+    tail = sum_lines([t.value for t in q.terms]) + f"\n</think>\nA: {q.answer}"
+    if len(q.products) >= 2:
+        bodies = [" " + term_work(label, t) for label, t in labelled_products(q)]
+        return "<think>\n" + term_lines(q, inline=False) + TW.render_block(outlines(q), bodies, after=tail)
     return "<think>\n" + term_lines(q, inline=True) + tail
 
 
+def labelled_products(q: Question) -> list[tuple[str, Term]]:
+    return [(label, t) for label, t in zip(LABELS, q.terms) if t.is_product]
+
+
+def outlines(q: Question) -> list:
+    """One outline per product, ``1: a 345*6``: the thread id, then the labelled term."""
+    from orchestrator.plan.formats import Outline
+
+    return [Outline(str(i + 1), f"{label} {t}") for i, (label, t) in enumerate(labelled_products(q))]
+
+
 def term_lines(q: Question, inline: bool) -> str:
-    """One line per term, copied in order from the question: a bare integer is reversed and
-    padded right there (``89=98000``), so later steps copy fixed-width groups from nearby;
-    a product is worked out inline when the model does not fork."""
-    lines = []
-    for t in q.terms:
-        if not t.is_product:
-            lines.append(f"{t}={rev5(t.value)}\n")
-        else:
-            lines.append(f"{t}\n" + (f"{product_steps(t)}\n" if inline else ""))
-    return "".join(lines)
+    """One labelled line per term, copied in order from the question; a bare integer gets its
+    reversed value right below; a product is worked out inline only when the model does not
+    fork (fewer than two products)."""
+    out = []
+    for label, t in zip(LABELS, q.terms):
+        out.append((term_work(label, t) if inline or not t.is_product else f"{label} {t}") + "\n")
+    return "".join(out)
 
 
 def thread_samples(q: Question) -> list[tuple[str, str]]:
     """(context, completion) pairs for threads 2..k as the orchestrator runs them:
     each thread sees the shared prefix and its own header only."""
-    from orchestrator.plan.formats import THREADWEAVER as TW, Outline
+    from orchestrator.plan.formats import THREADWEAVER as TW
 
     full = q.prompt + trace(q)
     if len(q.products) < 2:
         return []
     prefix = full[:full.index(TW.plan_close) + len(TW.plan_close)]
     out = []
-    for i, t in enumerate(q.products[1:], start=2):
-        header = TW.thread_header(Outline(str(i), str(t)))
-        out.append((prefix + header, f" {t}\n{product_steps(t)}{TW.thread_close}"))
+    for o, (label, t) in list(zip(outlines(q), labelled_products(q)))[1:]:
+        out.append((prefix + TW.thread_header(o), f" {term_work(label, t)}{TW.thread_close}"))
     return out

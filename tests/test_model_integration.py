@@ -37,6 +37,6 @@ def test_loads_offline_in_transformers_and_answers(monkeypatch):
 async def test_accuracy_and_fork_decisions_on_fresh_questions(service):
     outcomes = await evaluate(service, questions(32, seed=777), concurrency=16)
     s = summarize(outcomes, 0.0)
-    assert s["exact_match"] >= 0.4, s  # measured 0.596 on 500 questions (models/loom-arith/README.md)
-    assert s["fork_decision_right"] >= 0.95, s
+    assert s["exact_match"] >= 0.85, s  # measured 0.952 on 500 questions (models/loom-arith/README.md)
+    assert s["fork_decision_right"] >= 0.97, s  # measured 1.0
     assert s["token_speedup_forked"] > 1.0

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from models.task import parse_question, product_steps, random_question, sum_steps, thread_samples, trace
+from models.task import parse_question, random_question, sum_lines, term_work, thread_samples, trace
 from orchestrator.plan.formats import THREADWEAVER
 from orchestrator.plan.parser import PlanClosed, PlanParser
 
@@ -28,12 +28,23 @@ def test_traces_are_correct_and_fork_exactly_when_two_products():
         k = len(q.products)
         assert len(plans) == (1 if k >= 2 else 0)
         if plans:
-            assert [o.text for o in plans[0].outlines] == [str(p) for p in q.products]
+            assert [o.text.split(" ", 1)[1] for o in plans[0].outlines] == [str(p) for p in q.products]
             assert len(thread_samples(q)) == k - 1
 
 
 def test_scratchpads_compute_the_values():
     q = parse_question("Q: 905*9+3")
-    assert product_steps(q.terms[0]).endswith("=54180")  # 8145 reversed, padded
-    last = sum_steps([8145, 3]).splitlines()
-    assert last[0] == "t: 54180 30000" and len(last) == 6
+    assert term_work("a", q.terms[0]).endswith("\na=54180")  # 8145 reversed, padded
+    assert term_work("b", q.terms[1]) == "b 3\nb=30000"
+    lines = sum_lines([8145, 3]).splitlines()
+    assert lines == ["a=54180+00000=54180", "b=30000+54180=84180"]  # 8148 reversed
+
+
+def test_every_sum_line_finds_its_value_under_a_unique_key():
+    rng = random.Random(11)
+    for _ in range(200):
+        q = random_question(rng)
+        t = trace(q)
+        body = t[:t.index("\n" + sum_lines([x.value for x in q.terms]).splitlines()[0])]
+        for label, term in zip("abcde", q.terms):
+            assert body.count(f"\n{label}=") == 1, (q.expr, label)
