@@ -1,7 +1,7 @@
 PY ?= python3
 QUESTION ?= Q: 905*9+14*3+220*6+3+71*0
 
-.PHONY: install demo test unit bench
+.PHONY: install demo test unit lint bench
 
 install:
 	bash scripts/install.sh
@@ -14,3 +14,6 @@ test: install
 
 unit:
 	$(PY) -m pytest -q -m "not integration"
+
+lint:
+	ruff check .

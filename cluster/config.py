@@ -55,7 +55,7 @@ class LoomConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoomConfig":
+    def from_dict(cls, d: dict) -> LoomConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = set(d) - set(known)
         if unknown:

@@ -6,8 +6,8 @@ def render(record) -> str:
     dag = record.dag or {}
     nodes = dag.get("nodes", [])
     t0 = min((n["started"] for n in nodes if n["started"]), default=0.0)
-    lines = [f"job {record.id}  status={record.status}  total={dag.get('total_tokens', 0)} tokens  "
-             f"critical path={dag.get('critical_path_tokens', 0)} tokens"]
+    lines = [(f"job {record.id}  status={record.status}  total={dag.get('total_tokens', 0)} tokens  "
+              f"critical path={dag.get('critical_path_tokens', 0)} tokens")]
     for n in nodes:
         if n["kind"] == "join":
             lines.append("  " * n["depth"] + "└─ join")

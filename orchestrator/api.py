@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import contextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-
-from contextlib import contextmanager
 
 from orchestrator import tracing
 from orchestrator.job import extract_answer
@@ -191,7 +190,7 @@ async def stream_chat(service: JobService, record, queue: asyncio.Queue, model_n
     while not (waiter.done() and queue.empty()):
         try:
             text = split.reasoning(await asyncio.wait_for(queue.get(), timeout=0.1))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         if text:
             yield sse({"reasoning": text})

@@ -33,7 +33,7 @@ class JobBudget:
                 raise BudgetError(f"budget.{name} must be > 0, got {value}")
 
     @classmethod
-    def from_dict(cls, d: dict | None, base: "JobBudget | None" = None) -> "JobBudget":
+    def from_dict(cls, d: dict | None, base: JobBudget | None = None) -> JobBudget:
         base_d = asdict(base or cls())
         unknown = set(d or {}) - set(base_d)
         if unknown:

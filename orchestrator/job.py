@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
 
 from orchestrator import tracing
 from orchestrator.budget import JobBudget
@@ -95,7 +95,7 @@ class JobRunner:
             record.notes.append(str(e))
             self.metrics.rejected("exhausted")
             self._finish(ctx, "budget")
-        except Exception as e:  # a worker or engine failure: the job says so, never vanishes
+        except Exception as e:  # noqa: BLE001 - a worker or engine failure: the job says so, never vanishes
             record.status, record.error = "failed", f"{type(e).__name__}: {e}"
         finally:
             record.usage = await self.coord.close_job.remote(record.id)

@@ -30,7 +30,7 @@ class JobRequest:
     seed: int | None = None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "JobRequest":
+    def from_dict(cls, d: dict) -> JobRequest:
         if not isinstance(d, dict):
             raise RequestError("request body must be a JSON object")
         known = {f.name for f in fields(cls)}
@@ -87,14 +87,14 @@ class JobRecord:
     version: int = SCHEMA_VERSION
 
     @classmethod
-    def new(cls, request: JobRequest) -> "JobRecord":
+    def new(cls, request: JobRequest) -> JobRecord:
         return cls(id="job-" + uuid.uuid4().hex[:16], request=asdict(request))
 
     def encode(self) -> bytes:
         return msgpack.packb(asdict(self), use_bin_type=True)
 
     @classmethod
-    def decode(cls, data: bytes) -> "JobRecord":
+    def decode(cls, data: bytes) -> JobRecord:
         d = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if d.get("version") != SCHEMA_VERSION:
             raise ValueError(f"job record schema {d.get('version')} is not {SCHEMA_VERSION}")

@@ -65,7 +65,7 @@ class JobService:
         keepalive = asyncio.create_task(self._keepalive(record.id))
         try:
             await self.runner.run(record, emit)
-        except Exception as e:  # never lose a job: record what went wrong
+        except Exception as e:  # noqa: BLE001 - never lose a job: record what went wrong
             record.status, record.error = "failed", f"{type(e).__name__}: {e}"
         except asyncio.CancelledError:  # shutting down: say so rather than leave it running
             record.status, record.error = "failed", STOPPED
@@ -89,7 +89,7 @@ class JobService:
         while True:
             try:
                 await self.store.lease(job_id, self.lease_s)
-            except Exception as e:  # the store is down: keep trying, the job goes on
+            except Exception as e:  # noqa: BLE001 - the store is down: keep trying, the job goes on
                 log.warning("lease renewal for %s failed: %s", job_id, e)
             await asyncio.sleep(self.lease_s / 3)
 

@@ -20,7 +20,7 @@ def test_critical_path_is_prefix_plus_longest_thread_plus_tail():
 
 
 def test_nested_block_inside_a_thread_extends_that_thread():
-    dag, main, threads, join, tail = build()
+    dag, _main, threads, join, _tail = build()
     inner, inner_join = dag.fork(threads[0].id, ["1.1", "1.2"], depth=2)
     inner[0].tokens, inner[1].tokens = 30, 1
     dag.edges.append((inner_join.id, join.id))

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import re
 
-import ray
 import pytest
+import ray
+
 from orchestrator.records import JobRequest
 
 pytestmark = pytest.mark.integration

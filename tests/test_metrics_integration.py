@@ -1,13 +1,14 @@
 """Loom's metrics reach Ray's Prometheus endpoint after a real forked job."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
 import httpx
 import pytest
-
 from conftest import METRICS_PORT
+
 from orchestrator.records import JobRequest
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ async def test_job_metrics_are_exported(service):
         text = scrape()
         if value(text, "loom_jobs_total", 'status="done"') >= 1 and value(text, "loom_threads_started_total") >= 2:
             break
-        time.sleep(2)
+        await asyncio.sleep(2)
     assert value(text, "loom_jobs_total", 'status="done"') >= 1, text[-2000:]
     assert value(text, "loom_threads_started_total") >= 2
     assert value(text, "loom_tokens_total", 'kind="cached"') > 0

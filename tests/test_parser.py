@@ -1,8 +1,16 @@
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
-from orchestrator.plan.parser import (BlockClosed, Malformed, OutlineSeen, PlanClosed, PlanOpened, PlanParser,
-                                      ThreadClosed)
+from orchestrator.plan.parser import (
+    BlockClosed,
+    Malformed,
+    OutlineSeen,
+    PlanClosed,
+    PlanOpened,
+    PlanParser,
+    ThreadClosed,
+)
 
 outline_text = st.text(alphabet=st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)),
                        min_size=1, max_size=20).map(str.strip).filter(bool)
@@ -11,7 +19,7 @@ thread_text = st.text(alphabet=st.characters(blacklist_characters="<>", blacklis
 
 def feed_in_chunks(parser, text, cuts):
     events, pos = [], 0
-    for c in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
+    for c in sorted({c % (len(text) + 1) for c in cuts}) + [len(text)]:
         events += parser.feed(text[pos:c])
         pos = c
     return events

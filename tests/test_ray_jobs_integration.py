@@ -6,8 +6,8 @@ relative paths, the app's URL from ``LOOM_URL``). docs/ray-jobs.md has the submi
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shlex
 import socket
 import subprocess

@@ -83,5 +83,5 @@ class ThreadDAG:
                 "total_tokens": self.total_tokens(), "critical_path_tokens": self.critical_path_tokens()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ThreadDAG":
+    def from_dict(cls, d: dict) -> ThreadDAG:
         return cls([Node(**n) for n in d["nodes"]], [tuple(e) for e in d["edges"]])
