@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 import time
 
@@ -81,26 +82,32 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    import httpx
+    from cluster.jobs import JobError  # cluster.jobs imports this module
 
     body = {"prompt": _prompt(args.question), "mode": args.mode, "budget": parse_budget(args.budget)}
     if args.format:
         body["format"] = args.format
-    with httpx.Client(base_url=args.url, timeout=30) as client:
-        try:
-            r = client.post("/v1/jobs", json=body)
-        except httpx.HTTPError as e:
-            raise SystemExit(f"loom: cannot reach {args.url}: {e}") from None
-        if r.status_code >= 400:
-            raise SystemExit(f"loom: {r.status_code}: {r.json().get('error', {}).get('message', r.text)}")
-        job_id = r.json()["id"]
-        print(job_id, file=sys.stderr)
-        if args.no_wait:
-            return 0
-        while (rec := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
-            time.sleep(0.5)
+    try:
+        rec = asyncio.run(_submit(args.url, body, wait=not args.no_wait))
+    except JobError as e:
+        raise SystemExit(f"loom: {e}") from None
+    if rec is None:
+        return 0
     print(json.dumps(rec, indent=2) if args.json else rec["result"].get("answer", rec.get("error")))
     return 0 if rec["status"] == "done" else 1
+
+
+async def _submit(url: str, body: dict, wait: bool) -> dict | None:
+    """POST the job (its id goes to stderr) and, if asked, poll it to the end with the Ray Jobs
+    entrypoint's client, which rides out lost connections and 5xx while Serve restarts."""
+    import httpx
+
+    from cluster import jobs
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        job_id = await jobs.submit(client, body)
+        print(job_id, file=sys.stderr)
+        return await jobs.wait(client, job_id, timeout_s=math.inf, poll_s=0.5) if wait else None
 
 
 def main(argv: list[str] | None = None) -> int:

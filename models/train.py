@@ -72,10 +72,10 @@ def encode(tok, context: str, completion: str) -> tuple[list[int], list[int]]:
 def batches(tok, r: Recipe, rng: random.Random):
     """Length-bucketed batches of fresh examples, forever."""
     pad = tok.token_to_id("<pad>")
+    weights = [int(w) for w in r.term_weights.split(",")] if r.term_weights else None
     while True:
         pool = []
         while len(pool) < r.batch * 16:
-            weights = [int(w) for w in r.term_weights.split(",")] if r.term_weights else None
             q = task.random_question(rng, weights)
             for ctx, comp in examples(q, rng, r.thread_sample_p):
                 pool.append(encode(tok, ctx, comp))

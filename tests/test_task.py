@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from models.task import parse_question, random_question, sum_lines, term_work, thread_samples, trace
+from models.task import LABELS, parse_question, random_question, sum_lines, term_work, thread_samples, trace
 from orchestrator.plan.formats import THREADWEAVER
 from orchestrator.plan.parser import PlanClosed, PlanParser
 
@@ -46,5 +46,5 @@ def test_every_sum_line_finds_its_value_under_a_unique_key():
         q = random_question(rng)
         t = trace(q)
         body = t[:t.index("\n" + sum_lines([x.value for x in q.terms]).splitlines()[0])]
-        for label, term in zip("abcde", q.terms):
+        for label in LABELS[:len(q.terms)]:
             assert body.count(f"\n{label}=") == 1, (q.expr, label)
