@@ -5,24 +5,33 @@ LoomConfig mapping as its args.
 """
 from __future__ import annotations
 
+import asyncio
+
+import ray
 from ray import serve
 
 from cluster import runtime
 from cluster.config import LoomConfig
 from orchestrator import tracing
 from orchestrator.api import build_app
+from orchestrator.health import Health, assess
 from orchestrator.service import JobService
 from orchestrator.store import InProcessJobStore
 
+HEALTH_TIMEOUT_S = 5.0
+
 
 def make_store(cfg: LoomConfig):
-    """RedisJobStore when ``redis_url`` (or LOOM_REDIS_URL) is set, else the in-process store."""
+    """RedisJobStore when ``redis_url`` (or LOOM_REDIS_URL) is set, else the in-process store;
+    both keep finished records ``store_ttl_s`` (the in-process one at most ``store_max_records``)."""
     import os
 
     from orchestrator.store import RedisJobStore
 
     url = cfg.redis_url or os.environ.get("LOOM_REDIS_URL", "")
-    return RedisJobStore(url) if url else InProcessJobStore()
+    if url:
+        return RedisJobStore(url, ttl_s=cfg.store_ttl_s)
+    return InProcessJobStore(max_records=cfg.store_max_records, ttl_s=cfg.store_ttl_s)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
@@ -36,11 +45,27 @@ class LoomIngress:
         await self.service.recover()  # queued jobs resume; orphaned running ones are marked failed
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health)
+        return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health,
+                         max_request_bytes=self.cfg.max_request_bytes)
 
-    async def health(self) -> dict:
-        return {"workers": list(self.runner.workers), "model": self.cfg.model_name,
-                "cluster": await self.runner.coord.cluster.remote()}
+    async def health(self) -> Health:
+        """Asks every worker and the coordinator, each within HEALTH_TIMEOUT_S."""
+        names = list(self.runner.workers)
+        answers = await asyncio.gather(*(_ask(self.runner.workers[n].health.remote()) for n in names))
+        coordinator = await _ask(self.runner.coord.cluster.remote())
+        if "state" not in coordinator:
+            coordinator = {"state": "ok", **coordinator}
+        return assess(dict(zip(names, answers)), coordinator, self.cfg.model_name)
+
+
+async def _ask(ref) -> dict:
+    """An actor's answer, or why there is none: dead (the actor is gone), unresponsive (timeout)."""
+    try:
+        return await asyncio.wait_for(ref, HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        return {"state": "unresponsive", "error": f"no answer in {HEALTH_TIMEOUT_S}s"}
+    except ray.exceptions.RayError as e:
+        return {"state": "dead", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
 
 
 def app_builder(args: dict):

@@ -9,63 +9,52 @@ import sys
 import time
 
 from cluster.config import ConfigError, load
+from cluster.inputs import InputError, parse_budget, question_body
+from orchestrator.records import RequestError
 
 
-def parse_budget(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"loom: --budget expects key=value, got {item!r}")
-        try:
-            out[key] = float(value) if "." in value else int(value)
-        except ValueError:
-            raise SystemExit(f"loom: --budget {key}: {value!r} is not a number") from None
-    return out
+def job_body(args, default_format: str | None = None) -> dict:
+    """The job the command's arguments ask for, as the body of ``POST /v1/jobs``."""
+    body = {**question_body(args.question), "mode": args.mode, "budget": parse_budget(args.budget)}
+    if args.format or default_format:
+        body["format"] = args.format or default_format
+    return body
 
 
 def cmd_run(args) -> int:
     import ray
 
     from cluster import runtime, tree
-    from orchestrator.records import JobRequest, RequestError
+    from orchestrator.schema import job_request
     from orchestrator.service import JobService
     from orchestrator.store import InProcessJobStore
 
     cfg = load(args.config, {"num_workers": args.workers} if args.workers else None)
-    try:
-        request = JobRequest.from_dict({"prompt": _prompt(args.question), "format": args.format or cfg.format,
-                                        "mode": args.mode, "budget": parse_budget(args.budget)})
-    except RequestError as e:
-        raise SystemExit(f"loom: {e}") from None
+    request = job_request(job_body(args, cfg.format))
     if args.trace:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         from orchestrator import tracing
         tracing.setup(ConsoleSpanExporter())
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, namespace="loom")
+    attached = args.address is not None  # a running cluster's engines: used, not stopped
+    ray.init(address=args.address, num_cpus=None if attached else args.cpus, include_dashboard=False,
+             log_to_driver=False, namespace="loom")
     try:
         t0 = time.time()
-        service = JobService(runtime.make_runner(cfg), InProcessJobStore())
+        runner = runtime.make_runner(cfg)
         print(f"engines ready in {time.time() - t0:.1f}s", file=sys.stderr)
-        record = asyncio.run(service.run(request))
+        record = asyncio.run(JobService(runner, InProcessJobStore()).run(request))
     finally:
-        runtime.shutdown_actors(cfg)
+        if not attached:
+            runtime.shutdown_actors(cfg)
         ray.shutdown()
     if args.json:
         print(json.dumps(record.to_json(), indent=2))
     else:
         print(tree.render(record))
-        print("\n" + request.prompt + record.result.get("text", ""))
+        print("\n" + runner.prompt_text(request) + record.result.get("text", ""))
         print(f"\nanswer: {record.result.get('answer', '')}")
     return 0 if record.status == "done" else 1
-
-
-def _prompt(question: str) -> str:
-    q = question.strip()
-    if not q:
-        raise SystemExit("loom: the question is empty")
-    return q + "\n"
 
 
 def cmd_serve(args) -> int:
@@ -82,13 +71,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from cluster.jobs import JobError  # cluster.jobs imports this module
+    from cluster.jobs import JobError
 
-    body = {"prompt": _prompt(args.question), "mode": args.mode, "budget": parse_budget(args.budget)}
-    if args.format:
-        body["format"] = args.format
     try:
-        rec = asyncio.run(_submit(args.url, body, wait=not args.no_wait))
+        rec = asyncio.run(_submit(args.url, job_body(args), wait=not args.no_wait))
     except JobError as e:
         raise SystemExit(f"loom: {e}") from None
     if rec is None:
@@ -117,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("question")
     run.add_argument("--workers", type=int, default=0, help="engines to start (default: config)")
     run.add_argument("--cpus", type=int, default=None)
+    run.add_argument("--address", default=None,
+                     help="a running Ray cluster (e.g. 'auto'): use its Loom engines, leave them running")
     run.add_argument("--trace", action="store_true", help="print the job's OpenTelemetry spans (console)")
     serve_p = sub.add_parser("serve", help="start the Serve app from a YAML config")
     serve_p.add_argument("--dashboard", action="store_true")
@@ -136,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"run": cmd_run, "serve": cmd_serve, "submit": cmd_submit}[args.cmd](args)
     except ConfigError as e:
         raise SystemExit(f"loom: config: {e}") from None
+    except (InputError, RequestError) as e:
+        raise SystemExit(f"loom: {e}") from None
 
 
 if __name__ == "__main__":

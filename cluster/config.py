@@ -41,6 +41,11 @@ class LoomConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     redis_url: str = ""
+    max_request_bytes: int = 1 << 20  # larger HTTP bodies get a 413 before they are read
+    # job store retention: finished records are kept store_ttl_s seconds (both stores); the
+    # in-process store keeps at most store_max_records, dropping the oldest finished first
+    store_max_records: int = 10000
+    store_ttl_s: float = 86400.0
 
     def engine(self) -> EngineConfig:
         return EngineConfig(model=self.model, max_model_len=self.max_model_len, dtype=self.dtype,
@@ -69,6 +74,12 @@ class LoomConfig:
             raise ConfigError("num_workers must be >= 1")
         if not Path(self.model).exists() and "/" not in self.model.strip("/"):
             raise ConfigError(f"model {self.model!r} is neither a directory nor a hub id")
+        if self.store_max_records < 1:
+            raise ConfigError("store_max_records must be >= 1")
+        if not self.store_ttl_s > 0:
+            raise ConfigError("store_ttl_s must be > 0")
+        if self.max_request_bytes < 1024:
+            raise ConfigError("max_request_bytes must be >= 1024")
         self.job_budget()
 
 

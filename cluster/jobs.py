@@ -4,7 +4,8 @@
         python -m cluster.jobs --input questions.jsonl --output results.jsonl
 
 Every input line is one job: a JSON object with the fields of ``POST /v1/jobs`` plus an
-optional ``id``, a JSON string, or a bare line of text (both a prompt). Every input line gets
+optional ``id``, a JSON string, or a bare line of text (both a question, sent as a user
+message as ``loom submit`` does: see cluster/inputs.py). Every input line gets
 one result line in ``--output``, in input order; a bad line gets an error result and the batch
 goes on. Progress goes to stdout, which Ray Jobs shows as the job's logs. Exit code: 0 every
 job done, 1 some line failed, 2 nothing ran (bad arguments, unreadable input, unreachable app).
@@ -25,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from cluster.cli import parse_budget
+from cluster.inputs import InputError, parse_budget, question_body
 from orchestrator.budget import BudgetError, JobBudget
 from orchestrator.plan.formats import FORMATS
 
@@ -89,22 +90,25 @@ def parse_line(n: int, text: str, fmt: str | None = None, budget: dict | None = 
     if not text:
         return None
     if text[0] not in '{["':
-        return Item(n, body=with_defaults({"prompt": as_prompt(text)}, fmt, budget))
+        return Item(n, body=with_defaults(question_body(text), fmt, budget))
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         return Item(n, error=f"not valid JSON: {e.msg} (column {e.colno})")
     if isinstance(obj, str):
-        return Item(n, body=with_defaults({"prompt": as_prompt(obj)}, fmt, budget))
+        return question_item(n, obj, fmt, budget)
     if not isinstance(obj, dict):
         return Item(n, error="a JSON array is not a job: give an object or a string")
     line_id = obj.pop("id", None)
     return Item(n, id=line_id, body=with_defaults(obj, fmt, budget))
 
 
-def as_prompt(text: str) -> str:
-    """A bare prompt ends with a newline, as with ``loom submit``."""
-    return text if text.endswith("\n") else text + "\n"
+def question_item(n: int, text: str, fmt: str | None, budget: dict | None) -> Item:
+    """A JSON string line: a question, as a bare line is (an empty one is a bad line)."""
+    try:
+        return Item(n, body=with_defaults(question_body(text), fmt, budget))
+    except InputError as e:
+        return Item(n, error=str(e))
 
 
 def with_defaults(body: dict, fmt: str | None, budget: dict | None) -> dict:
@@ -338,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         budget = parse_budget(args.budget)
         JobBudget.from_dict(budget)
-    except SystemExit as e:
-        return fail(str(e).removeprefix("loom: "))
+    except InputError as e:
+        return fail(str(e))
     except BudgetError as e:
         return fail(f"--budget: {e}")
     try:

@@ -69,10 +69,11 @@ class Question:
 
 
 def parse_question(text: str) -> Question:
-    """Parse ``Q: <expr>`` (or a bare expr); raise ValueError naming the problem."""
+    """Parse ``Q: <expr>`` (or a bare expr; spaces ignored, as the chat template does); raise
+    ValueError naming the problem."""
     expr = text.strip()
-    if expr.startswith("Q:"):
-        expr = expr[2:].strip()
+    expr = expr.removeprefix("Q:")
+    expr = expr.replace(" ", "")
     parts = expr.split("+")
     if not 1 <= len(parts) <= 5:
         raise ValueError(f"expected 1 to 5 terms, got {len(parts)} in {expr!r}")

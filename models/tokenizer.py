@@ -15,6 +15,12 @@ from orchestrator.plan.formats import FORMATS
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+# The last message as the task's prompt ``Q: <expr>\n`` (models.task.Question.prompt), whether the
+# user wrote ``Q: 1*2 + 3`` or ``1*2+3``: a leading ``Q:`` and spaces are dropped, and the newline is
+# an expression, since Jinja drops a template's own trailing newline.
+CHAT_TEMPLATE = ("{%- set q = messages[-1]['content'] | trim -%}"
+                 "{%- if q[:2] == 'Q:' -%}{%- set q = q[2:] -%}{%- endif -%}"
+                 "{{- 'Q: ' + q | replace(' ', '') + '\\n' -}}")
 
 
 def plan_tags() -> list[str]:
@@ -46,7 +52,7 @@ def save(tok: Tokenizer, out: Path) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
         "model_max_length": 1024, "clean_up_tokenization_spaces": False,
-        "chat_template": "Q: {{ messages[-1]['content'] }}\n",
+        "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "special_tokens_map.json").write_text(json.dumps(

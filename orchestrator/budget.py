@@ -10,11 +10,20 @@ that the policy is tested deterministically (time is passed in, never read).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 
 class BudgetError(ValueError):
     pass
+
+
+# Each field's bounds (inclusive): a budget past them is a mistake, never a wish to run forever.
+LIMITS: dict[str, tuple[float, float]] = {
+    "max_total_tokens": (1, 10_000_000), "max_width": (1, 1024), "max_depth": (1, 32),
+    "max_thread_tokens": (1, 10_000_000), "max_fork_rounds": (1, 1024),
+    "deadline_s": (0.001, 7 * 86_400), "min_thread_tokens": (1, 1_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -29,20 +38,31 @@ class JobBudget:
 
     def __post_init__(self):
         for name, value in asdict(self).items():
-            if value <= 0:
-                raise BudgetError(f"budget.{name} must be > 0, got {value}")
+            lo, hi = LIMITS[name]
+            if not lo <= value <= hi:
+                raise BudgetError(f"budget.{name} must be in [{lo:g}, {hi:g}], got {value!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None, base: JobBudget | None = None) -> JobBudget:
         base_d = asdict(base or cls())
+        if not isinstance(d, dict | None):
+            raise BudgetError(f"budget must be an object, got {type(d).__name__}")
         unknown = set(d or {}) - set(base_d)
         if unknown:
             raise BudgetError(f"unknown budget field(s): {', '.join(sorted(unknown))}")
-        try:
-            merged = {k: type(base_d[k])(v) for k, v in {**base_d, **(d or {})}.items()}
-        except (TypeError, ValueError) as e:
-            raise BudgetError(f"budget: {e}") from None
+        merged = {k: _typed(k, v, type(base_d[k])) for k, v in {**base_d, **(d or {})}.items()}
         return cls(**merged)
+
+
+def _typed(name: str, value, kind: type) -> int | float:
+    """``value`` as the field's type: ints from ints or integral floats, floats finite."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BudgetError(f"budget.{name} must be a finite number, got {value!r}")
+    if kind is int:
+        if value != int(value):
+            raise BudgetError(f"budget.{name} must be a whole number, got {value!r}")
+        return int(value)
+    return float(value)
 
 
 @dataclass(frozen=True)

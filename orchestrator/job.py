@@ -20,7 +20,7 @@ from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placement, PrefixIndex
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.plan.formats import Outline, Plan, PlanFormat, ThreadResult, get_format
-from orchestrator.records import JobRecord, JobRequest
+from orchestrator.records import JobRecord, JobRequest, RequestError
 from workers.engine import GenRequest
 
 CHARGE_EVERY = 8  # tokens between charges to the coordinator
@@ -86,7 +86,7 @@ class JobRunner:
                          JobBudget.from_dict(req.budget, self.default_budget), emit=emit)
         await self.coord.open_job.remote(record.id, ctx.budget, time.time())
         try:
-            ids = self.prompt_ids(req)
+            ids = await asyncio.to_thread(self.prepare, req)
             ctx.prompt_len, ctx.main_ids = len(ids), ids
             main = Lane(ids, 0, -1, self._stops(ctx, thread=False), ctx.budget.max_total_tokens)
             ids, finish = await self.run_lane(ctx, main)
@@ -103,15 +103,22 @@ class JobRunner:
             record.finished = time.time()
         return record
 
-    def prompt_ids(self, req: JobRequest) -> list[int]:
-        if req.messages is not None:
-            if getattr(self.tok, "chat_template", None):
-                text = self.tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
-            else:
-                text = "\n".join(m["content"] for m in req.messages) + "\n"
-        else:
-            text = req.prompt
-        return self.tok.encode(text, add_special_tokens=True)
+    def prompt_text(self, req: JobRequest) -> str:
+        """The prompt as the model sees it: ``prompt`` verbatim, ``messages`` through the chat template."""
+        if req.messages is None:
+            return req.prompt
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        return "\n".join(m["content"] for m in req.messages) + "\n"
+
+    def prepare(self, req: JobRequest) -> list[int]:
+        """The prompt's token ids; a RequestError when the model's context has no room left to
+        generate (blocking: callers on an event loop run it in a thread)."""
+        ids = self.tok.encode(self.prompt_text(req), add_special_tokens=True)
+        if len(ids) >= self.max_model_len:
+            raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {self.max_model_len} "
+                               f"tokens (max_model_len), which leaves no room to generate")
+        return ids
 
     def _stops(self, ctx: JobContext, thread: bool) -> list[str]:
         fmt = ctx.fmt
@@ -119,13 +126,15 @@ class JobRunner:
         stops = [fmt.fork_stop] if forks else []
         if thread and fmt.thread_close:
             stops.append(fmt.thread_close)
-        return stops
+        return stops if thread else stops + ctx.request.stop
 
     def _finish(self, ctx: JobContext, finish: str) -> None:
         rec = ctx.record
         ids = _no_eos(ctx.main_ids[ctx.prompt_len:], self.tok.eos_token_id)
         text = self.tok.decode(ids, skip_special_tokens=False)
-        rec.result = {"text": text, "answer": extract_answer(text), "finish": finish,
+        if finish == "stop":  # the main lane ends on a stop only at one of the caller's: not returned
+            text = text[:max(text.rfind(s) for s in ctx.request.stop)]
+        rec.result = {"text": text, "answer": extract_answer(text), "finish": finish, "prompt_tokens": ctx.prompt_len,
                       "total_tokens": ctx.dag.total_tokens(),
                       "critical_path_tokens": ctx.dag.critical_path_tokens()}
         rec.status = "done" if finish in ("stop", "eos", "length") else "cancelled"
@@ -253,7 +262,8 @@ class JobRunner:
                           gen_ai__request__temperature=ctx.request.temperature,
                           gen_ai__usage__input_tokens=len(ids), loom__worker=worker) as span:
             req = GenRequest(f"{ctx.record.id}-n{node.id}-{len(ids)}", ids, max_tokens, lane.stops,
-                             ctx.request.temperature, ctx.request.seed, trace=tracing.inject())
+                             ctx.request.temperature, ctx.request.seed, top_p=ctx.request.top_p,
+                             trace=tracing.inject())
             try:
                 finish = await self._stream(ctx, node, worker, req, out, show=not lane.is_thread)
             finally:

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import msgpack
 
-from orchestrator.budget import BudgetError, JobBudget
-from orchestrator.plan.formats import FORMATS
-
 SCHEMA_VERSION = 1
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
-MODES = ("parallel", "sequential")
 
 
 class RequestError(ValueError):
@@ -21,54 +17,17 @@ class RequestError(ValueError):
 
 @dataclass
 class JobRequest:
+    """A validated request (``orchestrator.schema`` builds it from any entry point's input)."""
+
     prompt: str | None = None
     messages: list[dict] | None = None
     format: str = "threadweaver"
     mode: str = "parallel"  # sequential: the model writes its threads itself, no fork
     budget: dict = field(default_factory=dict)
     temperature: float = 0.0
+    top_p: float = 1.0
     seed: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> JobRequest:
-        if not isinstance(d, dict):
-            raise RequestError("request body must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise RequestError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        req = cls(**d)
-        req.validate()
-        return req
-
-    def validate(self) -> None:
-        if (self.prompt is None) == (self.messages is None):
-            raise RequestError("give exactly one of 'prompt' or 'messages'")
-        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt.strip()):
-            raise RequestError("'prompt' must be a non-empty string")
-        if self.messages is not None:
-            _check_messages(self.messages)
-        if self.format not in FORMATS:
-            raise RequestError(f"unknown format {self.format!r}; known: {', '.join(FORMATS)}")
-        if self.mode not in MODES:
-            raise RequestError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
-        if not isinstance(self.temperature, (int, float)) or not 0 <= self.temperature <= 2:
-            raise RequestError("'temperature' must be a number in [0, 2]")
-        if not isinstance(self.budget, dict):
-            raise RequestError("'budget' must be an object")
-        try:
-            JobBudget.from_dict(self.budget)
-        except BudgetError as e:
-            raise RequestError(str(e)) from None
-
-
-def _check_messages(messages) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise RequestError("'messages' must be a non-empty list")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or \
-                m.get("role") not in ("system", "user", "assistant"):
-            raise RequestError(f"messages[{i}] needs a role (system|user|assistant) and string content")
+    stop: list[str] = field(default_factory=list)  # the caller's stop strings (main context only)
 
 
 @dataclass

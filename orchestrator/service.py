@@ -44,6 +44,9 @@ class JobService:
         self._watchers: set[asyncio.Task] = set()
 
     async def submit(self, request: JobRequest, emit: Callable[[str], None] | None = None) -> JobRecord:
+        """Stores the job (queued) and starts it; a prompt the model cannot take (RequestError)
+        is refused before anything is stored. Tokenizing runs off the event loop."""
+        await asyncio.to_thread(self.runner.prepare, request)
         record = JobRecord.new(request)
         await self.store.put(record)
         self._start(record, emit)

@@ -4,6 +4,11 @@ default (records are msgpack-encoded even here, so every store sees the same byt
 
 Every write is a compare-and-set on the stored record: ``transition`` moves a job only from
 the statuses it names, and ``put`` never turns a finished job back into a live one.
+
+Both stores are bounded: a finished record (status in ``TERMINAL``) is kept ``ttl_s`` after
+its last write, and the in-process store also keeps at most ``max_records`` records, dropping
+the oldest finished ones first. Queued and running records are never dropped, whatever their
+age or number: nothing accepted is lost.
 """
 from __future__ import annotations
 
@@ -85,8 +90,18 @@ class _CasStore:
 
 
 class InProcessJobStore(_CasStore):
-    def __init__(self):
+    """Records in a dict, as msgpack bytes. Finished ids also sit in ``_finished``, in the order
+    they were (last) written finished, with the ``time.monotonic()`` of that write; so the
+    oldest finished record is always the first one there, and evicting (on every write, and
+    for age on every read) costs O(evicted), not a scan of the store."""
+
+    def __init__(self, max_records: int = 10_000, ttl_s: float = 86_400.0):
+        if max_records <= 0 or ttl_s <= 0:
+            raise ValueError("max_records and ttl_s must be > 0")
+        self.max_records = max_records
+        self.ttl_s = ttl_s
         self._data: dict[str, bytes] = {}
+        self._finished: dict[str, float] = {}  # id -> monotonic time it was written finished
         self._leases: dict[str, float] = {}
         self._lock = asyncio.Lock()
 
@@ -96,13 +111,31 @@ class InProcessJobStore(_CasStore):
             new = change(JobRecord.decode(data) if data is not None else None)
             if new is not None:
                 self._data[job_id] = new.encode()
+                self._finished.pop(job_id, None)  # re-inserted last, or live again
+                if new.status in TERMINAL:
+                    self._finished[job_id] = time.monotonic()
+                self._evict()
             return new
 
+    def _evict(self) -> None:
+        """Drops finished records older than ``ttl_s`` and, while there are more than
+        ``max_records`` records, the oldest finished ones. Synchronous: atomic in the loop."""
+        expired = time.monotonic() - self.ttl_s
+        while self._finished:
+            job_id, finished = next(iter(self._finished.items()))
+            if finished > expired and len(self._data) <= self.max_records:
+                break
+            del self._finished[job_id]
+            self._data.pop(job_id, None)
+            self._leases.pop(job_id, None)
+
     async def get(self, job_id: str) -> JobRecord | None:
+        self._evict()
         data = self._data.get(job_id)
         return JobRecord.decode(data) if data is not None else None
 
     async def list(self, limit: int | None = 100) -> list[JobRecord]:
+        self._evict()
         records = [JobRecord.decode(d) for d in self._data.values()]
         return sorted(records, key=lambda r: r.created, reverse=True)[:limit]
 
@@ -120,14 +153,58 @@ class InProcessJobStore(_CasStore):
         return self._leases.get(job_id, 0.0) > time.monotonic()
 
 
+# Looks at the ids due in the expiry index (KEYS[1], scored by expiry time in ms) at ARGV[1],
+# at most ARGV[2] of them. Where the record (key ARGV[3] .. id) is gone, the id leaves every
+# index in KEYS (the expiry index, ``{prefix}:jobs``, every status index). Where it still
+# exists (a clock ahead of Redis's), the id is scored again by the key's own remaining time,
+# or leaves the expiry index only, if the key has no expiry (a record kept for good).
+_TRIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local gone = 0
+for _, id in ipairs(due) do
+  local left = redis.call('PTTL', ARGV[3] .. id)
+  if left == -2 then
+    for i = 1, #KEYS do redis.call('ZREM', KEYS[i], id) end
+    gone = gone + 1
+  elseif left == -1 then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + left, id)
+  end
+end
+return gone
+"""
+_TRIM_BATCH = 1000  # ids looked at per trim: bounds the script's time
+
+
 class RedisJobStore(_CasStore):
     """Records at ``{prefix}:job:{id}`` (msgpack), newest-first index ``{prefix}:jobs`` and
     one index per status ``{prefix}:status:{status}`` (sorted sets scored by ``created``),
-    leases at ``{prefix}:lease:{id}``. Writes are WATCH/MULTI transactions on the record key."""
+    leases at ``{prefix}:lease:{id}``. Writes are WATCH/MULTI transactions on the record key.
 
-    def __init__(self, url: str, prefix: str = "loom"):
+    Retention: a write with a finished status sets the record with ``PX ttl_s`` and, in the
+    same MULTI, puts its id in ``{prefix}:expiry`` scored by when it expires (ms, this client's
+    clock); Redis then deletes the key itself. A live write (queued, running) is a plain SET,
+    which clears any expiry, and takes the id out of ``{prefix}:expiry``: live records never
+    expire. The indexes are trimmed by a Lua script (``_TRIM``, run atomically in Redis) inside
+    every write's MULTI and before every ``list``: it takes the ids due in ``{prefix}:expiry``
+    and removes from every index only those whose record key no longer exists (the others are
+    scored again by their key's remaining time). So only records that Redis has really
+    expired leave the indexes, never a live one however old (its id is not in
+    ``{prefix}:expiry``, and its key has no expiry), and a clock skew between replicas and
+    Redis only delays trimming, never loses a record. Scores by ``created`` would not do: a
+    queued or running job older than ``ttl_s`` must stay in its status index for recovery.
+    """
+
+    def __init__(self, url: str, prefix: str = "loom", ttl_s: float = 86_400.0):
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0")
         self.r = aioredis.from_url(url)
         self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._expiry = f"{prefix}:expiry"
+        self._indexes = [self._expiry, f"{prefix}:jobs", *(self._status_key(s) for s in STATUSES)]
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -154,11 +231,22 @@ class RedisJobStore(_CasStore):
                     continue
 
     def _write(self, pipe, old: JobRecord | None, new: JobRecord) -> None:
-        pipe.set(self._key(new.id), new.encode())
+        if new.status in TERMINAL:
+            pipe.set(self._key(new.id), new.encode(), px=self._ttl_ms)
+            pipe.zadd(self._expiry, {new.id: int(time.time() * 1000) + self._ttl_ms})
+        else:  # a plain SET drops any expiry the key had
+            pipe.set(self._key(new.id), new.encode())
+            pipe.zrem(self._expiry, new.id)
         pipe.zadd(f"{self.prefix}:jobs", {new.id: new.created})
         if old is not None and old.status != new.status:
             pipe.zrem(self._status_key(old.status), new.id)
         pipe.zadd(self._status_key(new.status), {new.id: new.created})
+        self._trim(pipe)
+
+    def _trim(self, client):
+        """Queues (pipeline) or runs (client) the index trim for records that have expired."""
+        return client.eval(_TRIM, len(self._indexes), *self._indexes,
+                           int(time.time() * 1000), _TRIM_BATCH, f"{self.prefix}:job:")
 
     async def get(self, job_id: str) -> JobRecord | None:
         data = await self.r.get(self._key(job_id))
@@ -173,7 +261,10 @@ class RedisJobStore(_CasStore):
     async def _list(self, index: str, limit: int | None) -> list[JobRecord]:
         if limit is not None and limit <= 0:
             return []
-        ids = await self.r.zrevrange(index, 0, -1 if limit is None else limit - 1)
+        async with self.r.pipeline(transaction=False) as pipe:
+            self._trim(pipe)
+            pipe.zrevrange(index, 0, -1 if limit is None else limit - 1)
+            _, ids = await pipe.execute()
         if not ids:
             return []
         blobs = await self.r.mget([self._key(i.decode()) for i in ids])

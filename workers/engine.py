@@ -21,6 +21,7 @@ class GenRequest:
     stop: list[str] = field(default_factory=list)
     temperature: float = 0.0
     seed: int | None = None
+    top_p: float = 1.0
     trace: dict = field(default_factory=dict)  # W3C carrier of the caller's span
 
 
@@ -54,6 +55,7 @@ class EngineConfig:
 class Engine(Protocol):
     def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]: ...
     async def abort(self, request_id: str) -> None: ...
+    async def check_health(self) -> None: ...
     def encode(self, text: str, bos: bool = False) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def eos_token_id(self) -> int | None: ...
@@ -82,7 +84,7 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         params = SamplingParams(
-            max_tokens=req.max_tokens, temperature=req.temperature, seed=req.seed,
+            max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
             stop=req.stop or None, output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=False, spaces_between_special_tokens=False,
         )
@@ -103,6 +105,10 @@ class VLLMEngine:
 
     async def abort(self, request_id: str) -> None:
         await self.llm.abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raises when the engine is dead (its core process gone, or its output loop failed)."""
+        await self.llm.check_health()
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=bos)

@@ -57,6 +57,14 @@ class EngineWorker:
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)
 
+    async def health(self) -> dict:
+        """``state`` ok, or errored with the engine's error (a dead engine takes no requests)."""
+        try:
+            await self.engine.check_health()
+        except Exception as e:  # noqa: BLE001 - whatever the engine raised is the answer
+            return {"state": "errored", "error": f"{type(e).__name__}: {e}", "active": len(self.active)}
+        return {"state": "ok", "active": len(self.active)}
+
     def load(self) -> dict:
         return {"name": self.name, "active": len(self.active), **self.stats}
 
