@@ -50,9 +50,10 @@ class LoomIngress:
 
     async def health(self) -> Health:
         """Asks every worker and the coordinator, each within HEALTH_TIMEOUT_S."""
-        names = list(self.runner.workers)
-        answers = await asyncio.gather(*(_ask(self.runner.workers[n].health.remote()) for n in names))
-        coordinator = await _ask(self.runner.coord.cluster.remote())
+        workers = self.runner.engine.workers
+        names = list(workers)
+        answers = await asyncio.gather(*(_ask(workers[n].health.remote()) for n in names))
+        coordinator = await _ask(self.runner.budget.handle.cluster.remote())
         if "state" not in coordinator:
             coordinator = {"state": "ok", **coordinator}
         return assess(dict(zip(names, answers)), coordinator, self.cfg.model_name)

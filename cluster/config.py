@@ -25,6 +25,10 @@ class LoomConfig:
     model: str = DEFAULT_MODEL
     model_name: str = "loom-arith"
     num_workers: int = 1
+    worker_prefix: str = "loom-worker"  # worker actors are named {worker_prefix}-{i}
+    # per worker, the CPU cores of its engine (VLLM_CPU_OMP_THREADS_BIND, e.g. ["0", "1"]); empty:
+    # several CPU engines split this machine's cores evenly, one engine lets vLLM choose
+    worker_cpu_binds: list = field(default_factory=list)
     worker_num_gpus: float = 0.0
     worker_num_cpus: float = 0.0
     max_model_len: int = 1024
@@ -35,6 +39,7 @@ class LoomConfig:
     gpu_memory_utilization: float = 0.85
     max_num_seqs: int = 64
     block_size: int = 32
+    num_kv_blocks: int = 0  # KV blocks per engine; 0: as many as memory allows (tests force evictions)
     max_threads_in_flight: int = 64
     format: str = "threadweaver"
     budget: dict = field(default_factory=dict)
@@ -51,7 +56,8 @@ class LoomConfig:
         return EngineConfig(model=self.model, max_model_len=self.max_model_len, dtype=self.dtype,
                             enforce_eager=self.enforce_eager, kv_cache_gib=self.kv_cache_gib,
                             gpu_memory_utilization=self.gpu_memory_utilization,
-                            max_num_seqs=self.max_num_seqs, block_size=self.block_size)
+                            max_num_seqs=self.max_num_seqs, block_size=self.block_size,
+                            num_blocks=self.num_kv_blocks or None)
 
     def job_budget(self) -> JobBudget:
         return JobBudget.from_dict(self.budget)
@@ -72,6 +78,8 @@ class LoomConfig:
     def validate(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("num_workers must be >= 1")
+        if self.worker_cpu_binds and len(self.worker_cpu_binds) != self.num_workers:
+            raise ConfigError(f"worker_cpu_binds has {len(self.worker_cpu_binds)} entries for {self.num_workers} workers")
         if not Path(self.model).exists() and "/" not in self.model.strip("/"):
             raise ConfigError(f"model {self.model!r} is neither a directory nor a hub id")
         if self.store_max_records < 1:

@@ -5,28 +5,46 @@ ingress replica and every driver (``loom run``, a Ray Job) shares the same ones.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import replace
+
 import ray
 
 from cluster.config import LoomConfig
 from orchestrator import coordinator as coord_mod
+from orchestrator.engine_client import RayBudgetClient, RayEngineClient
+from orchestrator.generation import WorkerInfo
+from orchestrator.kv_events import KVEventSubscriber, SharedIndex
+from orchestrator.kv_index import KVIndex
+from orchestrator.placement import Placer
 from workers.worker import WorkerActor
 
 
-def worker_name(i: int) -> str:
-    return f"loom-worker-{i}"
+def worker_names(cfg: LoomConfig) -> list[str]:
+    return [f"{cfg.worker_prefix}-{i}" for i in range(cfg.num_workers)]
 
 
-def start_workers(cfg: LoomConfig) -> dict:
-    """Named worker actors (created if missing); waits until each engine is loaded."""
+def cpu_binds(cfg: LoomConfig) -> list[str]:
+    """Per worker, the CPU cores its engine's threads are bound to: the configured lists, or
+    (several CPU engines on one machine) an even split of this machine's cores, so that the
+    engines do not spin on the same cores; "" (vLLM's own choice) for one engine or GPUs."""
+    if cfg.worker_cpu_binds:
+        return list(cfg.worker_cpu_binds)
+    cores = sorted(os.sched_getaffinity(0))
+    if cfg.num_workers == 1 or cfg.worker_num_gpus > 0 or len(cores) < cfg.num_workers:
+        return [""] * cfg.num_workers
+    return [",".join(map(str, cores[i::cfg.num_workers])) for i in range(cfg.num_workers)]
+
+
+def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:
+    """Named worker actors (created if missing); waits until each engine is loaded and measured."""
     handles = {}
-    for i in range(cfg.num_workers):
-        name = worker_name(i)
+    for name, bind in zip(worker_names(cfg), cpu_binds(cfg)):
         handles[name] = WorkerActor.options(
             name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
             num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus,
-        ).remote(name, cfg.engine())
-    ray.get([h.ready.remote() for h in handles.values()])
-    return handles
+        ).remote(name, replace(cfg.engine(), cpu_bind=bind))
+    return handles, ray.get([h.ready.remote() for h in handles.values()])
 
 
 def start_coordinator(cfg: LoomConfig):
@@ -39,15 +57,26 @@ def load_tokenizer(cfg: LoomConfig):
     return AutoTokenizer.from_pretrained(cfg.model)
 
 
+def make_engine_client(cfg: LoomConfig, budget: RayBudgetClient) -> RayEngineClient:
+    """Workers, a KV index fed by their engines' events, and the placer that reads it."""
+    handles, infos = start_workers(cfg)
+    shared = SharedIndex(KVIndex(cfg.block_size))
+    for info in infos:
+        KVEventSubscriber(info.name, info.kv, shared).start()
+    placer = Placer(list(handles), shared, {i.name: i.profile for i in infos})
+    return RayEngineClient(handles, budget, placer, cfg.model_name)
+
+
 def make_runner(cfg: LoomConfig):
     from orchestrator.job import JobRunner
 
-    return JobRunner(start_workers(cfg), start_coordinator(cfg), load_tokenizer(cfg),
-                     cfg.max_model_len, cfg.job_budget(), cfg.block_size, cfg.model_name)
+    budget = RayBudgetClient(start_coordinator(cfg))
+    return JobRunner(make_engine_client(cfg, budget), budget, load_tokenizer(cfg), cfg.max_model_len,
+                     cfg.job_budget(), cfg.model_name)
 
 
 def shutdown_actors(cfg: LoomConfig) -> None:
-    for name in [worker_name(i) for i in range(cfg.num_workers)] + [coord_mod.COORDINATOR_NAME]:
+    for name in worker_names(cfg) + [coord_mod.COORDINATOR_NAME]:
         try:
             ray.kill(ray.get_actor(name, namespace=coord_mod.NAMESPACE))
         except ValueError:

@@ -1,10 +1,14 @@
 """Drives one job: main segment -> fork -> threads -> join -> continue, until the answer.
 
+Control flow only, in plain async Python: the engines and the budget are injected
+(``EngineClient``, ``BudgetClient``: orchestrator/engine_client.py), so this file knows
+nothing of Ray or vLLM and its fork/join logic is unit-tested with scripted fakes.
+
 Everything is token ids: a thread's prompt is the context's ids plus its header's ids (so
 the engine's prefix cache serves the shared prefix), and the join is the context's ids
 plus each thread's header and generated ids in plan order, which is exactly the token
-stream the model would have written sequentially. Nested blocks recurse (formats with
-nesting). The coordinator admits forks and is charged for every streamed token.
+stream the model would have written sequentially. A segment that stops on the format's
+fork stop is parsed for a plan; nested blocks recurse (formats with nesting).
 """
 from __future__ import annotations
 
@@ -15,19 +19,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from orchestrator import tracing
-from orchestrator.budget import JobBudget
+from orchestrator.budget import Admission, JobBudget
+from orchestrator.engine_client import BudgetClient, BudgetExhausted, EngineClient
+from orchestrator.generation import Decode, Progress, Sampling
 from orchestrator.metrics import LoomMetrics
-from orchestrator.placement import Placement, PrefixIndex
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.plan.formats import Outline, Plan, PlanFormat, ThreadResult, get_format
 from orchestrator.records import JobRecord, JobRequest, RequestError
-from workers.engine import GenRequest
-
-CHARGE_EVERY = 8  # tokens between charges to the coordinator
-
-
-class BudgetExhausted(Exception):
-    pass
 
 
 @dataclass
@@ -43,6 +41,16 @@ class Lane:
 
 
 @dataclass
+class ThreadOutcome:
+    """One thread of a block, as the join needs it."""
+
+    outline: Outline
+    header: list[int]  # the header's ids (what the thread's prompt added to the context)
+    ids: list[int]  # what the thread generated after its header
+    finish: str
+
+
+@dataclass
 class JobContext:
     record: JobRecord
     request: JobRequest
@@ -55,18 +63,17 @@ class JobContext:
 
 
 class JobRunner:
-    """Runs jobs against Ray worker actors and the coordinator actor."""
+    """Runs jobs against an engine client and a budget client."""
 
-    def __init__(self, workers: dict, coordinator, tokenizer, max_model_len: int,
-                 default_budget: JobBudget | None = None, block_size: int = 32, model_name: str = "loom"):
-        self.workers = workers
-        self.coord = coordinator
+    def __init__(self, engine: EngineClient, budget: BudgetClient, tokenizer, max_model_len: int,
+                 default_budget: JobBudget | None = None, model_name: str = "loom", metrics=None):
+        self.engine = engine
+        self.budget = budget
         self.tok = tokenizer
         self.max_model_len = max_model_len
         self.model_name = model_name
-        self.metrics = LoomMetrics()
+        self.metrics = metrics or LoomMetrics()
         self.default_budget = default_budget or JobBudget()
-        self.placement = Placement(list(workers), PrefixIndex(block=block_size))
 
     # -- entry ------------------------------------------------------------------
     async def run(self, record: JobRecord, emit: Callable[[str], None] | None = None) -> JobRecord:
@@ -84,7 +91,7 @@ class JobRunner:
         req = JobRequest(**record.request)
         ctx = JobContext(record, req, get_format(req.format),
                          JobBudget.from_dict(req.budget, self.default_budget), emit=emit)
-        await self.coord.open_job.remote(record.id, ctx.budget, time.time())
+        await self.budget.open_job(record.id, ctx.budget)
         try:
             ids = await asyncio.to_thread(self.prepare, req)
             ctx.prompt_len, ctx.main_ids = len(ids), ids
@@ -98,7 +105,7 @@ class JobRunner:
         except Exception as e:  # noqa: BLE001 - a worker or engine failure: the job says so, never vanishes
             record.status, record.error = "failed", f"{type(e).__name__}: {e}"
         finally:
-            record.usage = await self.coord.close_job.remote(record.id)
+            record.usage = await self.budget.close_job(record.id)
             record.dag = ctx.dag.to_dict()
             record.finished = time.time()
         return record
@@ -153,16 +160,13 @@ class JobRunner:
                 return lane.ids, "length"
             with tracing.span("loom.segment", loom__node=node.id, loom__depth=lane.depth) if first is not node \
                     else nullcontext():
-                out, finish = await self.decode(ctx, node, lane, min(lane.cap, room))
+                out, finish, stop = await self.decode(ctx, node, lane, min(lane.cap, room))
             lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
             if not lane.is_thread:
                 ctx.main_ids = lane.ids
-            if finish != "stop" or ctx.fmt.fork_stop not in lane.stops:
+            if finish != "stop" or stop != ctx.fmt.fork_stop:  # the end, or the lane's other stop
                 return lane.ids, finish
-            text = self.tok.decode(lane.ids, skip_special_tokens=False)
-            if not text.endswith(ctx.fmt.fork_stop):  # the lane's other stop (a thread's closer)
-                return lane.ids, finish
-            plan = self._plan(ctx, text)
+            plan = self._plan(ctx, self.tok.decode(lane.ids, skip_special_tokens=False))
             if plan is not None:
                 await self.fork(ctx, lane, node, plan)
             node = None  # either way the lane goes on: after the join, or sequentially
@@ -178,12 +182,12 @@ class JobRunner:
     # -- fork / join --------------------------------------------------------------
     async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> None:
         depth = lane.depth + 1
-        adm = await self.coord.admit_fork.remote(ctx.record.id, len(plan.outlines), depth, time.time())
+        adm = await self.budget.admit_fork(ctx.record.id, len(plan.outlines), depth)
         if not adm.admitted:
             ctx.record.notes.append(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
             self.metrics.rejected(adm.reason)
             return
-        self.metrics.fork_width.observe(adm.width)
+        self.metrics.forked(adm.width)
         if adm.reason:
             ctx.record.notes.append(adm.reason)
         threads, join = ctx.dag.fork(node.id, [o.id for o in plan.outlines], depth)
@@ -198,17 +202,18 @@ class JobRunner:
             ctx.main_ids = lane.ids
             self._emit(ctx, self.tok.decode(lane.ids[before:], skip_special_tokens=False))
 
-    async def run_waves(self, ctx, lane: Lane, plan: Plan, threads: list[Node], adm) -> list[tuple]:
-        results: list[tuple] = []
+    async def run_waves(self, ctx, lane: Lane, plan: Plan, threads: list[Node], adm: Admission) -> list[ThreadOutcome]:
+        results: list[ThreadOutcome] = []
         pairs = list(zip(plan.outlines, threads))
         for i in range(0, len(pairs), adm.width):
             wave = pairs[i:i + adm.width]
-            await self.coord.start_threads.remote(ctx.record.id, len(wave))
-            self.metrics.threads.inc(len(wave))
+            await self.budget.start_threads(ctx.record.id, len(wave))
+            self.metrics.threads_started(len(wave))
             results += await gather_or_cancel([self.run_thread(ctx, lane, o, n, adm) for o, n in wave])
         return results
 
-    async def run_thread(self, ctx: JobContext, lane: Lane, outline: Outline, node: Node, adm):
+    async def run_thread(self, ctx: JobContext, lane: Lane, outline: Outline, node: Node,
+                         adm: Admission) -> ThreadOutcome:
         fmt = ctx.fmt
         header = self.tok.encode(fmt.thread_header(outline), add_special_tokens=fmt.join_mode == "rewrite")
         base = header if fmt.join_mode == "rewrite" else lane.ids + header
@@ -218,18 +223,18 @@ class JobRunner:
                               loom__depth=node.depth):
                 ids, finish = await self.run_lane(ctx, sub, first=node)
         finally:
-            await self.coord.end_thread.remote(ctx.record.id)
-        return outline, header, ids[len(base):], finish
+            await self.budget.end_thread(ctx.record.id)
+        return ThreadOutcome(outline, header, ids[len(base):], finish)
 
-    def join_ids(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[tuple]) -> list[int]:
+    def join_ids(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[ThreadOutcome]) -> list[int]:
         fmt = ctx.fmt
         if fmt.join_mode == "rewrite":
             text = self.tok.decode(ids, skip_special_tokens=False)
-            res = [ThreadResult(o, self.tok.decode(t, skip_special_tokens=False), f) for o, _, t, f in results]
+            res = [ThreadResult(r.outline, self._text(r.ids), r.finish) for r in results]
             return self.tok.encode(fmt.render_join(text, plan, res), add_special_tokens=False)
         out = list(ids)
-        for outline, header, thread_ids, finish in results:
-            out += header + self._closed(ctx, thread_ids)
+        for r in results:
+            out += r.header + self._closed(ctx, r.ids)
         return out
 
     def _closed(self, ctx: JobContext, thread_ids: list[int]) -> list[int]:
@@ -249,79 +254,45 @@ class JobRunner:
         cleaned = cleaned[:-len(eos)] if eos and cleaned.endswith(eos) else cleaned
         return self.tok.encode(cleaned + fmt.thread_close, add_special_tokens=False)
 
-    # -- one engine request ----------------------------------------------------------
-    async def decode(self, ctx: JobContext, node: Node, lane: Lane, max_tokens: int):
-        ids = lane.ids
-        worker = self.placement.choose(ids)
-        node.worker, node.status, node.started = worker, "running", time.time()
-        node.prompt_tokens = len(ids)
-        self.placement.started(worker, ids)
-        out: list[int] = []
-        with tracing.span(f"chat {self.model_name}", gen_ai__operation__name="chat",
-                          gen_ai__request__model=self.model_name, gen_ai__request__max_tokens=max_tokens,
-                          gen_ai__request__temperature=ctx.request.temperature,
-                          gen_ai__usage__input_tokens=len(ids), loom__worker=worker) as span:
-            req = GenRequest(f"{ctx.record.id}-n{node.id}-{len(ids)}", ids, max_tokens, lane.stops,
-                             ctx.request.temperature, ctx.request.seed, top_p=ctx.request.top_p,
-                             trace=tracing.inject())
-            try:
-                finish = await self._stream(ctx, node, worker, req, out, show=not lane.is_thread)
-            finally:
-                self.placement.finished(worker, ids + out)
-                node.ended = time.time()
-                self._trace_request(span, node, out)
-                self.metrics.request_done(len(ids), len(out), node.cached_tokens,
-                                          node.first_token - node.started if node.first_token else None)
-        return out, finish
-
-    def _trace_request(self, span, node: Node, out: list[int]) -> None:
-        tracing.set_attrs(span, gen_ai__usage__output_tokens=len(out), gen_ai__response__finish_reasons=[node.finish],
-                          loom__prefix__cached_tokens=node.cached_tokens, loom__node=node.id)
-        if tracing.content_enabled():
-            tracing.set_attrs(span, loom__output__text=self.tok.decode(out, skip_special_tokens=False))
-
-    async def _stream(self, ctx, node: Node, worker: str, req: GenRequest, out: list[int], show: bool) -> str:
-        handle = self.workers[worker]
+    # -- one segment on the engines ------------------------------------------------------
+    async def decode(self, ctx: JobContext, node: Node, lane: Lane,
+                     max_tokens: int) -> tuple[list[int], str, str | None]:
+        """(generated ids, finish, the stop string that ended it); the node records the request."""
+        req = ctx.request
+        show = None if lane.is_thread else (lambda ids: self._emit(ctx, self._text(ids)))
+        call = Decode(ctx.record.id, node.id, lane.ids, max_tokens, lane.stops,
+                      Sampling(req.temperature, req.top_p, req.seed), on_tokens=show)
+        progress = Progress()
+        node.status, node.prompt_tokens = "running", len(lane.ids)
         try:
-            return await self._consume(ctx, node, worker, req, out, show)
-        except asyncio.CancelledError:  # a sibling thread exhausted the budget, or the job was cancelled
-            await handle.abort.remote(req.request_id)
-            node.status, node.finish = "cancelled", "cancelled"
+            out = await self.engine.decode(call, progress)
+        except BaseException as e:
+            node.status = "cancelled" if isinstance(e, asyncio.CancelledError | BudgetExhausted) else "failed"
+            node.finish = "budget" if isinstance(e, BudgetExhausted) else node.status
             raise
+        finally:
+            _record(node, progress)
+        node.status, node.finish = "done", out.finish
+        return out.token_ids, out.finish, out.stop_reason
 
-    async def _consume(self, ctx, node: Node, worker: str, req: GenRequest, out: list[int], show: bool) -> str:
-        pending, finish = 0, "length"
-        gen = self.workers[worker].generate.options(num_returns="streaming").remote(req)
-        async for ref in gen:
-            chunk = await ref
-            out += chunk.token_ids
-            node.tokens += len(chunk.token_ids)
-            node.first_token = node.first_token or (time.time() if chunk.token_ids else 0.0)
-            pending += len(chunk.token_ids)
-            node.cached_tokens = max(node.cached_tokens, chunk.cached_tokens)
-            if show:  # decoded from ids, like the final text (vLLM's delta text omits stop strings)
-                self._emit(ctx, self.tok.decode(_no_eos(chunk.token_ids, self.tok.eos_token_id),
-                                                skip_special_tokens=False))
-            if pending >= CHARGE_EVERY or chunk.finished:
-                await self._charge(ctx, node, worker, req, pending)
-                pending = 0
-            if chunk.finished:
-                finish = "eos" if chunk.finish_reason == "stop" and not chunk.stop_reason else chunk.finish_reason
-                finish = finish or "stop"
-        node.status, node.finish = "done", finish
-        return finish
-
-    async def _charge(self, ctx: JobContext, node: Node, worker: str, req: GenRequest, n: int) -> None:
-        stop = await self.coord.charge.remote(ctx.record.id, f"n{node.id}", n, time.time())
-        if stop:
-            await self.workers[worker].abort.remote(req.request_id)
-            node.status, node.finish = "cancelled", "budget"
-            raise BudgetExhausted(stop)
+    def _text(self, ids: list[int]) -> str:
+        """Streamed text, decoded from ids like the final text (vLLM's delta text omits stop strings)."""
+        return self.tok.decode(_no_eos(ids, self.tok.eos_token_id), skip_special_tokens=False)
 
     @staticmethod
     def _emit(ctx: JobContext, text: str) -> None:
         if ctx.emit is not None and text:
             ctx.emit(text)
+
+
+def _record(node: Node, progress: Progress) -> None:
+    """What the engine client saw of a request, on its DAG node."""
+    node.tokens, node.cached_tokens = progress.tokens, progress.cached_tokens
+    node.started, node.first_token, node.ended = progress.started, progress.first_token, progress.ended
+    if progress.placement is not None:
+        node.worker = progress.placement.worker
+        node.placement = {"held_tokens": progress.placement.held_tokens, "reason": progress.placement.reason,
+                          "costs": dict(progress.placement.costs), "by": progress.placement.by}
 
 
 def _no_eos(ids: list[int], eos: int | None) -> list[int]:

@@ -65,9 +65,25 @@ class LoomMetrics:
         if ttft is not None and ttft >= 0:
             self.ttft.observe(ttft)
 
+    def forked(self, width: int) -> None:
+        self.fork_width.observe(width)
+
+    def threads_started(self, k: int) -> None:
+        self.threads.inc(k)
+
     def job_done(self, status: str, queue_s: float) -> None:
         self.jobs.inc(tags={"status": status})
         self.queue_time.observe(max(0.0, queue_s))
 
     def rejected(self, reason: str) -> None:
         self.rejections.inc(tags={"reason": reason.split(" ")[0] if reason else "unknown"})
+
+
+class NullMetrics:
+    """Records nothing: for drivers run outside Ray (unit tests of the control flow)."""
+
+    def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None) -> None: ...
+    def forked(self, width: int) -> None: ...
+    def threads_started(self, k: int) -> None: ...
+    def job_done(self, status: str, queue_s: float) -> None: ...
+    def rejected(self, reason: str) -> None: ...

@@ -1,67 +1,80 @@
-"""Placement: which worker runs a segment or thread. Plain Python, no Ray.
+"""Placement: which worker runs a segment or a thread. Plain Python, no Ray.
 
-A ``PrefixIndex`` keyed by token blocks (SGLang's radix idea, flattened to block hashes)
-answers "how many leading tokens of this prompt does each worker already hold". Workers
-are ranked by cached prefix tokens minus a load penalty; the penalty is the prefill cost
-of the prompt tokens a worker would recompute plus the decode work it has queued.
+The whole policy, in one place. For each candidate worker ``w`` and a request of ``P`` prompt
+tokens that is expected to generate ``T`` tokens:
+
+    held_w      leading prompt tokens ``w`` holds (the KV index: what the engine reported)
+    a_w         requests in ``w``'s engine now (its last load report + what we sent since)
+    cost_w  =   (1 + a_w) * (P - held_w) * prefill_w          prefill of the miss; the a_w
+                                                              running requests stall meanwhile
+              + T * step_w(a_w + 1)                           this request's decode
+              + a_w * T * (step_w(a_w + 1) - step_w(a_w))     the slowdown it causes the others
+
+``prefill_w`` (seconds per prompt token) and ``step_w(b)`` (seconds per decode step at batch
+``b``) are the engine's own, measured by its worker at start-up (``EngineProfile``); ``T`` is the
+mean output length of the requests placed so far. The cheapest worker wins; ties go to the one
+holding more of the prompt, then to the first. So a fork's threads stay with the worker that
+holds their prefix until that engine is so loaded that recomputing the prefix elsewhere is
+cheaper: a cache miss is never sent to the busiest worker just because it is "free" of the
+prefix elsewhere (the SGLang router's known failure), and a hit is never piled onto an engine
+past the point where it costs more than it saves.
 """
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
+from typing import Protocol
 
-BLOCK = 32  # tokens per block: Loom's engine default (EngineConfig.block_size)
+from orchestrator.generation import EngineLoad, EngineProfile, Placement
 
 
-def block_hashes(ids: list[int], block: int = BLOCK) -> list[int]:
-    """Chained hashes of the full blocks of ``ids`` (a block's hash covers its whole prefix)."""
-    out, h = [], 0
-    for i in range(0, len(ids) - len(ids) % block, block):
-        h = hash((h, tuple(ids[i:i + block])))
-        out.append(h)
-    return out
+class PrefixHoldings(Protocol):
+    def holdings(self, ids: list[int], workers: list[str]) -> dict[str, int]: ...
 
 
 @dataclass
-class PrefixIndex:
-    held: dict[str, set[int]] = field(default_factory=dict)  # worker -> block hashes
-    block: int = BLOCK
-
-    def record(self, worker: str, ids: list[int]) -> None:
-        self.held.setdefault(worker, set()).update(block_hashes(ids, self.block))
-
-    def cached_tokens(self, worker: str, ids: list[int]) -> int:
-        held = self.held.get(worker, set())
-        n = 0
-        for h in block_hashes(ids, self.block):
-            if h not in held:
-                break
-            n += self.block
-        return n
-
-    def forget(self, worker: str) -> None:
-        self.held.pop(worker, None)
-
-
-@dataclass
-class Placement:
+class Placer:
     workers: list[str]
-    index: PrefixIndex = field(default_factory=PrefixIndex)
-    active: dict[str, int] = field(default_factory=dict)  # requests running per worker
-    queued_tokens_per_request: int = 256
+    index: PrefixHoldings
+    profiles: dict[str, EngineProfile]
+    loads: dict[str, EngineLoad] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)  # requests started since the worker's last report
+    expected_tokens: float = 64.0  # mean output length so far (T)
+    placed: int = 0
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
-    def choose(self, ids: list[int]) -> str:
+    def place(self, ids: list[int]) -> Placement:
         if not self.workers:
             raise RuntimeError("no workers to place on")
-        return max(self.workers, key=lambda w: (self.score(w, ids), -self.workers.index(w)))
+        held = self.index.holdings(ids, self.workers)
+        costs = {w: self.cost(w, len(ids), held[w]) for w in self.workers}
+        best = min(self.workers, key=lambda w: (costs[w], -held[w], self.workers.index(w)))
+        return Placement(best, held[best], self._reason(best, held, costs), costs, self.name)
 
-    def score(self, worker: str, ids: list[int]) -> int:
-        recompute = len(ids) - self.index.cached_tokens(worker, ids)
-        return -(recompute + self.active.get(worker, 0) * self.queued_tokens_per_request)
+    def cost(self, worker: str, prompt: int, held: int) -> float:
+        prof, a, t = self.profiles[worker], self.active(worker), self.expected_tokens
+        step_after = prof.step_s(a + 1)
+        return ((1 + a) * (prompt - held) * prof.prefill_s_per_token + t * step_after
+                + a * t * (step_after - prof.step_s(a)))
 
-    def started(self, worker: str, ids: list[int]) -> None:
-        self.active[worker] = self.active.get(worker, 0) + 1
-        self.index.record(worker, ids)
+    def active(self, worker: str) -> int:
+        return self.loads.get(worker, EngineLoad()).active + self.sent.get(worker, 0)
 
-    def finished(self, worker: str, ids: list[int]) -> None:
-        self.active[worker] = max(0, self.active.get(worker, 0) - 1)
-        self.index.record(worker, ids)
+    def _reason(self, best: str, held: dict[str, int], costs: dict[str, float]) -> str:
+        most = max(held.values())
+        if held[best] == most:
+            return "holds the most of the prompt" if most else "cheapest (no worker holds the prompt)"
+        return f"cheaper than recomputing elsewhere: holder busy ({self.active(max(held, key=held.get))} active)"
+
+    def report(self, worker: str, load: EngineLoad) -> None:
+        """A fresh load report from ``worker``'s engine: it counts what we sent before it."""
+        self.loads[worker] = load
+        self.sent[worker] = 0
+
+    def started(self, worker: str) -> None:
+        self.sent[worker] = self.sent.get(worker, 0) + 1
+
+    def finished(self, generated: int) -> None:
+        self.placed += 1
+        self.expected_tokens += (generated - self.expected_tokens) / min(self.placed, 100)

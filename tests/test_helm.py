@@ -320,7 +320,7 @@ def render_args(values: dict | None = None) -> dict:
     return serve_config(rayservice(render(values)))["applications"][0]["args"]
 
 
-JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
 # Chart defaults that differ from LoomConfig's on purpose: a path inside the image, a GPU per
 # worker on the GPU group, and Serve listening on the pod's interfaces.
 CHART_DEFAULTS = {"model": "/home/ray/loom/models/loom-arith", "worker_num_gpus": 1, "host": "0.0.0.0"}

@@ -31,7 +31,7 @@ async def test_forked_job_answers_and_runs_one_thread_per_product(service):
 
 async def test_threads_run_concurrently_in_the_engine(service, runner):
     rec = await run(service)
-    log = {r["request_id"]: r for w in runner.workers.values() for r in ray.get(w.request_log.remote())}
+    log = {r["request_id"]: r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())}
     spans = [log[f"{rec.id}-n{t['id']}-{t['prompt_tokens']}"] for t in threads(rec)]
     latest_first = max(s["first_token_at"] for s in spans)
     earliest_end = min(s["finished_at"] for s in spans)

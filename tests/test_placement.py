@@ -1,26 +1,86 @@
-from orchestrator.placement import BLOCK, Placement, PrefixIndex, block_hashes
+"""The placement cost model (orchestrator/placement.py), case by case: exact choices from known
+holdings, loads and engine profiles (numbers of the order measured on this project's CPU)."""
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.generation import EngineLoad, EngineProfile
+from orchestrator.placement import Placer
+
+CPU = EngineProfile(prefill_s_per_token=1.1e-4, decode_step_s={1: 0.0046, 4: 0.0056, 16: 0.0073})
+# A GPU-like engine: a batch of up to 16 is nearly free, past it the step grows.
+FLAT = EngineProfile(prefill_s_per_token=2e-4, decode_step_s={1: 0.010, 16: 0.011, 64: 0.040})
 
 
-def test_block_hashes_cover_whole_prefixes():
-    a = list(range(2 * BLOCK + 8))
-    assert len(block_hashes(a)) == 2
-    b = a[:BLOCK] + [999] + a[BLOCK + 1:]
-    assert block_hashes(a)[0] == block_hashes(b)[0] and block_hashes(a)[1] != block_hashes(b)[1]
+class Holdings:
+    def __init__(self, held: dict[str, int]):
+        self.held = held
+
+    def holdings(self, ids, workers):
+        return {w: min(self.held.get(w, 0), len(ids)) for w in workers}
 
 
-def test_prefix_index_counts_leading_cached_tokens():
-    idx = PrefixIndex(block=16)
-    idx.record("w0", list(range(48)))
-    assert idx.cached_tokens("w0", list(range(40)) + [7] * 20) == 32
-    assert idx.cached_tokens("w1", list(range(48))) == 0
+def placer(held: dict[str, int], active: dict[str, int], profile=CPU, expected=64.0) -> Placer:
+    p = Placer(["w0", "w1"], Holdings(held), {"w0": profile, "w1": profile}, expected_tokens=expected)
+    for w, a in active.items():
+        p.report(w, EngineLoad(active=a))
+    return p
 
 
-def test_placement_prefers_the_worker_holding_the_prefix_until_it_is_overloaded():
-    p = Placement(["w0", "w1"], queued_tokens_per_request=10)
-    prefix = list(range(64))
-    p.started("w0", prefix)
-    p.finished("w0", prefix)
-    assert p.choose(prefix + [1, 2]) == "w0"
-    for _ in range(7):
-        p.started("w0", prefix)
-    assert p.choose(prefix + [1, 2]) == "w1"
+PROMPT = list(range(320))
+
+
+@pytest.mark.parametrize("case,profile,held,active,chosen", [
+    ("idle engines: the holder", CPU, {"w0": 320}, {}, "w0"),
+    ("the holder, though it is busier, where batching is nearly free", FLAT, {"w1": 320}, {"w0": 0, "w1": 4}, "w1"),
+    ("an idle engine, where each sequence slows the batch and the prefix is short", CPU, {"w1": 320},
+     {"w0": 0, "w1": 4}, "w0"),
+    ("nobody holds it: the less loaded", CPU, {}, {"w0": 3, "w1": 1}, "w1"),
+    # SGLang's router failure: a miss sent to the overloaded worker. The miss costs the same
+    # prefill anywhere, so the load decides.
+    ("a miss never goes to the overloaded worker", FLAT, {}, {"w0": 40, "w1": 2}, "w1"),
+    ("more held wins when loads are equal", CPU, {"w0": 96, "w1": 288}, {"w0": 2, "w1": 2}, "w1"),
+    ("ties go to the first worker", CPU, {"w0": 320, "w1": 320}, {}, "w0"),
+])
+def test_choices(case, profile, held, active, chosen):
+    assert placer(held, active, profile=profile).place(PROMPT).worker == chosen, case
+
+
+def test_a_saturated_holder_loses_the_request_once_recomputing_is_cheaper():
+    p = placer({"w0": 320}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200)
+    placed = p.place(PROMPT)
+    assert placed.worker == "w1" and placed.held_tokens == 0
+    assert placed.costs["w1"] < placed.costs["w0"] and "holder busy" in placed.reason
+    light = placer({"w0": 320}, {"w0": 1, "w1": 0}, profile=FLAT, expected=200).place(PROMPT)
+    assert light.worker == "w0" and light.reason == "holds the most of the prompt"
+
+
+def test_a_fork_stays_together_when_the_prefix_would_be_recomputed():
+    p = placer({"w0": 320}, {}, profile=FLAT)
+    chosen = []
+    for _ in range(4):  # four threads of one fork, placed one after the other
+        placed = p.place(PROMPT + [1, 2])
+        p.started(placed.worker)
+        chosen.append(placed.worker)
+    assert chosen == ["w0"] * 4
+
+
+def test_requests_sent_since_the_last_report_count_as_load_until_the_next():
+    p = placer({}, {"w0": 0, "w1": 0})
+    p.started("w0")
+    assert p.active("w0") == 1 and p.place(PROMPT).worker == "w1"
+    p.report("w0", EngineLoad(active=0))
+    assert p.active("w0") == 0 and p.place(PROMPT).worker == "w0"
+
+
+def test_expected_output_follows_what_requests_generated():
+    p = placer({}, {})
+    for _ in range(10):
+        p.finished(200)
+    assert p.expected_tokens == pytest.approx(200, rel=1e-6)
+
+
+def test_decode_step_interpolates_between_and_extends_beyond_measured_points():
+    assert CPU.step_s(1) == 0.0046 and CPU.step_s(16) == 0.0073
+    assert CPU.step_s(10) == pytest.approx(0.0056 + (0.0073 - 0.0056) * 6 / 12)
+    assert CPU.step_s(28) == pytest.approx(0.0073 + (0.0073 - 0.0056) * 12 / 12)

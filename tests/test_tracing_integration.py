@@ -48,6 +48,6 @@ async def test_worker_receives_the_trace_context(service, spans, runner):
     rec = await service.run(JobRequest(prompt="Q: 12*3+45*6\n"))
     (job,) = [s for s in spans.get_finished_spans() if s.name == "loom.job"]
     trace_hex = format(job.context.trace_id, "032x")
-    log = [r for w in runner.workers.values() for r in ray.get(w.request_log.remote())
+    log = [r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())
            if r["request_id"].startswith(rec.id)]
     assert log and all(trace_hex in r["traceparent"] for r in log)

@@ -9,34 +9,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass
-class GenRequest:
-    request_id: str
-    prompt_ids: list[int]
-    max_tokens: int
-    stop: list[str] = field(default_factory=list)
-    temperature: float = 0.0
-    seed: int | None = None
-    top_p: float = 1.0
-    trace: dict = field(default_factory=dict)  # W3C carrier of the caller's span
-
-
-@dataclass
-class GenChunk:
-    request_id: str
-    token_ids: list[int]
-    text: str
-    finished: bool = False
-    finish_reason: str | None = None  # stop | length | abort
-    stop_reason: str | None = None  # the stop string that matched
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    first_token_at: float = 0.0  # engine-side wall clock, seconds
-    finished_at: float = 0.0
+from orchestrator.generation import GenChunk, GenRequest
 
 
 @dataclass
@@ -50,6 +26,16 @@ class EngineConfig:
     max_num_seqs: int = 64
     block_size: int = 32  # KV block tokens; vLLM-CPU defaults to 128, too coarse for short prefixes
     seed: int = 0
+    num_blocks: int | None = None  # KV blocks, overriding what memory allows (tests force evictions)
+    cpu_bind: str = ""  # CPU engines: VLLM_CPU_OMP_THREADS_BIND (e.g. "0"); "" leaves vLLM's default
+
+
+@dataclass(frozen=True)
+class KVEventPorts:
+    """Where the engine publishes its KV cache events (all interfaces)."""
+
+    publish: int
+    replay: int
 
 
 class Engine(Protocol):
@@ -59,25 +45,58 @@ class Engine(Protocol):
     def encode(self, text: str, bos: bool = False) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def eos_token_id(self) -> int | None: ...
+    def vocab_size(self) -> int: ...
+    def scheduler(self) -> dict: ...
 
 
 class VLLMEngine:
-    """An AsyncLLM with prefix caching on."""
+    """An AsyncLLM with prefix caching on, publishing its KV cache events over ZMQ and keeping
+    its scheduler's last stats (running, waiting, KV usage) for ``load``."""
 
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, kv_ports: KVEventPorts):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        if cfg.cpu_bind:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_bind
         from vllm import AsyncEngineArgs
+        from vllm.config import KVEventsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        events = KVEventsConfig(enable_kv_cache_events=True, publisher="zmq",
+                                endpoint=f"tcp://*:{kv_ports.publish}", replay_endpoint=f"tcp://*:{kv_ports.replay}")
         args = AsyncEngineArgs(
             model=cfg.model, tokenizer=cfg.model, max_model_len=cfg.max_model_len,
             dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, enable_prefix_caching=True,
             gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed, disable_log_stats=False, block_size=cfg.block_size or None,
+            num_gpu_blocks_override=cfg.num_blocks, kv_events_config=events,
         )
         self.cfg = cfg
-        self.llm = AsyncLLM.from_engine_args(args)
+        self.scheduler_stats = None  # vLLM's SchedulerStats of the last step
+        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger])
         self.tokenizer = self.llm.get_tokenizer()
+
+    def _stats_logger(self, vllm_config, engine_index: int = 0):
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        engine = self
+
+        class KeepLast(StatLoggerBase):
+            def __init__(self, *_): ...
+
+            def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                if scheduler_stats is not None:
+                    engine.scheduler_stats = scheduler_stats
+
+            def log_engine_initialized(self): ...
+
+        return KeepLast()
+
+    def scheduler(self) -> dict:
+        """The scheduler's last report: running and waiting requests, KV usage (0..1)."""
+        s = self.scheduler_stats
+        if s is None:
+            return {"running": 0, "waiting": 0, "kv_usage": 0.0}
+        return {"running": s.num_running_reqs, "waiting": s.num_waiting_reqs, "kv_usage": s.kv_cache_usage}
 
     async def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
         from vllm import SamplingParams, TokensPrompt
@@ -85,7 +104,7 @@ class VLLMEngine:
 
         params = SamplingParams(
             max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-            stop=req.stop or None, output_kind=RequestOutputKind.DELTA,
+            stop=req.stop or None, output_kind=RequestOutputKind.DELTA, ignore_eos=req.ignore_eos,
             skip_special_tokens=False, spaces_between_special_tokens=False,
         )
         first = 0.0
@@ -118,6 +137,9 @@ class VLLMEngine:
 
     def eos_token_id(self) -> int | None:
         return self.tokenizer.eos_token_id
+
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
 
     def shutdown(self) -> None:
         self.llm.shutdown()

@@ -3,29 +3,87 @@
 ``generate`` is an async generator: called with ``.options(num_returns="streaming")`` it
 streams ``GenChunk`` deltas to the caller as the engine produces them, so the job can
 charge tokens and cancel mid-thread. Requests run concurrently inside the engine's batch.
+At start-up (``ready``) the worker measures its engine (prefill seconds per token, decode
+step seconds at a few batch sizes) for the placement cost model, and tells where its
+engine publishes its KV cache events.
 """
 from __future__ import annotations
 
+import asyncio
+import random
+import socket
+import statistics
 import time
 
 import ray
 
 from orchestrator import tracing
-from workers.engine import EngineConfig, GenChunk, GenRequest
+from orchestrator.generation import EngineLoad, EngineProfile, GenChunk, GenRequest, KVEndpoints, WorkerInfo
+from workers.engine import EngineConfig, KVEventPorts
+
+PROFILE_BATCHES = (1, 4, 16)
+PROFILE_DECODE_TOKENS = 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 class EngineWorker:
     """The worker's logic, usable without Ray (the actor below wraps it)."""
 
-    def __init__(self, name: str, cfg: EngineConfig, engine=None):
+    def __init__(self, name: str, cfg: EngineConfig, engine=None, host: str = "127.0.0.1"):
         from workers.engine import VLLMEngine
 
         self.name = name
+        self.cfg = cfg
+        self.host = host
         tracing.setup()  # this process exports its own spans (OTEL_* env), children of the job's
-        self.engine = engine or VLLMEngine(cfg)
+        self.ports = KVEventPorts(free_port(), free_port())
+        self.engine = engine or VLLMEngine(cfg, self.ports)
         self.active: set[str] = set()
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
         self.log: list[dict] = []  # per finished request: id, times, tokens (bounded)
+        self.info: WorkerInfo | None = None
+
+    async def ready(self) -> WorkerInfo:
+        """Measures the engine once (the first call), then says what the engine client needs."""
+        if self.info is None:
+            kv = KVEndpoints(f"tcp://{self.host}:{self.ports.publish}", f"tcp://{self.host}:{self.ports.replay}")
+            self.info = WorkerInfo(self.name, kv, await self.profile(), self.cfg.block_size)
+        return self.info
+
+    async def profile(self) -> EngineProfile:
+        """Prefill seconds per token (a random prompt, one token out, best of two) and decode
+        seconds per step at each of PROFILE_BATCHES (random prompts, a fixed number of tokens)."""
+        rng = random.Random(0)
+        vocab = self.engine.vocab_size()
+
+        def prompt(n: int) -> list[int]:
+            return [rng.randrange(4, vocab) for _ in range(n)]
+
+        n = max(8, min(256, self.cfg.max_model_len - PROFILE_DECODE_TOKENS - 8))
+        prefill = []
+        for k in range(2):
+            t0 = time.perf_counter()
+            await self._last(GenRequest(f"profile-prefill-{k}", prompt(n), 1, ignore_eos=True))
+            prefill.append((time.perf_counter() - t0) / n)
+        steps = {}
+        for b in PROFILE_BATCHES:
+            reqs = [GenRequest(f"profile-b{b}-{i}", prompt(8), PROFILE_DECODE_TOKENS, ignore_eos=True)
+                    for i in range(b)]
+            ends = await asyncio.gather(*(self._last(r) for r in reqs))
+            steps[b] = statistics.median((c.finished_at - c.first_token_at) / (PROFILE_DECODE_TOKENS - 1)
+                                         for c in ends)
+        return EngineProfile(min(prefill), steps)
+
+    async def _last(self, req: GenRequest) -> GenChunk:
+        last = None
+        async for chunk in self.engine.generate(req):
+            last = chunk
+        return last
 
     async def generate(self, req: GenRequest):
         self.active.add(req.request_id)
@@ -65,7 +123,11 @@ class EngineWorker:
             return {"state": "errored", "error": f"{type(e).__name__}: {e}", "active": len(self.active)}
         return {"state": "ok", "active": len(self.active)}
 
-    def load(self) -> dict:
+    def load(self) -> EngineLoad:
+        """Requests in the engine now (this worker's count, exact) and the scheduler's last report."""
+        return EngineLoad(active=len(self.active), **self.engine.scheduler())
+
+    def counters(self) -> dict:
         return {"name": self.name, "active": len(self.active), **self.stats}
 
     def request_log(self) -> list[dict]:
@@ -85,5 +147,5 @@ class EngineWorker:
 class WorkerActor(EngineWorker):
     """One engine per actor; schedule with num_gpus=1 on GPU nodes."""
 
-    async def ready(self) -> str:
-        return self.name
+    def __init__(self, name: str, cfg: EngineConfig):
+        super().__init__(name, cfg, host=ray.util.get_node_ip_address())

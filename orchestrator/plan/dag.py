@@ -25,6 +25,7 @@ class Node:
     started: float = 0.0
     first_token: float = 0.0
     ended: float = 0.0
+    placement: dict = field(default_factory=dict)  # held_tokens, reason, costs: why this worker
 
 
 @dataclass

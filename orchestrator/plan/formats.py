@@ -181,7 +181,7 @@ class APRFormat(PlanFormat):
     def render_join(self, context: str, plan: Plan, results: list[ThreadResult]) -> str:
         lines = []
         for r in results:
-            found = r.finish == "stop" and "Goal Reached" in r.text
+            found = r.finish in ("stop", "eos") and "Goal Reached" in r.text  # ended by itself
             tag = f"<Goal Reached in Sub Search {r.outline.id}>" if found else \
                 f"<No Solution in Sub Search {r.outline.id}>"
             lines.append(tag + ((" " + r.text.strip()) if found else ""))

@@ -1,0 +1,211 @@
+"""The job driver's control flow (orchestrator/job.py) without Ray or vLLM: a scripted model
+stands in for the engines and the budget is a real Ledger in this process.
+
+The scripted model knows whole documents (what the model writes sequentially) and continues any
+prompt the way a model trained on them would: a prefix of a document goes on with the rest of it;
+a thread's header (``<Thread>\\n2:``) goes on with that thread's body. Like vLLM, it stops at the
+first of the request's stop strings (returning it) or at the end of the document (EOS). So the
+driver's output is right exactly when it equals the document."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from orchestrator.budget import Ledger
+from orchestrator.engine_client import BudgetExhausted, LocalBudgetClient
+from orchestrator.generation import Decode, Decoded, Placement, Progress
+from orchestrator.job import JobRunner
+from orchestrator.metrics import NullMetrics
+from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
+from orchestrator.records import JobRecord, JobRequest
+
+MODEL = Path(__file__).resolve().parent.parent / "models" / "loom-arith"
+PROMPT = "Q: 1+2+3\n"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(str(MODEL))
+
+
+class ScriptedModel:
+    """Stands in for the engines (``EngineClient``); records what it was asked."""
+
+    def __init__(self, tok, budget: LocalBudgetClient, documents: list[str], delay: float = 0.0,
+                 fail_on: str | None = None):
+        self.tok, self.budget, self.documents = tok, budget, documents
+        self.delay, self.fail_on = delay, fail_on
+        self.prompts: list[str] = []
+        self.in_flight = self.most_in_flight = self.cancelled = 0
+
+    def continuation(self, text: str) -> str:
+        """The rest of the document ``text`` begins, else of the one holding the longest tail of
+        ``text`` (a thread's header and what follows it)."""
+        for doc in self.documents:
+            if doc.startswith(text):
+                return doc[len(text):]
+        best = max(((self._tail(text, doc), doc) for doc in self.documents), key=lambda m: m[0])
+        if best[0] < len("\n<Path>\n"):
+            raise AssertionError(f"the script has no continuation for ...{text[-60:]!r}")
+        tail = text[len(text) - best[0]:]
+        return best[1][best[1].find(tail) + len(tail):]
+
+    @staticmethod
+    def _tail(text: str, doc: str) -> int:
+        """The length of the longest tail of ``text`` found in ``doc`` (a shorter one always is)."""
+        lo, hi = 0, len(text)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if text[len(text) - mid:] in doc else (lo, mid - 1)
+        return lo
+
+    async def decode(self, call: Decode, progress: Progress) -> Decoded:
+        text = self.tok.decode(call.prompt_ids, skip_special_tokens=False).removeprefix(self.tok.bos_token)
+        self.prompts.append(text)
+        out, stop = self._cut(self.continuation(text), call.stops)
+        ids = self.tok.encode(out, add_special_tokens=False) + ([] if stop else [self.tok.eos_token_id])
+        finish = "stop" if stop else "eos"
+        if len(ids) > call.max_tokens:
+            ids, finish, stop = ids[:call.max_tokens], "length", None
+        progress.placement = Placement("scripted")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            for i in range(0, len(ids), 4):
+                await asyncio.sleep(self.delay)
+                if self.fail_on and self.fail_on in text and i >= 4:
+                    raise RuntimeError("engine fell over")
+                piece = ids[i:i + 4]
+                progress.tokens += len(piece)
+                if call.on_tokens:
+                    call.on_tokens(piece)
+                if why := await self.budget.charge(call.job_id, f"n{call.node_id}", len(piece)):
+                    raise BudgetExhausted(why)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.in_flight -= 1
+        return Decoded(ids, finish, stop)
+
+    @staticmethod
+    def _cut(rest: str, stops: list[str]) -> tuple[str, str | None]:
+        hits = [(rest.find(s), s) for s in stops if s in rest]
+        if not hits:
+            return rest, None
+        at, stop = min(hits)
+        return rest[:at + len(stop)], stop
+
+
+def run(tok, documents, prompt=PROMPT, delay=0.0, fail_on=None, **request):
+    budget = LocalBudgetClient(Ledger(max_threads_in_flight=64))
+    model = ScriptedModel(tok, budget, documents, delay, fail_on)
+    runner = JobRunner(model, budget, tok, max_model_len=1024, metrics=NullMetrics())
+    req = JobRequest(prompt=prompt, **request)
+    shown: list[str] = []
+    record = asyncio.run(runner.run(JobRecord.new(req), shown.append))
+    return record, model, "".join(shown)
+
+
+def nodes(record, kind):
+    return [n for n in record.dag["nodes"] if n["kind"] == kind]
+
+
+def tw_document(n: int = 3) -> str:
+    outlines = [Outline(str(i), f"add {i}") for i in range(1, n + 1)]
+    bodies = [f" {i}+{i}={2 * i}</Thread>"[:-len("</Thread>")] for i in range(1, n + 1)]
+    return PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, bodies) + "</think>A: 6"
+
+
+def test_fork_join_writes_what_the_model_writes_sequentially(tok):
+    doc = tw_document(3)
+    record, model, shown = run(tok, [doc])
+    assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
+    assert record.result["answer"] == "A: 6" and shown == record.result["text"]
+    assert [t["label"] for t in nodes(record, "thread")] == ["1", "2", "3"] and len(nodes(record, "join")) == 1
+    fork = doc[:doc.index("</Outlines>") + len("</Outlines>")]
+    assert model.prompts[1:4] == [fork + f"\n<Thread>\n{i}:" for i in (1, 2, 3)]  # context + header, each
+    assert model.most_in_flight == 3  # the threads ran at once
+    assert record.result["critical_path_tokens"] < record.result["total_tokens"]
+
+
+def test_sequential_mode_lets_the_model_write_its_threads(tok):
+    doc = tw_document(3)
+    record, model, _ = run(tok, [doc], mode="sequential")
+    assert record.result["text"] == doc[len(PROMPT):] and nodes(record, "thread") == [] and len(model.prompts) == 1
+
+
+def test_waves_of_one_give_the_same_text_one_thread_at_a_time(tok):
+    doc = tw_document(3)
+    record, model, _ = run(tok, [doc], delay=0.001, budget={"max_width": 1})
+    assert record.result["text"] == doc[len(PROMPT):] and model.most_in_flight == 1
+    assert any("waves" in note for note in record.notes)
+
+
+def mv_document() -> str:
+    inner = MULTIVERSE.render_block([Outline("2.1", "tens"), Outline("2.2", "ones")], [" 2", " 3"], after=" 23")
+    outer = MULTIVERSE.render_block([Outline("1", "first"), Outline("2", "second")], [" 1", " \n" + inner])
+    return PROMPT + "<Think>\n" + outer + "</Think>A: 24"
+
+
+def test_nested_blocks_fork_inside_a_thread(tok):
+    doc = mv_document()
+    record, _, _ = run(tok, [doc], format="multiverse")
+    assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
+    assert sorted((t["label"], t["depth"]) for t in nodes(record, "thread")) == [
+        ("1", 1), ("2", 1), ("2.1", 2), ("2.2", 2)]
+
+
+def test_max_depth_refuses_the_inner_fork_and_the_thread_writes_it_itself(tok):
+    doc = mv_document()
+    record, _, _ = run(tok, [doc], format="multiverse", budget={"max_depth": 1})
+    assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
+    assert [t["depth"] for t in nodes(record, "thread")] == [1, 1]
+    assert any("refused (depth 2 > max_depth 1)" in note for note in record.notes)
+
+
+def test_deadline_cancels_the_sibling_threads(tok):
+    outlines = [Outline(str(i), "long") for i in (1, 2, 3)]
+    doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, [" " + "x" * 200] * 3) + "</think>A: 1"
+    record, model, _ = run(tok, [doc], delay=0.005, budget={"deadline_s": 0.1})
+    assert record.status == "cancelled" and record.result["finish"] == "budget"
+    assert any("deadline of 0.1s passed" in note for note in record.notes)
+    assert model.in_flight == 0 and {t["status"] for t in nodes(record, "thread")} == {"cancelled"}
+    assert record.usage["exhausted"] and record.result["text"] == doc[len(PROMPT):doc.index("</Outlines>") + 11]
+
+
+def test_a_failing_engine_fails_the_job_with_the_reason_and_cancels_the_others(tok):
+    outlines = [Outline(str(i), "long") for i in (1, 2, 3)]
+    doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, [" " + "x" * 100] * 3) + "</think>A: 1"
+    record, model, _ = run(tok, [doc], delay=0.002, fail_on="<Thread>\n2:")
+    assert record.status == "failed" and record.error == "RuntimeError: engine fell over"
+    assert model.cancelled == 2 and model.in_flight == 0
+    assert sorted(t["status"] for t in nodes(record, "thread")) == ["cancelled", "cancelled", "failed"]
+
+
+def test_a_plan_without_outlines_falls_back_to_sequential_decoding(tok):
+    doc = PROMPT + "<think>\n<Parallel>\n<Outlines>\n</Outlines>\nsolo</think>A: 1"
+    record, _, _ = run(tok, [doc])
+    assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
+    assert nodes(record, "thread") == [] and "plan closed with no outlines: sequential fallback" in record.notes
+
+
+def test_callers_stop_string_ends_the_job_and_is_not_returned(tok):
+    doc = tw_document(2)
+    record, _, _ = run(tok, [doc], stop=["</think>"])
+    assert record.result["finish"] == "stop" and record.result["text"] == doc[len(PROMPT):doc.index("</think>")]
+
+
+def test_apr_children_start_fresh_and_the_join_rewrites_the_call(tok):
+    call = ("<Calling Sub Searches>\n<Start Sub Search 1 at level 1> Moving to Node #1\n"
+            "<Start Sub Search 2 at level 1> Moving to Node #2\n<End Calling Sub Searches>")
+    children = ["<Start Sub Search 1 at level 1> Moving to Node #1\nGoal Reached 1",
+                "<Start Sub Search 2 at level 1> Moving to Node #2\ndead end"]
+    rewritten = (PROMPT + "<Sub Searches>\n<Goal Reached in Sub Search 1> Goal Reached 1\n"
+                 "<No Solution in Sub Search 2>\n<End Sub Searches>\n")
+    record, model, _ = run(tok, [PROMPT + call, *children, rewritten + "done"], format="apr")
+    assert record.status == "done" and record.result["text"] == rewritten[len(PROMPT):] + "done"
+    assert "<Start Sub Search 2 at level 1> Moving to Node #2\n" in model.prompts  # a fresh context
