@@ -44,7 +44,8 @@ def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:
             name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
             num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus,
         ).remote(name, replace(cfg.engine(), cpu_bind=bind))
-    return handles, ray.get([h.ready.remote() for h in handles.values()])
+    ray.get([h.counters.remote() for h in handles.values()])  # every engine loaded, then
+    return handles, [ray.get(h.ready.remote()) for h in handles.values()]  # measured one at a time
 
 
 def start_coordinator(cfg: LoomConfig):
@@ -75,8 +76,10 @@ def make_runner(cfg: LoomConfig):
                      cfg.job_budget(), cfg.model_name)
 
 
-def shutdown_actors(cfg: LoomConfig) -> None:
-    for name in worker_names(cfg) + [coord_mod.COORDINATOR_NAME]:
+def shutdown_actors(cfg: LoomConfig, coordinator: bool = True) -> None:
+    """Kills the config's workers (and the coordinator): their engines go with them."""
+    names = worker_names(cfg) + ([coord_mod.COORDINATOR_NAME] if coordinator else [])
+    for name in names:
         try:
             ray.kill(ray.get_actor(name, namespace=coord_mod.NAMESPACE))
         except ValueError:

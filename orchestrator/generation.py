@@ -67,6 +67,7 @@ class Placement:
     held_tokens: int = 0  # leading prompt tokens the index said the worker held
     reason: str = ""
     costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds
+    held: dict[str, int] = field(default_factory=dict)  # worker -> leading prompt tokens it held
     by: str = ""  # the placer that chose (host:pid of an ingress replica or driver)
 
 

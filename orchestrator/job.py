@@ -292,7 +292,8 @@ def _record(node: Node, progress: Progress) -> None:
     if progress.placement is not None:
         node.worker = progress.placement.worker
         node.placement = {"held_tokens": progress.placement.held_tokens, "reason": progress.placement.reason,
-                          "costs": dict(progress.placement.costs), "by": progress.placement.by}
+                          "costs": dict(progress.placement.costs), "held": dict(progress.placement.held),
+                          "by": progress.placement.by}
 
 
 def _no_eos(ids: list[int], eos: int | None) -> list[int]:

@@ -50,7 +50,7 @@ class Placer:
         held = self.index.holdings(ids, self.workers)
         costs = {w: self.cost(w, len(ids), held[w]) for w in self.workers}
         best = min(self.workers, key=lambda w: (costs[w], -held[w], self.workers.index(w)))
-        return Placement(best, held[best], self._reason(best, held, costs), costs, self.name)
+        return Placement(best, held[best], self._reason(best, held, costs), costs, held, self.name)
 
     def cost(self, worker: str, prompt: int, held: int) -> float:
         prof, a, t = self.profiles[worker], self.active(worker), self.expected_tokens

@@ -1,5 +1,5 @@
-"""Shared fixtures: one Ray cluster, one vLLM engine (worker actor) and one Serve app per
-test session, started lazily by the tests that need them."""
+"""Shared fixtures: one Ray cluster, two vLLM engines (worker actors, one CPU core each) and
+one Serve app per test session, started lazily by the tests that need them."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ METRICS_PORT = 8766
 def loom_config():
     from cluster.config import load
 
-    return load(overrides={"port": SERVE_PORT})
+    return load(overrides={"port": SERVE_PORT, "num_workers": 2})  # placement across engines, everywhere
 
 
 @pytest.fixture(scope="session")

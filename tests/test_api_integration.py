@@ -73,7 +73,7 @@ def test_models_and_health(client):
     r = client.get("/healthz")
     health = r.json()
     assert r.status_code == 200 and health["status"] == "ok" and health["model"] == "loom-arith"
-    assert health["workers"] == {"loom-worker-0": {"state": "ok", "active": 0}}
+    assert health["workers"] == {f"loom-worker-{i}": {"state": "ok", "active": 0} for i in range(2)}
     assert health["coordinator"]["state"] == "ok" and health["coordinator"]["threads_in_flight"] == 0
 
 

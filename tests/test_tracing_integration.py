@@ -37,7 +37,7 @@ async def test_forked_job_is_one_trace_with_the_thread_tree(service, spans, runn
         (req,) = [r for r in requests if r.parent.span_id == t.context.span_id]
         assert req.attributes["gen_ai.usage.output_tokens"] > 0
         assert req.attributes["gen_ai.usage.input_tokens"] > req.attributes["loom.prefix.cached_tokens"] > 0
-        assert req.attributes["loom.worker"] == "loom-worker-0"
+        assert req.attributes["loom.worker"] in runner.engine.workers
     segments = [s for s in got if s.name == "loom.segment"]
     assert len(segments) == 2 and all(by_id[s.parent.span_id] is job for s in segments)
     assert "loom.output.text" not in requests[0].attributes  # content only when opted in

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.generation import GenChunk, GenRequest
+from orchestrator.generation import GenChunk, GenRequest, KVEndpoints
 
 
 @dataclass
@@ -30,39 +30,35 @@ class EngineConfig:
     cpu_bind: str = ""  # CPU engines: VLLM_CPU_OMP_THREADS_BIND (e.g. "0"); "" leaves vLLM's default
 
 
-@dataclass(frozen=True)
-class KVEventPorts:
-    """Where the engine publishes its KV cache events (all interfaces)."""
-
-    publish: int
-    replay: int
-
-
 class Engine(Protocol):
     def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]: ...
     async def abort(self, request_id: str) -> None: ...
     async def check_health(self) -> None: ...
+    async def reset_prefix_cache(self) -> bool: ...
     def encode(self, text: str, bos: bool = False) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
     def eos_token_id(self) -> int | None: ...
     def vocab_size(self) -> int: ...
     def scheduler(self) -> dict: ...
+    def kv_endpoints(self) -> KVEndpoints: ...
 
 
 class VLLMEngine:
     """An AsyncLLM with prefix caching on, publishing its KV cache events over ZMQ and keeping
     its scheduler's last stats (running, waiting, KV usage) for ``load``."""
 
-    def __init__(self, cfg: EngineConfig, kv_ports: KVEventPorts):
+    def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        os.environ["VLLM_HOST_IP"] = host  # the address the KV event sockets bind and report
         if cfg.cpu_bind:
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_bind
         from vllm import AsyncEngineArgs
         from vllm.config import KVEventsConfig
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        # port 0: the engine binds free ports and reports them in its start-up handshake
         events = KVEventsConfig(enable_kv_cache_events=True, publisher="zmq",
-                                endpoint=f"tcp://*:{kv_ports.publish}", replay_endpoint=f"tcp://*:{kv_ports.replay}")
+                                endpoint="tcp://*:0", replay_endpoint="tcp://*:0")
         args = AsyncEngineArgs(
             model=cfg.model, tokenizer=cfg.model, max_model_len=cfg.max_model_len,
             dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, enable_prefix_caching=True,
@@ -90,6 +86,11 @@ class VLLMEngine:
             def log_engine_initialized(self): ...
 
         return KeepLast()
+
+    def kv_endpoints(self) -> KVEndpoints:
+        """Where the engine publishes its KV events, as it bound them."""
+        bound = self.llm.engine_core.get_kv_event_sources()[0]
+        return KVEndpoints(bound.endpoint, bound.replay_endpoint)
 
     def scheduler(self) -> dict:
         """The scheduler's last report: running and waiting requests, KV usage (0..1)."""
@@ -128,6 +129,10 @@ class VLLMEngine:
     async def check_health(self) -> None:
         """Raises when the engine is dead (its core process gone, or its output loop failed)."""
         await self.llm.check_health()
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drops every cached block not in use (False while requests hold blocks)."""
+        return await self.llm.reset_prefix_cache()
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=bos)

@@ -1,0 +1,150 @@
+"""Placement across workers: ``python -m bench.placement [--workers 2] [--jobs 16] [--concurrency 8]``.
+
+Runs the same forking questions (3 products each, fresh prefix caches before each run) through
+Loom with each placement policy and prints, per run: wall time, job latency (mean, p50, p90),
+the share of thread prompt tokens the engines recomputed (prompt minus vLLM's cached tokens),
+threads placed away from the worker holding most of their prompt (and why), and the cost of one
+placement decision, with the machine it ran on. Policies:
+
+- ``cost``: Loom's (orchestrator/placement.py): measured prefill and decode costs, KV index, loads;
+- ``prefix``: always the worker holding most of the prompt, then the least loaded (what a
+  cache-aware router without a cost model does);
+- ``one-worker``: the same jobs on one engine (``--workers 1`` baseline, run separately).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import time
+
+from models import task
+from orchestrator.generation import Placement
+from orchestrator.placement import Placer
+from orchestrator.records import JobRequest
+
+
+def forking_questions(n: int, seed: int) -> list[task.Question]:
+    rng = random.Random(seed)
+    return [task.Question(tuple(task.Term(rng.randint(10, 999), rng.randint(2, 9)) for _ in range(3)))
+            for _ in range(n)]
+
+
+class PrefixFirst(Placer):
+    """The policy without a cost model: most held tokens, then fewest active requests."""
+
+    def place(self, ids: list[int]) -> Placement:
+        held = self.index.holdings(ids, self.workers)
+        best = max(self.workers, key=lambda w: (held[w], -self.active(w), -self.workers.index(w)))
+        return Placement(best, held[best], "holds the most of the prompt", {}, held, self.name)
+
+
+class Timed:
+    """Times every placement decision of the placer it wraps."""
+
+    def __init__(self, placer: Placer):
+        self.placer, self.seconds = placer, []
+
+    def __getattr__(self, name):
+        return getattr(self.placer, name)
+
+    def place(self, ids):
+        t0 = time.perf_counter()
+        try:
+            return self.placer.place(ids)
+        finally:
+            self.seconds.append(time.perf_counter() - t0)
+
+
+async def run_jobs(service, qs, concurrency: int) -> tuple[list, list[float], float]:
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(q):
+        async with gate:
+            t0 = time.perf_counter()
+            rec = await service.run(JobRequest(prompt=q.prompt))
+            latencies.append(time.perf_counter() - t0)
+            return rec
+    t0 = time.perf_counter()
+    records = await asyncio.gather(*(one(q) for q in qs))
+    return records, latencies, time.perf_counter() - t0
+
+
+def figures(records, latencies, wall, timed: Timed) -> dict:
+    threads = [n for r in records for n in r.dag["nodes"] if n["kind"] == "thread"]
+    prompt = sum(t["prompt_tokens"] for t in threads)
+    cached = sum(t["cached_tokens"] for t in threads)
+    away = [t for t in threads if t["placement"]["held_tokens"] < max(t["placement"]["held"].values())]
+    # prompt tokens some worker held (the index said so) that the chosen engine computed again
+    held_elsewhere = sum(max(0, max(t["placement"]["held"].values()) - t["cached_tokens"]) for t in threads)
+    q = statistics.quantiles(latencies, n=10)
+    return {
+        "jobs": len(records), "done": sum(r.status == "done" for r in records), "wall_s": round(wall, 2),
+        "latency_mean_s": round(statistics.mean(latencies), 3), "latency_p50_s": round(q[4], 3),
+        "latency_p90_s": round(q[8], 3), "threads": len(threads),
+        "thread_prompt_tokens": prompt, "thread_prompt_recomputed_share": round(1 - cached / prompt, 3),
+        "thread_prompt_recomputed_though_held_share": round(held_elsewhere / prompt, 3),
+        "threads_without_their_prefix": len(away),
+        "reasons_without_prefix": sorted({t["placement"]["reason"] for t in away}),
+        "workers_used": dict(sorted(_count(t["worker"] for t in threads).items())),
+        "placement_decision_us_mean": round(1e6 * statistics.mean(timed.seconds), 1),
+        "placements": len(timed.seconds),
+    }
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for i in items:
+        out[i] = out.get(i, 0) + 1
+    return out
+
+
+def main(argv=None) -> int:
+    import ray
+
+    from cluster import runtime
+    from cluster.config import load
+    from orchestrator.service import JobService
+    from orchestrator.store import InProcessJobStore
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=16)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--policies", default="cost,prefix")
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cfg = load(overrides={"num_workers": args.workers, "worker_prefix": "bench-worker"})
+    qs = forking_questions(args.jobs, args.seed)
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+           "workers": args.workers, "concurrency": args.concurrency, "runs": {}}
+    try:
+        runner = runtime.make_runner(cfg)
+        service = JobService(runner, InProcessJobStore())
+        cost = runner.engine.placer
+        out["profiles"] = {w: vars(p) for w, p in cost.profiles.items()}
+        asyncio.run(run_jobs(service, forking_questions(4, args.seed + 1), 4))  # warm-up
+        for policy in args.policies.split(","):
+            base = cost if policy == "cost" else PrefixFirst(cost.workers, cost.index, cost.profiles)
+            runner.engine.placer = timed = Timed(base)
+            for h in runner.engine.workers.values():
+                ray.get(h.reset_prefix_cache.remote())
+            time.sleep(0.5)
+            records, latencies, wall = asyncio.run(run_jobs(service, qs, args.concurrency))
+            out["runs"][policy] = figures(records, latencies, wall, timed)
+    finally:
+        runtime.shutdown_actors(cfg)
+        ray.shutdown()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""Placement across two real vLLM engines (the session's workers, `num_workers: 2`): what the
+KV index says a worker holds is what its engine then serves from cache; every thread that does
+not go to its prefix's holder is there because the cost model says so, with the numbers in the
+record; an eviction on one engine moves the next request; two ingress replicas place alike."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
+
+from cluster import runtime
+from cluster.config import load
+from models.task import Question, Term, trace
+from orchestrator.generation import GenRequest
+from orchestrator.records import JobRequest
+
+pytestmark = pytest.mark.integration
+FORKING = [Question((Term(100 + 37 * i, 1 + i % 9), Term(20 + i, 7), Term(5 + 3 * i, 4 + i % 5))) for i in range(16)]
+
+
+def threads(record):
+    return [n for n in record.dag["nodes"] if n["kind"] == "thread"]
+
+
+def wait_until(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def run_all(service, questions, concurrency):
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(q):
+        async with gate:
+            return await service.run(JobRequest(prompt=q.prompt))
+    return await asyncio.gather(*(one(q) for q in questions))
+
+
+async def test_threads_go_to_their_prefix_unless_the_cost_model_says_otherwise(service, runner):
+    assert len(runner.engine.workers) == 2
+    records = await run_all(service, FORKING, concurrency=8)
+    prompt = cached = 0
+    for rec in records:
+        assert rec.status == "done", rec.error
+        for t in threads(rec):
+            place = t["placement"]
+            assert set(place["costs"]) == set(place["held"]) == set(runner.engine.workers) and place["reason"]
+            # the index never claims more than the engine then serves from its cache
+            assert t["cached_tokens"] >= place["held_tokens"], t
+            best = min(place["costs"].values())
+            assert place["costs"][t["worker"]] == best, t  # the cheapest by the model, always
+            if t["worker"] != max(place["held"], key=place["held"].get):  # not with its prefix: says why
+                assert place["reason"].startswith("cheaper than recomputing elsewhere"), t
+            prompt, cached = prompt + t["prompt_tokens"], cached + t["cached_tokens"]
+    print(f"\nthread prompt tokens recomputed: {1 - cached / prompt:.1%} of {prompt}")
+
+
+def engine_request(handle, ids, rid):
+    async def go():
+        async for ref in handle.generate.options(num_returns="streaming").remote(GenRequest(rid, ids, 1)):
+            await ref
+    return go()
+
+
+async def test_an_eviction_is_seen_and_moves_the_next_request(ray_cluster):
+    """Two engines of their own, the first with a KV cache of 40 blocks: both hold a prompt; the
+    first is preferred (a tie); flooding it evicts the prompt there; the next goes to the second.
+    Both engines get the same measured speed, so that the held prefix alone decides."""
+    cfg = load(overrides={"num_workers": 2, "worker_prefix": "loom-evict", "num_kv_blocks": 40,
+                          "worker_cpu_binds": ["0", "1"]})
+    client = runtime.make_engine_client(cfg, budget=None)
+    small, big = list(client.workers)
+    client.placer.profiles[big] = client.placer.profiles[small]
+    index = client.placer.index
+    try:
+        prompt = [5 + (i * 7) % 100 for i in range(200)]  # 6 whole blocks of 32
+        for name in (small, big):
+            await engine_request(client.workers[name], prompt, f"warm-{name}")
+        wait_until(lambda: index.holdings(prompt, [small, big]) == {small: 192, big: 192})
+        assert client.placer.place(prompt + [9]).worker == small
+        for k in range(8):  # 8 other prompts of 7 blocks through a cache of 40
+            await engine_request(client.workers[small], [6 + (i * 11 + k) % 100 for i in range(224)], f"flood-{k}")
+        wait_until(lambda: index.holdings(prompt, [small])[small] == 0)
+        placed = client.placer.place(prompt + [9])
+        assert placed.worker == big and placed.held == {small: 0, big: 192}
+    finally:
+        runtime.shutdown_actors(cfg, coordinator=False)
+
+
+def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner, loom_config, serve_url,
+                                                                        redis_url):  # noqa: F811
+    """Both replicas share one Redis store (a job's record is readable through either)."""
+    from ray import serve
+
+    from cluster.app import LoomIngress
+
+    app = LoomIngress.options(num_replicas=2).bind({**loom_config.to_dict(), "redis_url": redis_url})
+    serve.run(app, name="loom-2r", route_prefix="/r2")
+    try:
+        q = FORKING[3]
+        prompt = q.prompt + trace(q)[:240]  # a question part-way through its reasoning: 3+ whole blocks
+        ids = runner.prepare(JobRequest(prompt=prompt))
+        held = len(ids) // 32 * 32
+        holder = list(runner.engine.workers)[1]
+        asyncio.run(engine_request(runner.engine.workers[holder], ids, "warm-2r"))
+        workers = list(runner.engine.workers)
+        wait_until(lambda: runner.engine.placer.index.holdings(ids, workers)[holder] == held)
+        seen_here = runner.engine.placer.index.holdings(ids, workers)  # this process's own view
+        time.sleep(0.5)  # the replicas' subscribers follow the same events
+        placements = []
+        with httpx.Client(base_url=serve_url + "/r2", timeout=300) as client:
+            for _ in range(10):
+                body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
+                rec = wait_record(client, client.post("/v1/jobs", json=body).json()["id"])
+                placements.append(rec["dag"]["nodes"][0] | {"by": rec["dag"]["nodes"][0]["placement"]["by"]})
+        assert placements[0]["placement"]["held"] == seen_here and held >= 96
+        assert len({p["by"] for p in placements}) == 2  # both replicas placed ...
+        assert len({p["worker"] for p in placements}) == 1  # ... and alike
+    finally:
+        serve.delete("loom-2r")
+
+
+def wait_record(client, job_id):
+    for _ in range(1500):
+        rec = client.get(f"/v1/jobs/{job_id}").json()
+        if rec["status"] not in ("queued", "running"):
+            return rec
+        time.sleep(0.1)
+    raise AssertionError(f"{job_id} did not end")
