@@ -43,6 +43,12 @@ class LoomIngress:
         self.runner = runtime.make_runner(self.cfg)
         self.service = JobService(self.runner, make_store(self.cfg))
         await self.service.recover()  # queued jobs resume; orphaned running ones are marked failed
+        self.sweeper = asyncio.create_task(self.service.sweep_forever())  # and later ones too
+
+    async def __del__(self):
+        """Serve's graceful shutdown: running jobs are written back as failed, with the reason."""
+        self.sweeper.cancel()
+        await self.service.shutdown()
 
     def __serve_build_asgi_app__(self):
         return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health,

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
 import time
+
+import psutil
 
 from cluster.config import ConfigError, load
 from cluster.inputs import InputError, parse_budget, question_body
@@ -58,16 +61,46 @@ def cmd_run(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    """Serves until SIGTERM or Ctrl-C, then stops in order, each step bounded: the app (running
+    jobs are written back as failed, with the reason), the engines, Ray."""
+    import signal
+
     import ray
     from ray import serve
 
+    from cluster import runtime
     from cluster.app import app_builder
 
     cfg = load(args.config)
     ray.init(namespace="loom", include_dashboard=args.dashboard)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(app_builder(cfg.to_dict()), name="loom", route_prefix="/", blocking=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
+    try:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.run(app_builder(cfg.to_dict()), name="loom", route_prefix="/", blocking=True)
+    except KeyboardInterrupt:
+        print("loom: stopping", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        runtime.shutdown_actors(cfg)
+        ours = psutil.Process().children(recursive=True)  # Ray's own processes, before they are orphaned
+        ray.shutdown()
+        _reap(ours)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _reap(processes, grace_s: float = 5.0) -> None:
+    """Ends what Ray's shutdown leaves behind (its agents outlive their raylet): TERM, then KILL."""
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def cmd_submit(args) -> int:

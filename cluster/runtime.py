@@ -14,7 +14,7 @@ from cluster.config import LoomConfig
 from orchestrator import coordinator as coord_mod
 from orchestrator.engine_client import RayBudgetClient, RayEngineClient
 from orchestrator.generation import WorkerInfo
-from orchestrator.kv_events import KVEventSubscriber, SharedIndex
+from orchestrator.kv_events import SharedIndex
 from orchestrator.kv_index import KVIndex
 from orchestrator.placement import Placer
 from workers.worker import WorkerActor
@@ -42,7 +42,7 @@ def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:
     for name, bind in zip(worker_names(cfg), cpu_binds(cfg)):
         handles[name] = WorkerActor.options(
             name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
-            num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus,
+            num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus, max_restarts=-1,  # a new engine
         ).remote(name, replace(cfg.engine(), cpu_bind=bind))
     ray.get([h.counters.remote() for h in handles.values()])  # every engine loaded, then
     return handles, [ray.get(h.ready.remote()) for h in handles.values()]  # measured one at a time
@@ -62,10 +62,10 @@ def make_engine_client(cfg: LoomConfig, budget: RayBudgetClient) -> RayEngineCli
     """Workers, a KV index fed by their engines' events, and the placer that reads it."""
     handles, infos = start_workers(cfg)
     shared = SharedIndex(KVIndex(cfg.block_size))
+    client = RayEngineClient(handles, budget, Placer(list(handles), shared, {}), shared, cfg.model_name)
     for info in infos:
-        KVEventSubscriber(info.name, info.kv, shared).start()
-    placer = Placer(list(handles), shared, {i.name: i.profile for i in infos})
-    return RayEngineClient(handles, budget, placer, cfg.model_name)
+        client.watch(info)
+    return client
 
 
 def make_runner(cfg: LoomConfig):
@@ -76,11 +76,19 @@ def make_runner(cfg: LoomConfig):
                      cfg.job_budget(), cfg.model_name)
 
 
-def shutdown_actors(cfg: LoomConfig, coordinator: bool = True) -> None:
-    """Kills the config's workers (and the coordinator): their engines go with them."""
-    names = worker_names(cfg) + ([coord_mod.COORDINATOR_NAME] if coordinator else [])
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=coord_mod.NAMESPACE))
-        except ValueError:
-            pass
+def shutdown_actors(cfg: LoomConfig, coordinator: bool = True, grace_s: float = 15.0) -> None:
+    """Stops the config's workers (each engine shut down, then the actor killed, so no engine
+    process outlives it) and the coordinator."""
+    workers = [_actor(name) for name in worker_names(cfg)]
+    stopping = [w.shutdown.remote() for w in workers if w is not None]
+    ray.wait(stopping, num_returns=len(stopping), timeout=grace_s)
+    for actor in workers + ([_actor(coord_mod.COORDINATOR_NAME)] if coordinator else []):
+        if actor is not None:
+            ray.kill(actor, no_restart=True)
+
+
+def _actor(name: str):
+    try:
+        return ray.get_actor(name, namespace=coord_mod.NAMESPACE)
+    except ValueError:
+        return None

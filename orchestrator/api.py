@@ -26,9 +26,11 @@ from orchestrator.job import extract_answer
 from orchestrator.records import RequestError
 from orchestrator.schema import chat_request, decode_json, job_request
 from orchestrator.service import JobService
+from orchestrator.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20
+RETRY_AFTER_S = 2  # what a 503 asks the client to wait
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 405: "method_not_allowed",
                413: "request_too_large", 503: "service_unavailable"}
 
@@ -130,6 +132,10 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def _bad_request(_, exc: RequestError):
         return error(getattr(exc, "status", 400), str(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(_, exc: StoreUnavailable):
+        return error(503, f"{exc}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(HTTPException)
     async def _http(_, exc: HTTPException):

@@ -105,6 +105,10 @@ class Ledger:
     def open_job(self, job_id: str, budget: JobBudget, now: float) -> None:
         self.jobs.setdefault(job_id, JobUsage(budget, now))
 
+    def restore(self, job_id: str, usage: JobUsage) -> None:
+        """Takes back a job's account as its driver kept it (a restarted coordinator starts empty)."""
+        self.jobs.setdefault(job_id, usage)
+
     def close_job(self, job_id: str) -> dict:
         usage = self.jobs.pop(job_id, None)
         return self.usage_dict(usage) if usage else {}

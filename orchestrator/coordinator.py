@@ -1,4 +1,4 @@
-"""The coordinator: one Ray actor holding the cluster's budget ledger.
+"""The coordinator: one Ray actor holding the cluster's budget ledger (rebuilt after a restart).
 
 Every job opens an account here; forks are admitted, tokens charged and threads counted
 through it, so the cluster-wide cap on threads in flight holds across all replicas of the
@@ -6,15 +6,19 @@ ingress. The policy itself lives in ``orchestrator.budget.Ledger`` (plain, unit-
 """
 from __future__ import annotations
 
+import os
+
 import ray
 
-from orchestrator.budget import Admission, JobBudget, Ledger
+from orchestrator.budget import Admission, JobBudget, JobUsage, Ledger
 
 COORDINATOR_NAME = "loom-coordinator"
 NAMESPACE = "loom"
 
 
-@ray.remote(num_cpus=0)
+# Restarted by Ray when it dies; calls in flight are retried on the new one, which starts with an
+# empty ledger: every driver gives back its jobs' accounts (RayBudgetClient) on its next call.
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Coordinator:
     def __init__(self, max_threads_in_flight: int = 64):
         self.ledger = Ledger(max_threads_in_flight)
@@ -24,6 +28,10 @@ class Coordinator:
 
     def close_job(self, job_id: str) -> dict:
         return self.ledger.close_job(job_id)
+
+    def restore(self, accounts: dict[str, JobUsage]) -> None:
+        for job_id, usage in accounts.items():
+            self.ledger.restore(job_id, usage)
 
     def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
         return self.ledger.admit_fork(job_id, n, depth, now)
@@ -39,6 +47,9 @@ class Coordinator:
 
     def cluster(self) -> dict:
         return self.ledger.cluster()
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 def get_or_create(max_threads_in_flight: int = 64):

@@ -9,16 +9,25 @@ tested with scripted fakes and run in production with the Ray implementations be
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from typing import Protocol
 
+from ray.exceptions import RayActorError
+
 from orchestrator import tracing
-from orchestrator.budget import Admission, JobBudget, Ledger
-from orchestrator.generation import Decode, Decoded, GenRequest, Progress
+from orchestrator.budget import Admission, BudgetError, JobBudget, JobUsage, Ledger
+from orchestrator.generation import Decode, Decoded, GenRequest, Placement, Progress, WorkerInfo
+from orchestrator.kv_events import KVEventSubscriber, SharedIndex
 from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placer
 
+log = logging.getLogger(__name__)
+
 CHARGE_EVERY = 8  # tokens between charges to the coordinator
+MAX_ATTEMPTS = 3  # a request whose worker dies is placed and run again, at most this often
+REVIVE_TIMEOUT_S = 600.0  # how long a dead worker is waited for
 LOAD_REFRESH_S = 0.05  # a placement uses engine loads at most this old (one refresh in flight at a time)
 LOAD_TIMEOUT_S = 2.0
 
@@ -66,50 +75,129 @@ class LocalBudgetClient:
 
 
 class RayBudgetClient:
-    """The coordinator actor (orchestrator/coordinator.py) behind ``BudgetClient``."""
+    """The coordinator actor (orchestrator/coordinator.py) behind ``BudgetClient``.
+
+    It keeps its own copy of each open job's account (tokens, forks, threads in flight), updated
+    with every call: when the coordinator has restarted and no longer knows a job, the client
+    gives all its accounts back (``restore``) and repeats the call, so budgets and the
+    cluster-wide thread count survive the restart."""
 
     def __init__(self, handle):
         self.handle = handle
+        self.accounts: dict[str, JobUsage] = {}
+
+    async def _call(self, method: str, job_id: str, *args, again: tuple | None = None):
+        """The coordinator's answer; after a restart, our accounts are given back first and the
+        call is made ``again`` (its arguments for the restored ledger; None: the restored account
+        already holds the call's effect, as our copy is updated before the call)."""
+        try:
+            return await getattr(self.handle, method).remote(job_id, *args)
+        except BudgetError as e:  # raised in the coordinator: it does not know the job
+            if job_id not in self.accounts or "is not open" not in str(e):
+                raise
+        await self.handle.restore.remote(dict(self.accounts))
+        return None if again is None else await getattr(self.handle, method).remote(job_id, *again)
 
     async def open_job(self, job_id: str, budget: JobBudget) -> None:
-        await self.handle.open_job.remote(job_id, budget, time.time())
+        now = time.time()
+        self.accounts[job_id] = JobUsage(budget, now)
+        await self._call("open_job", job_id, budget, now)  # restored: opened
 
     async def close_job(self, job_id: str) -> dict:
-        return await self.handle.close_job.remote(job_id)
+        """The job's usage; our own copy where a restarted coordinator never saw the job again."""
+        account = self.accounts.pop(job_id, None)
+        usage = await self.handle.close_job.remote(job_id)
+        return usage or (Ledger.usage_dict(account) if account else {})
 
     async def admit_fork(self, job_id: str, n: int, depth: int) -> Admission:
-        return await self.handle.admit_fork.remote(job_id, n, depth, time.time())
+        now = time.time()
+        adm = await self._call("admit_fork", job_id, n, depth, now, again=(n, depth, now))
+        self.accounts[job_id].forks += adm.admitted
+        return adm
 
     async def start_threads(self, job_id: str, k: int) -> None:
-        await self.handle.start_threads.remote(job_id, k)
+        self.accounts[job_id].in_flight += k
+        await self._call("start_threads", job_id, k)
 
     async def end_thread(self, job_id: str) -> None:
-        await self.handle.end_thread.remote(job_id)
+        account = self.accounts[job_id]
+        account.in_flight = max(0, account.in_flight - 1)
+        await self._call("end_thread", job_id)
 
     async def charge(self, job_id: str, node: str, tokens: int) -> str:
-        return await self.handle.charge.remote(job_id, node, tokens, time.time())
+        account = self.accounts[job_id]
+        account.tokens += tokens
+        account.per_thread[node] = account.per_thread.get(node, 0) + tokens
+        now = time.time()  # restored with these tokens: charge none, only ask whether to stop
+        account.exhausted = await self._call("charge", job_id, node, tokens, now, again=(node, 0, now))
+        return account.exhausted
 
 
 class RayEngineClient:
-    """Worker actors (workers/worker.py) behind ``EngineClient``: place, stream, charge, abort."""
+    """Worker actors (workers/worker.py) behind ``EngineClient``: place, stream, charge, abort.
 
-    def __init__(self, workers: dict, budget: RayBudgetClient, placer: Placer, model_name: str = "loom",
-                 metrics: LoomMetrics | None = None):
+    A worker that dies mid-request (its process, or its engine) is taken out of placement and
+    the request is placed again and re-run from its prompt on a live worker (greedy decoding
+    gives the same tokens; those already streamed to the caller are not sent twice). The tokens
+    of the lost attempt stay charged; the node's record lists the attempts. Ray restarts the
+    worker; once it answers ``ready`` again, its new engine's events are followed afresh and it
+    is placed on again."""
+
+    def __init__(self, workers: dict, budget: RayBudgetClient, placer: Placer, shared: SharedIndex,
+                 model_name: str = "loom", metrics: LoomMetrics | None = None):
         self.workers = workers
         self.budget = budget
         self.placer = placer
+        self.shared = shared
         self.model_name = model_name
         self.metrics = metrics or LoomMetrics()
+        self.subscribers: dict[str, KVEventSubscriber] = {}
+        self.reviving: dict[str, asyncio.Task] = {}
         self._loads_at = 0.0
         self._refresh: asyncio.Task | None = None
 
+    def watch(self, info: WorkerInfo) -> None:
+        """Follow a worker's engine: its KV events (from scratch) and its measured speed."""
+        old = self.subscribers.pop(info.name, None)
+        if old is not None:
+            old.stop()
+        with self.shared.lock:
+            self.shared.index.forget(info.name)
+        self.placer.profiles[info.name] = info.profile
+        self.subscribers[info.name] = sub = KVEventSubscriber(info.name, info.kv, self.shared)
+        sub.start()
+
     async def decode(self, call: Decode, progress: Progress) -> Decoded:
-        ids = call.prompt_ids
+        relay = _Relay(call.on_tokens)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            placement = await self._place(call.prompt_ids)
+            try:
+                return await self._attempt(call, progress, placement, relay)
+            except RayActorError as e:  # the worker died under the request
+                progress.attempts.append({"worker": placement.worker, "tokens": progress.tokens,
+                                          "error": f"{type(e).__name__}"})
+                self._lost(placement.worker)
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                progress.tokens, progress.first_token, relay.seen = 0, 0.0, 0
+        raise AssertionError("unreachable")
+
+    async def _place(self, ids: list[int]) -> Placement:
         await self.refresh_loads()
-        placement = self.placer.place(ids)
+        while not self.placer.live():  # every worker down: wait for the first one back
+            pending = [t for t in self.reviving.values() if _running_here(t)]
+            if not pending:
+                raise NoLiveWorker("no worker is alive and none is restarting")
+            await asyncio.wait(pending, timeout=REVIVE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        return self.placer.place(ids)
+
+    async def _attempt(self, call: Decode, progress: Progress, placement: Placement, relay: _Relay) -> Decoded:
+        ids = call.prompt_ids
         progress.placement, progress.started = placement, time.time()
-        req = GenRequest(f"{call.job_id}-n{call.node_id}-{len(ids)}", ids, call.max_tokens, call.stops,
-                         call.sampling.temperature, call.sampling.seed, call.sampling.top_p, trace=tracing.inject())
+        retry = f"-r{len(progress.attempts)}" if progress.attempts else ""
+        req = GenRequest(f"{call.job_id}-n{call.node_id}-{len(ids)}{retry}", ids,
+                         call.max_tokens, call.stops, call.sampling.temperature, call.sampling.seed,
+                         call.sampling.top_p, trace=tracing.inject())
         with tracing.span(f"chat {self.model_name}", gen_ai__operation__name="chat",
                           gen_ai__request__model=self.model_name, gen_ai__request__max_tokens=call.max_tokens,
                           gen_ai__request__temperature=call.sampling.temperature,
@@ -117,7 +205,7 @@ class RayEngineClient:
             self.placer.started(placement.worker)
             out: list[int] = []
             try:
-                return await self._stream(call, progress, req, out)
+                return await self._stream(call, progress, req, out, relay)
             finally:
                 self.placer.finished(len(out))
                 progress.ended = time.time()
@@ -126,33 +214,57 @@ class RayEngineClient:
                 ttft = progress.first_token - progress.started if progress.first_token else None
                 self.metrics.request_done(len(ids), len(out), progress.cached_tokens, ttft)
 
+    def _lost(self, worker: str) -> None:
+        self.placer.down.add(worker)
+        if not _running_here(self.reviving.get(worker)):
+            self.reviving[worker] = asyncio.ensure_future(self._revive(worker))
+
+    async def _revive(self, worker: str) -> None:
+        """Waits for Ray to restart the worker (a new engine), then places on it again."""
+        deadline = time.monotonic() + REVIVE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                info = await asyncio.wait_for(self.workers[worker].ready.remote(), REVIVE_TIMEOUT_S)
+            except (RayActorError, TimeoutError):
+                await asyncio.sleep(1.0)
+                continue
+            self.watch(info)
+            self.placer.down.discard(worker)
+            return
+        log.error("worker %s did not come back in %.0f s", worker, REVIVE_TIMEOUT_S)
+
     async def refresh_loads(self) -> None:
         """Each engine's load, if the last reports are older than LOAD_REFRESH_S; concurrent
         callers share one refresh."""
         if time.monotonic() - self._loads_at < LOAD_REFRESH_S:
             return
-        if self._refresh is None or self._refresh.done():
+        if not _running_here(self._refresh):
             self._refresh = asyncio.ensure_future(self._fetch_loads())
         await asyncio.shield(self._refresh)
 
     async def _fetch_loads(self) -> None:
-        names = list(self.workers)
+        names = [n for n in self.workers if n not in self.placer.down]
         loads = await asyncio.gather(*(asyncio.wait_for(self.workers[n].load.remote(), LOAD_TIMEOUT_S)
                                        for n in names), return_exceptions=True)
         for name, load in zip(names, loads):
-            if not isinstance(load, BaseException):
+            if isinstance(load, RayActorError):
+                self._lost(name)
+            elif not isinstance(load, BaseException):
                 self.placer.report(name, load)
         self._loads_at = time.monotonic()
 
-    async def _stream(self, call: Decode, progress: Progress, req: GenRequest, out: list[int]) -> Decoded:
+    async def _stream(self, call: Decode, progress: Progress, req: GenRequest, out: list[int],
+                      relay: _Relay) -> Decoded:
         handle = self.workers[progress.placement.worker]
         try:
-            return await self._consume(call, progress, handle, req, out)
+            return await self._consume(call, progress, handle, req, out, relay)
         except BaseException:  # cancelled by a sibling or the job, out of budget, or a failure
-            await asyncio.shield(handle.abort.remote(req.request_id))
+            with contextlib.suppress(RayActorError):  # a dead worker has nothing left to abort
+                await asyncio.shield(handle.abort.remote(req.request_id))
             raise
 
-    async def _consume(self, call: Decode, progress: Progress, handle, req: GenRequest, out: list[int]) -> Decoded:
+    async def _consume(self, call: Decode, progress: Progress, handle, req: GenRequest, out: list[int],
+                       relay: _Relay) -> Decoded:
         pending, result = 0, Decoded([], "length")
         async for ref in handle.generate.options(num_returns="streaming").remote(req):
             chunk = await ref
@@ -160,8 +272,7 @@ class RayEngineClient:
             progress.tokens += len(chunk.token_ids)
             progress.first_token = progress.first_token or (time.time() if chunk.token_ids else 0.0)
             progress.cached_tokens = max(progress.cached_tokens, chunk.cached_tokens)
-            if call.on_tokens is not None and chunk.token_ids:
-                call.on_tokens(chunk.token_ids)
+            relay.send(chunk.token_ids)
             pending += len(chunk.token_ids)
             if pending >= CHARGE_EVERY or chunk.finished:
                 await self._charge(call, pending)
@@ -175,6 +286,32 @@ class RayEngineClient:
         stop = await self.budget.charge(call.job_id, f"n{call.node_id}", n)
         if stop:
             raise BudgetExhausted(stop)
+
+
+def _running_here(task: asyncio.Task | None) -> bool:
+    """A task still running on this event loop (a driver may run its jobs in successive loops)."""
+    return task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
+
+
+class NoLiveWorker(RuntimeError):
+    """Every worker is down and none came back in time."""
+
+
+class _Relay:
+    """Passes streamed ids on once: a re-run attempt's first tokens, already sent, are held back."""
+
+    def __init__(self, on_tokens):
+        self.on_tokens = on_tokens
+        self.sent = 0  # ids passed on, over all attempts
+        self.seen = 0  # ids of this attempt
+
+    def send(self, ids: list[int]) -> None:
+        start = self.sent - self.seen
+        self.seen += len(ids)
+        if self.on_tokens is not None and start < len(ids):
+            fresh = ids[max(0, start):]
+            self.sent += len(fresh)
+            self.on_tokens(fresh)
 
 
 def _finish(reason: str | None, stop_reason: str | None) -> str:

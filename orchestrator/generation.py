@@ -81,6 +81,7 @@ class Progress:
     started: float = 0.0
     first_token: float = 0.0
     ended: float = 0.0
+    attempts: list[dict] = field(default_factory=list)  # earlier attempts lost with their worker
 
 
 @dataclass

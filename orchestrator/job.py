@@ -293,7 +293,7 @@ def _record(node: Node, progress: Progress) -> None:
         node.worker = progress.placement.worker
         node.placement = {"held_tokens": progress.placement.held_tokens, "reason": progress.placement.reason,
                           "costs": dict(progress.placement.costs), "held": dict(progress.placement.held),
-                          "by": progress.placement.by}
+                          "by": progress.placement.by, "attempts": list(progress.attempts)}
 
 
 def _no_eos(ids: list[int], eos: int | None) -> list[int]:

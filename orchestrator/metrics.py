@@ -58,8 +58,11 @@ class LoomMetrics:
                          boundaries=TIME_BUCKETS)
 
     def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None) -> None:
-        self.tokens.inc(prompt, tags={"kind": "prompt"})
-        self.tokens.inc(generated, tags={"kind": "generated"})
+        # a Counter refuses 0: a request that failed before its first token counts nothing
+        if prompt:
+            self.tokens.inc(prompt, tags={"kind": "prompt"})
+        if generated:
+            self.tokens.inc(generated, tags={"kind": "generated"})
         if cached:
             self.tokens.inc(cached, tags={"kind": "cached"})
         if ttft is not None and ttft >= 0:

@@ -43,13 +43,18 @@ class Placer:
     expected_tokens: float = 64.0  # mean output length so far (T)
     placed: int = 0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    down: set[str] = field(default_factory=set)  # workers lost and not back yet: never chosen
+
+    def live(self) -> list[str]:
+        return [w for w in self.workers if w not in self.down]
 
     def place(self, ids: list[int]) -> Placement:
-        if not self.workers:
-            raise RuntimeError("no workers to place on")
-        held = self.index.holdings(ids, self.workers)
-        costs = {w: self.cost(w, len(ids), held[w]) for w in self.workers}
-        best = min(self.workers, key=lambda w: (costs[w], -held[w], self.workers.index(w)))
+        live = self.live()
+        if not live:
+            raise RuntimeError("no live worker to place on")
+        held = self.index.holdings(ids, live)
+        costs = {w: self.cost(w, len(ids), held[w]) for w in live}
+        best = min(live, key=lambda w: (costs[w], -held[w], self.workers.index(w)))
         return Placement(best, held[best], self._reason(best, held, costs), costs, held, self.name)
 
     def cost(self, worker: str, prompt: int, held: int) -> float:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestrator.records import JobRecord, JobRequest
-from orchestrator.store import TERMINAL
+from orchestrator.store import TERMINAL, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,12 @@ class JobService:
         return await self._finish(record)
 
     async def _finish(self, record: JobRecord) -> JobRecord | None:
-        """running -> the runner's final status ("done" if it left none); the stored record."""
+        """running -> the runner's final status ("done" if it left none); the stored record.
+        The write is retried (backoff) while the store is unreachable, for FINAL_WRITE_S."""
         status = record.status if record.status in TERMINAL else "done"
         outcome = {name: getattr(record, name) for name in _OUTCOME}
-        stored = await self.store.transition(record.id, ("running",), status,
-                                             finished=record.finished or time.time(), **outcome)
+        stored = await _retrying(lambda: self.store.transition(record.id, ("running",), status,
+                                                               finished=record.finished or time.time(), **outcome))
         with contextlib.suppress(Exception):  # the lease lapses by itself anyway
             await self.store.lease(record.id, 0)
         return stored or await self.store.get(record.id)
@@ -136,11 +137,34 @@ class JobService:
         return (record.id in self.tasks or record.started > time.time() - self.lease_s
                 or await self.store.leased(record.id))
 
+    async def sweep_forever(self) -> None:
+        """Every lease_s, fails the running jobs whose controller is gone (its lease lapsed): a
+        replica that died, or a final write that never landed. Runs for the service's life."""
+        while True:
+            await asyncio.sleep(self.lease_s)
+            try:
+                failed, _ = await self._sweep(await self.store.list_by_status("running", None))
+            except StoreUnavailable as e:
+                log.warning("sweep skipped: %s", e)
+                continue
+            if failed:
+                log.warning("swept %d running jobs whose controller is gone: %s", len(failed), failed)
+
     async def _watch(self, ids: list[str]) -> None:
         while ids:
             await asyncio.sleep(self.lease_s)
             records = [r for r in [await self.store.get(i) for i in ids] if r is not None]
             _, ids = await self._sweep(records)
+
+    async def shutdown(self, grace_s: float = 20.0) -> None:
+        """Cancels the jobs this controller runs: each is written back failed with STOPPED (and its
+        engine requests aborted) within ``grace_s``; what is left then, the sweeper of another
+        controller settles once its lease lapses."""
+        tasks = list(self.tasks.values()) + list(self._watchers)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
 
     async def wait(self, job_id: str) -> JobRecord | None:
         task = self.tasks.get(job_id)
@@ -151,3 +175,20 @@ class JobService:
     async def run(self, request: JobRequest, emit=None) -> JobRecord:
         record = await self.submit(request, emit)
         return await self.wait(record.id)
+
+
+FINAL_WRITE_S = 300.0
+
+
+async def _retrying(write, limit_s: float = FINAL_WRITE_S):
+    """``await write()``, again with backoff (0.1 s doubling to 5 s) while the store is unreachable."""
+    deadline, pause = time.monotonic() + limit_s, 0.1
+    while True:
+        try:
+            return await write()
+        except StoreUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("job store unreachable; retrying the write in %.1f s", pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)

@@ -13,6 +13,7 @@ age or number: nothing accepted is lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields as dc_fields
@@ -20,11 +21,28 @@ from dataclasses import replace
 from typing import Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from orchestrator.records import SCHEMA_VERSION, STATUSES, JobRecord
 
 TERMINAL = ("done", "failed", "cancelled")
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached now (Redis down or failing over): try again shortly."""
+
+
+def _reachable(method):
+    """Redis connection failures and timeouts as StoreUnavailable (the API answers 503)."""
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise StoreUnavailable(f"the job store cannot be reached: {e}") from None
+    return wrapper
 _SETTABLE = {f.name for f in dc_fields(JobRecord)} - {"id", "status", "version"}  # by ``transition``
 
 
@@ -199,7 +217,7 @@ class RedisJobStore(_CasStore):
     def __init__(self, url: str, prefix: str = "loom", ttl_s: float = 86_400.0):
         if ttl_s <= 0:
             raise ValueError("ttl_s must be > 0")
-        self.r = aioredis.from_url(url)
+        self.r = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.prefix = prefix
         self.ttl_s = ttl_s
         self._ttl_ms = max(1, int(ttl_s * 1000))
@@ -212,6 +230,7 @@ class RedisJobStore(_CasStore):
     def _status_key(self, status: str) -> str:
         return f"{self.prefix}:status:{status}"
 
+    @_reachable
     async def _cas(self, job_id: str, change) -> JobRecord | None:
         key = self._key(job_id)
         async with self.r.pipeline(transaction=True) as pipe:
@@ -248,6 +267,7 @@ class RedisJobStore(_CasStore):
         return client.eval(_TRIM, len(self._indexes), *self._indexes,
                            int(time.time() * 1000), _TRIM_BATCH, f"{self.prefix}:job:")
 
+    @_reachable
     async def get(self, job_id: str) -> JobRecord | None:
         data = await self.r.get(self._key(job_id))
         return JobRecord.decode(data) if data is not None else None
@@ -258,6 +278,7 @@ class RedisJobStore(_CasStore):
     async def list_by_status(self, status: str, limit: int | None = 100) -> list[JobRecord]:
         return await self._list(self._status_key(status), limit)
 
+    @_reachable
     async def _list(self, index: str, limit: int | None) -> list[JobRecord]:
         if limit is not None and limit <= 0:
             return []
@@ -270,6 +291,7 @@ class RedisJobStore(_CasStore):
         blobs = await self.r.mget([self._key(i.decode()) for i in ids])
         return [JobRecord.decode(b) for b in blobs if b is not None]
 
+    @_reachable
     async def lease(self, job_id: str, ttl_s: float) -> None:
         """Mark the job as owned by a live controller for ``ttl_s`` (<= 0 releases)."""
         key = f"{self.prefix}:lease:{job_id}"
@@ -278,6 +300,7 @@ class RedisJobStore(_CasStore):
         else:
             await self.r.delete(key)
 
+    @_reachable
     async def leased(self, job_id: str) -> bool:
         return bool(await self.r.exists(f"{self.prefix}:lease:{job_id}"))
 

@@ -74,3 +74,17 @@ def test_bad_budgets_are_named():
         JobBudget.from_dict({"max_width": "lots"})
     with pytest.raises(BudgetError, match="not open"):
         Ledger().charge("nope", "n", 1, 0.0)
+
+
+def test_a_restored_account_carries_on_where_it_was():
+    led = ledger(max_total_tokens=100)
+    led.start_threads("j", 3)
+    led.charge("j", "n1", 40, 0.0)
+    kept = led.jobs["j"]
+    fresh = Ledger(max_threads_in_flight=8)  # a restarted coordinator
+    with pytest.raises(BudgetError, match="not open"):
+        fresh.charge("j", "n1", 1, 0.0)
+    fresh.restore("j", kept)
+    assert fresh.in_flight == 3 and fresh.remaining("j") == 60
+    assert fresh.charge("j", "n2", 60, 0.0).startswith("token budget exhausted")
+    assert fresh.admit_fork("j", 2, 1, 0.0).width == 0

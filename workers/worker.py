@@ -10,6 +10,7 @@ engine publishes its KV cache events.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -126,6 +127,13 @@ class EngineWorker:
         """Requests in the engine now (this worker's count, exact) and the scheduler's last report."""
         return EngineLoad(active=len(self.active), **self.engine.scheduler())
 
+    def shutdown(self) -> None:
+        """Stops the engine (its core process too); the actor is killed next."""
+        self.engine.shutdown()
+
+    def pid(self) -> int:
+        return os.getpid()
+
     def counters(self) -> dict:
         return {"name": self.name, "active": len(self.active), **self.stats}
 
@@ -144,7 +152,22 @@ class EngineWorker:
 
 @ray.remote(max_concurrency=1000)
 class WorkerActor(EngineWorker):
-    """One engine per actor; schedule with num_gpus=1 on GPU nodes."""
+    """One engine per actor; schedule with num_gpus=1 on GPU nodes. Started with max_restarts
+    (cluster/runtime.py): an actor whose engine died exits, and Ray starts it again, engine and all."""
 
     def __init__(self, name: str, cfg: EngineConfig):
         super().__init__(name, cfg, host=ray.util.get_node_ip_address())
+
+    async def generate(self, req: GenRequest):
+        try:
+            async for chunk in super().generate(req):
+                yield chunk
+        except Exception:
+            await self.health()  # exits if the engine is dead
+            raise
+
+    async def health(self) -> dict:
+        state = await super().health()
+        if state["state"] == "errored":  # a dead engine never comes back by itself
+            asyncio.get_running_loop().call_later(0.2, os._exit, 1)
+        return state
