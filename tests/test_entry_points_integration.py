@@ -8,11 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from polling import final_record
 
 from models.task import parse_question
 
@@ -25,15 +25,6 @@ def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "disabled"}
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
-
-
-def final(client: httpx.Client, job_id: str) -> dict:
-    for _ in range(1500):
-        rec = client.get(f"/v1/jobs/{job_id}").json()
-        if rec["status"] not in ("queued", "running"):
-            return rec
-        time.sleep(0.2)
-    raise AssertionError(f"{job_id} did not end")
 
 
 def outcome(text: str, answer: str) -> dict:
@@ -60,7 +51,7 @@ def loom_submit(question: str, url: str) -> dict:
 def jobs_api(client: httpx.Client, body: dict) -> dict:
     r = client.post("/v1/jobs", json=body)
     assert r.status_code == 202, r.text
-    return via_record(final(client, r.json()["id"]))
+    return via_record(final_record(client, r.json()["id"]))
 
 
 def chat(client: httpx.Client, question: str) -> dict:
@@ -88,7 +79,7 @@ def ray_jobs_entrypoint(client: httpx.Client, questions: list[str], url: str, tm
               str(tmp / "results.jsonl"), "--url", url)
     assert out.returncode == 0, out.stdout + out.stderr
     rows = [json.loads(x) for x in (tmp / "results.jsonl").read_text().splitlines()]
-    return [{**via_record(final(client, row["job_id"])), "row_answer": row["answer"]} for row in rows]
+    return [{**via_record(final_record(client, row["job_id"])), "row_answer": row["answer"]} for row in rows]
 
 
 def test_every_entry_point_gives_the_same_text_and_answer(serve_url, ray_cluster, tmp_path):

@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 import ray
+from polling import final_record
 from redis_server import redis_server  # noqa: F401  (fixture)
 
 from models.task import Question, Term
@@ -111,20 +112,10 @@ def test_a_redis_outage_refuses_new_work_with_503_and_loses_nothing(serve_url, l
             assert client.get(f"/v1/jobs/{ids[0]}").status_code == 503
             time.sleep(4)
             redis_server.start()  # same port and directory: the AOF brings back what was written
-            final = {i: _final(client, i) for i in ids}
+            final = {i: final_record(client, i) for i in ids}
         assert {rec["status"] for rec in final.values()} == {"done"}, final
     finally:
         serve.delete("loom-blip")
-
-
-def _final(client, job_id, timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(f"/v1/jobs/{job_id}")
-        if r.status_code == 200 and r.json()["status"] not in ("queued", "running"):
-            return r.json()
-        time.sleep(0.3)
-    raise AssertionError(f"{job_id} never ended")
 
 
 def test_loom_serve_stops_cleanly_on_sigterm(redis_server, tmp_path):  # noqa: F811

@@ -4,12 +4,12 @@ naming the problem, none harms another request, and generated bodies (hypothesis
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polling import final_record
 
 from models.task import parse_question
 
@@ -32,19 +32,10 @@ def assert_json_error(r: httpx.Response, status: int | None = None, says: str = 
     assert says in body["error"]["message"], body
 
 
-def settle(client: httpx.Client, job_id: str) -> dict:
-    for _ in range(1500):
-        rec = client.get(f"/v1/jobs/{job_id}").json()
-        if rec["status"] not in ("queued", "running"):
-            return rec
-        time.sleep(0.2)
-    raise AssertionError(f"{job_id} left hanging")
-
-
 def good_job_still_answers(client: httpx.Client) -> None:
     r = client.post("/v1/jobs", json=GOOD_JOB)
     assert r.status_code == 202, r.text
-    rec = settle(client, r.json()["id"])
+    rec = final_record(client, r.json()["id"])
     assert rec["status"] == "done" and rec["result"]["answer"] == f"A: {parse_question('1*2+3*4').answer}"
     assert client.get("/healthz").status_code == 200
 
@@ -183,6 +174,6 @@ def test_generated_bodies_never_get_a_5xx_and_nothing_accepted_hangs(client):
 
     probe()
     for job_id in accepted:
-        rec = settle(client, job_id)
+        rec = final_record(client, job_id)
         assert rec["status"] in ("done", "cancelled"), rec
     good_job_still_answers(client)

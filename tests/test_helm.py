@@ -3,7 +3,7 @@
 - helm lint and helm template through helm-python-sdk (Helm's Go SDK in a shared library);
 - the standard objects through kubernetes-validate --strict;
 - the RayService through the openAPIV3Schema of the served version of KubeRay v1.7.0's CRD
-  (tests/data/kuberay-crds, a copy of KubeRay's; see its README.md), tightened so that a
+  (tests/data/kuberay-v1.7.0, a copy of KubeRay's; see its README.md), tightened so that a
   misspelled field fails;
 - serveConfigV2's args through cluster.config.LoomConfig.from_dict, so the chart and
   `loom serve` read one config.
@@ -30,7 +30,7 @@ from orchestrator.plan.formats import FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "loom"
-CRD_DIR = ROOT / "tests" / "data" / "kuberay-crds"  # KubeRay v1.7.0, see its README.md
+CRD_DIR = ROOT / "tests" / "data" / "kuberay-v1.7.0"  # KubeRay v1.7.0, see its README.md
 K8S_VERSIONS = ["1.30.0", "1.37.0"]  # kubernetes-validate ships schemas for 1.25 .. 1.37
 RELEASE, NAMESPACE = "loom", "loom"
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from polling import final_record
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 from cluster import runtime
@@ -118,7 +119,7 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner,
         with httpx.Client(base_url=serve_url + "/r2", timeout=300) as client:
             for _ in range(10):
                 body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
-                rec = wait_record(client, client.post("/v1/jobs", json=body).json()["id"])
+                rec = final_record(client, client.post("/v1/jobs", json=body).json()["id"])
                 placements.append(rec["dag"]["nodes"][0] | {"by": rec["dag"]["nodes"][0]["placement"]["by"]})
         assert placements[0]["placement"]["held"] == seen_here and held >= 96
         assert len({p["by"] for p in placements}) == 2  # both replicas placed ...
@@ -127,10 +128,3 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner,
         serve.delete("loom-2r")
 
 
-def wait_record(client, job_id):
-    for _ in range(1500):
-        rec = client.get(f"/v1/jobs/{job_id}").json()
-        if rec["status"] not in ("queued", "running"):
-            return rec
-        time.sleep(0.1)
-    raise AssertionError(f"{job_id} did not end")

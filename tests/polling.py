@@ -1,0 +1,20 @@
+"""Waiting for a job over HTTP, as a client would: poll ``GET /v1/jobs/{id}`` until it ends."""
+from __future__ import annotations
+
+import time
+
+import httpx
+
+LIVE = ("queued", "running")
+
+
+def final_record(client: httpx.Client, job_id: str, timeout: float = 300.0, prefix: str = "") -> dict:
+    """The job's record once it has ended; answers other than 200 (a 503 while the store is down,
+    say) are polled through. Fails the test if the job has not ended within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get(f"{prefix}/v1/jobs/{job_id}")
+        if r.status_code == 200 and r.json()["status"] not in LIVE:
+            return r.json()
+        time.sleep(0.2)
+    raise AssertionError(f"{job_id} did not end within {timeout} s")
