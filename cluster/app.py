@@ -47,8 +47,9 @@ class LoomIngress:
 
     async def __del__(self):
         """Serve's graceful shutdown: running jobs are written back as failed, with the reason."""
-        self.sweeper.cancel()
-        await self.service.shutdown()
+        if hasattr(self, "service"):  # Serve may call this before __init__ finished
+            self.sweeper.cancel()
+            await self.service.shutdown()
 
     def __serve_build_asgi_app__(self):
         return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health,

@@ -117,7 +117,7 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner,
         time.sleep(0.5)  # the replicas' subscribers follow the same events
         placements = []
         with httpx.Client(base_url=serve_url + "/r2", timeout=300) as client:
-            for _ in range(10):
+            for _ in range(16):  # Serve spreads them: both replicas place (all on one: 2 in 65,536)
                 body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
                 rec = final_record(client, client.post("/v1/jobs", json=body).json()["id"])
                 placements.append(rec["dag"]["nodes"][0] | {"by": rec["dag"]["nodes"][0]["placement"]["by"]})
