@@ -40,7 +40,7 @@ class PrefixFirst(Placer):
     def place(self, ids: list[int]) -> Placement:
         held = self.index.holdings(ids, self.workers)
         best = max(self.workers, key=lambda w: (held[w], -self.active(w), -self.workers.index(w)))
-        return Placement(best, held[best], "holds the most of the prompt", {}, held, self.name)
+        return Placement(best, "holds the most of the prompt", {}, held, self.name)
 
 
 class Timed:

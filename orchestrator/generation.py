@@ -64,11 +64,15 @@ class Placement:
     """Where a request ran, and the numbers that chose it (the record keeps this per node)."""
 
     worker: str
-    held_tokens: int = 0  # leading prompt tokens the index said the worker held
     reason: str = ""
     costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds
     held: dict[str, int] = field(default_factory=dict)  # worker -> leading prompt tokens it held
     by: str = ""  # the placer that chose (host:pid of an ingress replica or driver)
+
+    @property
+    def held_tokens(self) -> int:
+        """Leading prompt tokens the index said the chosen worker held."""
+        return self.held.get(self.worker, 0)
 
 
 @dataclass

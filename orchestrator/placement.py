@@ -55,7 +55,7 @@ class Placer:
         held = self.index.holdings(ids, live)
         costs = {w: self.cost(w, len(ids), held[w]) for w in live}
         best = min(live, key=lambda w: (costs[w], -held[w], self.workers.index(w)))
-        return Placement(best, held[best], self._reason(best, held, costs), costs, held, self.name)
+        return Placement(best, self._reason(best, held, costs), costs, held, self.name)
 
     def cost(self, worker: str, prompt: int, held: int) -> float:
         prof, a, t = self.profiles[worker], self.active(worker), self.expected_tokens

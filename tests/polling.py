@@ -1,4 +1,5 @@
-"""Waiting for a job over HTTP, as a client would: poll ``GET /v1/jobs/{id}`` until it ends."""
+"""Waiting in tests: for a job over HTTP, as a client would (poll ``GET /v1/jobs/{id}`` until it
+ends), and for any condition."""
 from __future__ import annotations
 
 import time
@@ -18,3 +19,13 @@ def final_record(client: httpx.Client, job_id: str, timeout: float = 300.0, pref
             return r.json()
         time.sleep(0.2)
     raise AssertionError(f"{job_id} did not end within {timeout} s")
+
+
+def wait_until(cond, timeout: float, every: float = 0.05) -> None:
+    """Returns once ``cond()`` is true; fails the test if it is not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every)
+    raise AssertionError(f"condition not met within {timeout} s")

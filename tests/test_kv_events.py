@@ -3,10 +3,12 @@ the wire format decodes, a late subscriber replays what it missed, a gap is fill
 and batches the publisher no longer has lead to a resync."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
 import pytest
+from polling import wait_until
 from vllm.config import KVEventsConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, EventPublisherFactory, KVEventBatch
 
@@ -42,13 +44,21 @@ def publish(p, *events):
     p.publish(KVEventBatch(ts=time.time(), events=list(events)))
 
 
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+def wait_for(cond) -> None:
+    wait_until(cond, timeout=10.0, every=0.02)
+
+
+@contextlib.contextmanager
+def subscribed(endpoints):
+    """A subscriber for worker "w0" on a fresh index, running for the block."""
+    shared = SharedIndex(KVIndex(B))
+    sub = KVEventSubscriber("w0", endpoints, shared)
+    sub.start()
+    try:
+        yield shared
+    finally:
+        sub.stop()
+        sub.join(5)
 
 
 def test_vllm_wire_format_decodes():
@@ -66,19 +76,13 @@ def test_late_subscriber_replays_then_follows_live(publisher):
     p, endpoints = publisher
     publish(p, stored([b"h1"], None, [1, 2, 3, 4]))  # before anyone listens
     time.sleep(0.2)
-    shared = SharedIndex(KVIndex(B))
-    sub = KVEventSubscriber("w0", endpoints, shared)
-    sub.start()
-    try:
+    with subscribed(endpoints) as shared:
         wait_for(lambda: shared.index.next_seq("w0") == 1)
         publish(p, stored([b"h2"], b"h1", [5, 6, 7, 8]))
         wait_for(lambda: shared.holdings([1, 2, 3, 4, 5, 6, 7, 8], ["w0"]) == {"w0": 8})
         publish(p, BlockRemoved(block_hashes=[b"h1"], medium="GPU"))
         wait_for(lambda: shared.holdings([1, 2, 3, 4, 5, 6, 7, 8], ["w0"]) == {"w0": 0})
         assert shared.index.views["w0"].resyncs == 0
-    finally:
-        sub.stop()
-        sub.join(5)
 
 
 def test_batches_the_publisher_no_longer_has_lead_to_a_resync(publisher):
@@ -86,15 +90,9 @@ def test_batches_the_publisher_no_longer_has_lead_to_a_resync(publisher):
     for i in range(6):  # the replay buffer keeps the last 3
         publish(p, stored([f"old{i}".encode()], None, [9, 9, 9, i]))
     time.sleep(0.2)
-    shared = SharedIndex(KVIndex(B))
-    sub = KVEventSubscriber("w0", endpoints, shared)
-    sub.start()
-    try:
+    with subscribed(endpoints) as shared:
         wait_for(lambda: shared.index.next_seq("w0") == 6)
         view = shared.index.views["w0"]
         assert view.resyncs == 1  # batches 0..2 are gone: the view starts at 3
         assert shared.holdings([9, 9, 9, 5], ["w0"]) == {"w0": 4} and shared.holdings([9, 9, 9, 0], ["w0"]) == {"w0": 0}
         assert block_keys([9, 9, 9, 4], B)[0] in view.keys
-    finally:
-        sub.stop()
-        sub.join(5)

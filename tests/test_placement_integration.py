@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from polling import final_record
+from polling import final_record, wait_until
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 from cluster import runtime
@@ -24,15 +24,6 @@ FORKING = [Question((Term(100 + 37 * i, 1 + i % 9), Term(20 + i, 7), Term(5 + 3 
 
 def threads(record):
     return [n for n in record.dag["nodes"] if n["kind"] == "thread"]
-
-
-def wait_until(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def run_all(service, questions, concurrency):
@@ -84,11 +75,11 @@ async def test_an_eviction_is_seen_and_moves_the_next_request(ray_cluster):
         prompt = [5 + (i * 7) % 100 for i in range(200)]  # 6 whole blocks of 32
         for name in (small, big):
             await engine_request(client.workers[name], prompt, f"warm-{name}")
-        wait_until(lambda: index.holdings(prompt, [small, big]) == {small: 192, big: 192})
+        wait_until(lambda: index.holdings(prompt, [small, big]) == {small: 192, big: 192}, timeout=20)
         assert client.placer.place(prompt + [9]).worker == small
         for k in range(8):  # 8 other prompts of 7 blocks through a cache of 40
             await engine_request(client.workers[small], [6 + (i * 11 + k) % 100 for i in range(224)], f"flood-{k}")
-        wait_until(lambda: index.holdings(prompt, [small])[small] == 0)
+        wait_until(lambda: index.holdings(prompt, [small])[small] == 0, timeout=20)
         placed = client.placer.place(prompt + [9])
         assert placed.worker == big and placed.held == {small: 0, big: 192}
     finally:
@@ -112,7 +103,7 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner,
         holder = list(runner.engine.workers)[1]
         asyncio.run(engine_request(runner.engine.workers[holder], ids, "warm-2r"))
         workers = list(runner.engine.workers)
-        wait_until(lambda: runner.engine.placer.index.holdings(ids, workers)[holder] == held)
+        wait_until(lambda: runner.engine.placer.index.holdings(ids, workers)[holder] == held, timeout=20)
         seen_here = runner.engine.placer.index.holdings(ids, workers)  # this process's own view
         time.sleep(0.5)  # the replicas' subscribers follow the same events
         placements = []
