@@ -41,6 +41,14 @@ class LoomConfig:
     block_size: int = 32
     num_kv_blocks: int = 0  # KV blocks per engine; 0: as many as memory allows (tests force evictions)
     max_threads_in_flight: int = 64
+    # KV transfer between workers (workers/kv): a thread placed away from its prefix pulls the
+    # prefix's blocks from the worker holding them (gloo on CPU, NCCL on GPU) when the cost model
+    # says that beats recomputing. "auto": on for CPU engines (tested), off for GPU engines (the
+    # NCCL path has not run on hardware yet); "on" / "off" force it.
+    kv_transfer: str = "auto"
+    kv_hold_s: float = 30.0  # a holder frees blocks no peer pulled after this
+    kv_timeout_s: float = 10.0  # every wait of a transfer; past it the target recomputes
+    kv_link_gbps: float = 1.0  # first guess of the link's GB/s, replaced by what transfers measure
     format: str = "threadweaver"
     budget: dict = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -57,7 +65,11 @@ class LoomConfig:
                             enforce_eager=self.enforce_eager, kv_cache_gib=self.kv_cache_gib,
                             gpu_memory_utilization=self.gpu_memory_utilization,
                             max_num_seqs=self.max_num_seqs, block_size=self.block_size,
-                            num_blocks=self.num_kv_blocks or None)
+                            num_blocks=self.num_kv_blocks or None, kv_transfer=self.transfer_on(),
+                            kv_hold_s=self.kv_hold_s, kv_timeout_s=self.kv_timeout_s)
+
+    def transfer_on(self) -> bool:
+        return self.kv_transfer == "on" or (self.kv_transfer == "auto" and self.worker_num_gpus == 0)
 
     def job_budget(self) -> JobBudget:
         return JobBudget.from_dict(self.budget)
@@ -86,6 +98,10 @@ class LoomConfig:
             raise ConfigError("store_max_records must be >= 1")
         if not self.store_ttl_s > 0:
             raise ConfigError("store_ttl_s must be > 0")
+        if self.kv_transfer not in ("auto", "on", "off"):
+            raise ConfigError(f"kv_transfer must be auto, on or off, not {self.kv_transfer!r}")
+        if not (self.kv_hold_s > 0 and self.kv_timeout_s > 0 and self.kv_link_gbps > 0):
+            raise ConfigError("kv_hold_s, kv_timeout_s and kv_link_gbps must be > 0")
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes must be >= 1024")
         self.job_budget()
@@ -93,7 +109,8 @@ class LoomConfig:
 
 ENV = {"LOOM_MODEL": ("model", str), "LOOM_NUM_WORKERS": ("num_workers", int),
        "LOOM_REDIS_URL": ("redis_url", str), "LOOM_PORT": ("port", int),
-       "LOOM_FORMAT": ("format", str), "LOOM_KV_CACHE_GIB": ("kv_cache_gib", int)}
+       "LOOM_FORMAT": ("format", str), "LOOM_KV_CACHE_GIB": ("kv_cache_gib", int),
+       "LOOM_KV_TRANSFER": ("kv_transfer", str)}
 
 
 def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> LoomConfig:

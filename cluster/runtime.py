@@ -16,7 +16,7 @@ from orchestrator.engine_client import RayBudgetClient, RayEngineClient
 from orchestrator.generation import WorkerInfo
 from orchestrator.kv_events import SharedIndex
 from orchestrator.kv_index import KVIndex
-from orchestrator.placement import Placer
+from orchestrator.placement import LinkModel, Placer
 from workers.worker import WorkerActor
 
 
@@ -62,7 +62,8 @@ def make_engine_client(cfg: LoomConfig, budget: RayBudgetClient) -> RayEngineCli
     """Workers, a KV index fed by their engines' events, and the placer that reads it."""
     handles, infos = start_workers(cfg)
     shared = SharedIndex(KVIndex(cfg.block_size))
-    client = RayEngineClient(handles, budget, Placer(list(handles), shared, {}), shared, cfg.model_name)
+    link = LinkModel(bytes_per_s=cfg.kv_link_gbps * 1e9) if cfg.transfer_on() else None
+    client = RayEngineClient(handles, budget, Placer(list(handles), shared, {}, link=link), shared, cfg.model_name)
     for info in infos:
         client.watch(info)
     return client

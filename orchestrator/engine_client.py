@@ -18,7 +18,18 @@ from ray.exceptions import RayActorError
 
 from orchestrator import tracing
 from orchestrator.budget import Admission, BudgetError, JobBudget, JobUsage, Ledger
-from orchestrator.generation import Decode, Decoded, GenRequest, Placement, Progress, WorkerInfo
+from orchestrator.generation import (
+    PULLED_KEY,
+    Decode,
+    Decoded,
+    GenRequest,
+    KVHold,
+    Placement,
+    PrefixOrigin,
+    Progress,
+    PullReport,
+    WorkerInfo,
+)
 from orchestrator.kv_events import KVEventSubscriber, SharedIndex
 from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placer
@@ -30,6 +41,7 @@ MAX_ATTEMPTS = 3  # a request whose worker dies is placed and run again, at most
 REVIVE_TIMEOUT_S = 600.0  # how long a dead worker is waited for
 LOAD_REFRESH_S = 0.05  # a placement uses engine loads at most this old (one refresh in flight at a time)
 LOAD_TIMEOUT_S = 2.0
+HOLD_TIMEOUT_S = 10.0  # the holder's answer to a hold (it runs the prefix for one token)
 
 
 class BudgetExhausted(Exception):
@@ -155,6 +167,7 @@ class RayEngineClient:
         self.reviving: dict[str, asyncio.Task] = {}
         self._loads_at = 0.0
         self._refresh: asyncio.Task | None = None
+        self.hold_s = 0.0  # the last hold's round trip
 
     def watch(self, info: WorkerInfo) -> None:
         """Follow a worker's engine: its KV events (from scratch) and its measured speed."""
@@ -164,6 +177,8 @@ class RayEngineClient:
         with self.shared.lock:
             self.shared.index.forget(info.name)
         self.placer.profiles[info.name] = info.profile
+        if self.placer.link is not None:
+            self.placer.link.bytes_per_token[info.name] = info.kv_bytes_per_token
         self.subscribers[info.name] = sub = KVEventSubscriber(info.name, info.kv, self.shared)
         sub.start()
 
@@ -193,11 +208,13 @@ class RayEngineClient:
 
     async def _attempt(self, call: Decode, progress: Progress, placement: Placement, relay: _Relay) -> Decoded:
         ids = call.prompt_ids
-        progress.placement, progress.started = placement, time.time()
+        progress.placement, progress.started, progress.prefix = placement, time.time(), None
         retry = f"-r{len(progress.attempts)}" if progress.attempts else ""
-        req = GenRequest(f"{call.job_id}-n{call.node_id}-{len(ids)}{retry}", ids,
-                         call.max_tokens, call.stops, call.sampling.temperature, call.sampling.seed,
-                         call.sampling.top_p, trace=tracing.inject())
+        rid = f"{call.job_id}-n{call.node_id}-{len(ids)}{retry}"
+        hold, why = await self._hold(rid, ids, placement) if placement.source else (None, "")
+        req = GenRequest(rid, ids, call.max_tokens, call.stops, call.sampling.temperature, call.sampling.seed,
+                         call.sampling.top_p, trace=tracing.inject(),
+                         kv_params=hold.to_params() if hold else None)
         with tracing.span(f"chat {self.model_name}", gen_ai__operation__name="chat",
                           gen_ai__request__model=self.model_name, gen_ai__request__max_tokens=call.max_tokens,
                           gen_ai__request__temperature=call.sampling.temperature,
@@ -209,10 +226,39 @@ class RayEngineClient:
             finally:
                 self.placer.finished(len(out))
                 progress.ended = time.time()
+                progress.prefix = progress.prefix or _origin(placement, progress, len(ids), why)
                 tracing.set_attrs(span, gen_ai__usage__output_tokens=len(out),
                                   loom__prefix__cached_tokens=progress.cached_tokens, loom__node=call.node_id)
                 ttft = progress.first_token - progress.started if progress.first_token else None
                 self.metrics.request_done(len(ids), len(out), progress.cached_tokens, ttft)
+
+    async def _hold(self, rid: str, ids: list[int], placement: Placement) -> tuple[KVHold | None, str]:
+        """The source worker pins the prompt's leading blocks for the target to pull; on any
+        failure the target recomputes them (the reason is returned for the record)."""
+        src, t0 = placement.source, time.monotonic()
+        try:
+            hold = await asyncio.wait_for(self.workers[src].hold.remote(f"{rid}-hold", ids, placement.held[src]),
+                                          HOLD_TIMEOUT_S)
+        except RayActorError:
+            self._lost(src)
+            return None, f"holder {src} died before pinning the prefix"
+        except TimeoutError:
+            return None, f"holder {src} did not pin the prefix in {HOLD_TIMEOUT_S:.0f} s"
+        self.hold_s = time.monotonic() - t0
+        return hold, "" if hold else f"holder {src} no longer held the prefix"
+
+    def _pulled(self, kv_params: dict | None, placement: Placement) -> PrefixOrigin | None:
+        """The target's report of its pull, as the node's record keeps it; the link model learns."""
+        report = (kv_params or {}).get(PULLED_KEY)
+        if report is None:
+            return None
+        r = PullReport(**report)
+        tokens = placement.pull_tokens
+        if not r.ok:
+            return PrefixOrigin("recomputed", tokens, r.holder, r.blocks, 0, r.ms, f"pull from {r.holder} failed: {r.error}")
+        if self.placer.link is not None:
+            self.placer.link.observe(r.bytes, r.ms / 1000, self.hold_s)
+        return PrefixOrigin("pulled", tokens, r.holder, r.blocks, r.bytes, r.ms)
 
     def _lost(self, worker: str) -> None:
         self.placer.down.add(worker)
@@ -279,6 +325,7 @@ class RayEngineClient:
                 pending = 0
             if chunk.finished:
                 result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
+                progress.prefix = self._pulled(chunk.kv_params, progress.placement)
         result.token_ids = out
         return result
 
@@ -286,6 +333,15 @@ class RayEngineClient:
         stop = await self.budget.charge(call.job_id, f"n{call.node_id}", n)
         if stop:
             raise BudgetExhausted(stop)
+
+
+def _origin(placement: Placement, progress: Progress, prompt: int, why: str) -> PrefixOrigin:
+    """Where the prompt's KV came from, for a request that pulled nothing."""
+    cached = progress.cached_tokens
+    reason = why or placement.reason
+    if cached:
+        return PrefixOrigin("local", cached, placement.worker, reason=reason)
+    return PrefixOrigin("recomputed", prompt, placement.worker, reason=reason)
 
 
 def _running_here(task: asyncio.Task | None) -> bool:

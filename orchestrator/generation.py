@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -23,6 +23,7 @@ class GenRequest:
     top_p: float = 1.0
     trace: dict = field(default_factory=dict)  # W3C carrier of the caller's span
     ignore_eos: bool = False  # the worker's start-up profile decodes a fixed number of tokens
+    kv_params: dict | None = None  # vLLM kv_transfer_params: hold blocks for a peer, or pull from one
 
 
 @dataclass
@@ -37,6 +38,7 @@ class GenChunk:
     cached_tokens: int = 0
     first_token_at: float = 0.0  # engine-side wall clock, seconds
     finished_at: float = 0.0
+    kv_params: dict | None = None  # the finished request's kv_transfer_params (a hold, a pull's report)
 
 
 @dataclass
@@ -68,11 +70,28 @@ class Placement:
     costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds
     held: dict[str, int] = field(default_factory=dict)  # worker -> leading prompt tokens it held
     by: str = ""  # the placer that chose (host:pid of an ingress replica or driver)
+    source: str = ""  # a peer to pull the prompt's leading KV from ("": use what the worker holds)
+    pull_tokens: int = 0  # prompt tokens to pull from ``source``
+    pull_costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds, pulling
 
     @property
     def held_tokens(self) -> int:
         """Leading prompt tokens the index said the chosen worker held."""
         return self.held.get(self.worker, 0)
+
+
+@dataclass
+class PrefixOrigin:
+    """Where a request's prompt KV came from: ``local`` (the worker's cache held it), ``pulled``
+    (from ``worker``, ``blocks`` blocks, ``bytes`` bytes in ``ms``), or ``recomputed`` (and why)."""
+
+    source: str
+    tokens: int = 0  # prompt tokens it covered (cached, pulled, or recomputed)
+    worker: str = ""
+    blocks: int = 0
+    bytes: int = 0
+    ms: float = 0.0
+    reason: str = ""
 
 
 @dataclass
@@ -86,6 +105,7 @@ class Progress:
     first_token: float = 0.0
     ended: float = 0.0
     attempts: list[dict] = field(default_factory=list)  # earlier attempts lost with their worker
+    prefix: PrefixOrigin | None = None
 
 
 @dataclass
@@ -140,3 +160,42 @@ class WorkerInfo:
     kv: KVEndpoints
     profile: EngineProfile
     block_size: int
+    kv_bytes_per_token: int = 0  # KV bytes one token takes in this engine (all layers)
+
+
+HOLD_KEY = "loom_hold"  # in a holder request's params: {"tokens": n, "hold_s": s or None} to keep for a peer
+PULL_KEY = "loom_pull"  # in a target request's params: a KVHold to pull from
+PULLED_KEY = "loom_pulled"  # in a finished target request's params: its PullReport
+
+
+@dataclass
+class KVHold:
+    """Blocks a holder keeps for a target to pull (returned by the holder's request)."""
+
+    holder: str  # the holder engine's name
+    host: str  # its side channel
+    port: int
+    transfer: str  # the holder's request id: names the held blocks
+    block_ids: list[int]  # the holder's blocks, in prompt order, full blocks only
+    num_tokens: int  # tokens those blocks hold (block-aligned)
+    block_bytes: int  # bytes one block takes over all layers
+    expires_in_s: float
+
+    def to_params(self) -> dict:
+        return {PULL_KEY: asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> KVHold:
+        return cls(**d)
+
+
+@dataclass
+class PullReport:
+    """What became of one pull, as the target's connector saw it (the job record keeps it)."""
+
+    holder: str
+    blocks: int
+    bytes: int
+    ms: float
+    ok: bool
+    error: str = ""

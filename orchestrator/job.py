@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from orchestrator import tracing
 from orchestrator.budget import Admission, JobBudget
@@ -293,7 +293,9 @@ def _record(node: Node, progress: Progress) -> None:
         node.worker = progress.placement.worker
         node.placement = {"held_tokens": progress.placement.held_tokens, "reason": progress.placement.reason,
                           "costs": dict(progress.placement.costs), "held": dict(progress.placement.held),
-                          "by": progress.placement.by, "attempts": list(progress.attempts)}
+                          "by": progress.placement.by, "attempts": list(progress.attempts),
+                          "source": progress.placement.source, "pull_costs": dict(progress.placement.pull_costs),
+                          "prefix": asdict(progress.prefix) if progress.prefix else None}
 
 
 def _no_eos(ids: list[int], eos: int | None) -> list[int]:

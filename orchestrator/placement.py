@@ -12,8 +12,20 @@ tokens that is expected to generate ``T`` tokens:
 
 ``prefill_w`` (seconds per prompt token) and ``step_w(b)`` (seconds per decode step at batch
 ``b``) are the engine's own, measured by its worker at start-up (``EngineProfile``); ``T`` is the
-mean output length of the requests placed so far. The cheapest worker wins; ties go to the one
-holding more of the prompt, then to the first. So a fork's threads stay with the worker that
+mean output length of the requests placed so far.
+
+With KV transfer on (``LinkModel``), each worker has a second option: pull the tokens it lacks
+from the worker ``h`` holding the most of the prompt instead of recomputing them::
+
+    pull_w  =   cost_w with held_w := held_h
+              + hold_s + (held_h - held_w) * bytes_per_token / link_bytes_per_s
+
+(the transfer does not stall ``w``'s running requests: the request waits for its blocks
+outside the batch). ``link_bytes_per_s`` and ``hold_s`` (the holder's round trip to pin the
+blocks) are learned from the transfers done so far, starting from configured guesses.
+
+The cheapest (worker, option) wins; ties go to the one holding more of the prompt, then to
+the first. So a fork's threads stay with the worker that
 holds their prefix until that engine is so loaded that recomputing the prefix elsewhere is
 cheaper: a cache miss is never sent to the busiest worker just because it is "free" of the
 prefix elsewhere (the SGLang router's known failure), and a hit is never piled onto an engine
@@ -27,6 +39,26 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from orchestrator.generation import EngineLoad, EngineProfile, Placement
+
+
+@dataclass
+class LinkModel:
+    """What moving KV between engines costs, learned from each transfer (moving averages)."""
+
+    bytes_per_s: float = 1e9
+    hold_s: float = 0.02
+    bytes_per_token: dict[str, int] = field(default_factory=dict)  # per worker (model and dtype)
+    seen: int = 0
+
+    def transfer_s(self, worker: str, tokens: int) -> float:
+        return self.hold_s + tokens * self.bytes_per_token.get(worker, 0) / self.bytes_per_s
+
+    def observe(self, nbytes: int, seconds: float, hold_s: float) -> None:
+        self.seen += 1
+        w = 1 / min(self.seen, 20)
+        if nbytes > 0 and seconds > 0:
+            self.bytes_per_s += (nbytes / seconds - self.bytes_per_s) * w
+        self.hold_s += (hold_s - self.hold_s) * w
 
 
 class PrefixHoldings(Protocol):
@@ -44,6 +76,7 @@ class Placer:
     placed: int = 0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     down: set[str] = field(default_factory=set)  # workers lost and not back yet: never chosen
+    link: LinkModel | None = None  # KV transfer between workers; None: off (recompute what is missing)
 
     def live(self) -> list[str]:
         return [w for w in self.workers if w not in self.down]
@@ -54,8 +87,24 @@ class Placer:
             raise RuntimeError("no live worker to place on")
         held = self.index.holdings(ids, live)
         costs = {w: self.cost(w, len(ids), held[w]) for w in live}
-        best = min(live, key=lambda w: (costs[w], -held[w], self.workers.index(w)))
-        return Placement(best, self._reason(best, held, costs), costs, held, self.name)
+        pulls = self._pull_costs(live, len(ids), held)
+        options = [(c, -held[w], self.workers.index(w), w, "") for w, c in costs.items()]
+        options += [(c, -held[w], self.workers.index(w), w, src) for w, (c, src) in pulls.items()]
+        *_, best, source = min(options)
+        if source:
+            return Placement(best, self._pull_reason(best, source, held, costs), costs, held, self.name,
+                             source=source, pull_tokens=held[source] - held[best],
+                             pull_costs={w: c for w, (c, _) in pulls.items()})
+        return Placement(best, self._reason(best, held, costs), costs, held, self.name,
+                         pull_costs={w: c for w, (c, _) in pulls.items()})
+
+    def _pull_costs(self, live: list[str], prompt: int, held: dict[str, int]) -> dict[str, tuple[float, str]]:
+        """Per worker holding less than the best holder: the cost of pulling the difference."""
+        if self.link is None or not held:
+            return {}
+        holder = max(live, key=lambda w: (held[w], -self.workers.index(w)))
+        return {w: (self.cost(w, prompt, held[holder]) + self.link.transfer_s(w, held[holder] - held[w]), holder)
+                for w in live if held[w] < held[holder]}
 
     def cost(self, worker: str, prompt: int, held: int) -> float:
         prof, a, t = self.profiles[worker], self.active(worker), self.expected_tokens
@@ -71,6 +120,10 @@ class Placer:
         if held[best] == most:
             return "holds the most of the prompt" if most else "cheapest (no worker holds the prompt)"
         return f"cheaper than recomputing elsewhere: holder busy ({self.active(max(held, key=held.get))} active)"
+
+    def _pull_reason(self, best: str, source: str, held: dict[str, int], costs: dict[str, float]) -> str:
+        return (f"pulls {held[source] - held[best]} prompt tokens from {source}: cheaper than recomputing them "
+                f"here or waiting on {source} ({self.active(source)} active)")
 
     def report(self, worker: str, load: EngineLoad) -> None:
         """A fresh load report from ``worker``'s engine: it counts what we sent before it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.generation import EngineLoad, EngineProfile
-from orchestrator.placement import Placer
+from orchestrator.placement import LinkModel, Placer
 
 CPU = EngineProfile(prefill_s_per_token=1.1e-4, decode_step_s={1: 0.0046, 4: 0.0056, 16: 0.0073})
 # A GPU-like engine: a batch of up to 16 is nearly free, past it the step grows.
@@ -84,3 +84,45 @@ def test_decode_step_interpolates_between_and_extends_beyond_measured_points():
     assert CPU.step_s(1) == 0.0046 and CPU.step_s(16) == 0.0073
     assert CPU.step_s(10) == pytest.approx(0.0056 + (0.0073 - 0.0056) * 6 / 12)
     assert CPU.step_s(28) == pytest.approx(0.0073 + (0.0073 - 0.0056) * 12 / 12)
+
+
+def with_link(p: Placer, gbps: float, hold_s: float = 0.005, bytes_per_token: int = 6144) -> Placer:
+    p.link = LinkModel(bytes_per_s=gbps * 1e9, hold_s=hold_s, bytes_per_token={"w0": bytes_per_token,
+                                                                                "w1": bytes_per_token})
+    return p
+
+
+def test_a_busy_holder_lends_its_prefix_when_moving_it_beats_recomputing():
+    """The case where recomputing elsewhere was chosen before: with a fast link, the thread goes
+    to the idle engine and pulls the prefix instead, and says so."""
+    p = with_link(placer({"w0": 320}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200), gbps=1.0)
+    placed = p.place(PROMPT)
+    assert (placed.worker, placed.source, placed.pull_tokens) == ("w1", "w0", 320)
+    assert placed.pull_costs["w1"] < placed.costs["w1"] and placed.pull_costs["w1"] < placed.costs["w0"]
+    assert placed.reason.startswith("pulls 320 prompt tokens from w0")
+
+
+def test_a_slow_link_recomputes_instead():
+    p = with_link(placer({"w0": 320}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200), gbps=1e-4)
+    placed = p.place(PROMPT)
+    assert placed.worker == "w1" and placed.source == "" and placed.pull_costs["w1"] > placed.costs["w1"]
+
+
+def test_an_idle_holder_keeps_its_thread_and_nobody_pulls_what_nobody_holds():
+    assert with_link(placer({"w0": 320}, {}), gbps=100.0).place(PROMPT).source == ""
+    placed = with_link(placer({}, {"w0": 3}), gbps=100.0).place(PROMPT)
+    assert placed.source == "" and placed.pull_costs == {}
+
+
+def test_only_the_missing_tokens_are_pulled():
+    p = with_link(placer({"w0": 320, "w1": 96}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200), gbps=1.0)
+    placed = p.place(PROMPT)
+    assert (placed.worker, placed.source, placed.pull_tokens) == ("w1", "w0", 224)
+
+
+def test_the_link_model_learns_from_transfers():
+    link = LinkModel(bytes_per_s=1e9, hold_s=0.1, bytes_per_token={"w1": 1000})
+    for _ in range(50):
+        link.observe(nbytes=1_000_000, seconds=0.01, hold_s=0.004)  # 100 MB/s measured
+    assert link.bytes_per_s == pytest.approx(1e8, rel=0.05) and link.hold_s == pytest.approx(0.004, rel=0.05)
+    assert link.transfer_s("w1", 100) == pytest.approx(0.004 + 100 * 1000 / 1e8, rel=0.05)

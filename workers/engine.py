@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.generation import GenChunk, GenRequest, KVEndpoints
+from orchestrator.generation import PULLED_KEY, GenChunk, GenRequest, KVEndpoints
+
+MAX_PULL_REPORTS = 10000  # reports kept for requests that have not finished (aborted ones age out)
 
 
 @dataclass
@@ -28,10 +31,18 @@ class EngineConfig:
     seed: int = 0
     num_blocks: int | None = None  # KV blocks, overriding what memory allows (tests force evictions)
     cpu_bind: str = ""  # CPU engines: VLLM_CPU_OMP_THREADS_BIND (e.g. "0"); "" leaves vLLM's default
+    kv_transfer: bool = False  # load Loom's KV connector (workers/kv): hold blocks for, and pull from, peers
+    kv_hold_s: float = 30.0  # a hold no peer pulls is freed after this
+    kv_timeout_s: float = 10.0  # every transfer wait (control reply, group rendezvous, send, recv)
 
 
 class Engine(Protocol):
     def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]: ...
+    def _kv_params(self, req: GenRequest, out) -> dict | None:
+        """A holder request's ``KVHold``, or a target request's pull report."""
+        pulled = self.pulls.pop(req.request_id, None)
+        return {PULLED_KEY: pulled} if pulled else out.kv_transfer_params
+
     async def abort(self, request_id: str) -> None: ...
     async def check_health(self) -> None: ...
     async def reset_prefix_cache(self) -> bool: ...
@@ -40,6 +51,22 @@ class Engine(Protocol):
     def eos_token_id(self) -> int | None: ...
     def vocab_size(self) -> int: ...
     def scheduler(self) -> dict: ...
+    def note_pulls(self, pulls: list[dict]) -> None:
+        """Keeps each finished pull's report under its request's id (vLLM's internal id is the
+        caller's plus "-" and 8 characters)."""
+        for p in pulls:
+            p = dict(p)
+            rid = p.pop("request_id").rsplit("-", 1)[0]
+            self.pulls[rid] = p
+        while len(self.pulls) > MAX_PULL_REPORTS:
+            self.pulls.popitem(last=False)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV one token takes over all layers (keys and values)."""
+        mc = self.llm.vllm_config.model_config
+        pc = self.llm.vllm_config.parallel_config
+        return 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * mc.dtype.itemsize
+
     def kv_endpoints(self) -> KVEndpoints: ...
     def shutdown(self) -> None: ...
 
@@ -48,7 +75,7 @@ class VLLMEngine:
     """An AsyncLLM with prefix caching on, publishing its KV cache events over ZMQ and keeping
     its scheduler's last stats (running, waiting, KV usage) for ``load``."""
 
-    def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1"):
+    def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1", name: str = "engine"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         os.environ["VLLM_HOST_IP"] = host  # the address the KV event sockets bind and report
         if cfg.cpu_bind:
@@ -66,9 +93,11 @@ class VLLMEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed, disable_log_stats=False, block_size=cfg.block_size or None,
             num_gpu_blocks_override=cfg.num_blocks, kv_events_config=events,
+            kv_transfer_config=_kv_transfer(cfg, host, name) if cfg.kv_transfer else None,
         )
         self.cfg = cfg
         self.scheduler_stats = None  # vLLM's SchedulerStats of the last step
+        self.pulls: OrderedDict[str, dict] = OrderedDict()  # request id -> its KV pull's report
         self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger])
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -83,10 +112,27 @@ class VLLMEngine:
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
                 if scheduler_stats is not None:
                     engine.scheduler_stats = scheduler_stats
+                    engine.note_pulls((scheduler_stats.kv_connector_stats or {}).get("pulls", []))
 
             def log_engine_initialized(self): ...
 
         return KeepLast()
+
+    def note_pulls(self, pulls: list[dict]) -> None:
+        """Keeps each finished pull's report under its request's id (vLLM's internal id is the
+        caller's plus "-" and 8 characters)."""
+        for p in pulls:
+            p = dict(p)
+            rid = p.pop("request_id").rsplit("-", 1)[0]
+            self.pulls[rid] = p
+        while len(self.pulls) > MAX_PULL_REPORTS:
+            self.pulls.popitem(last=False)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV one token takes over all layers (keys and values)."""
+        mc = self.llm.vllm_config.model_config
+        pc = self.llm.vllm_config.parallel_config
+        return 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * mc.dtype.itemsize
 
     def kv_endpoints(self) -> KVEndpoints:
         """Where the engine publishes its KV events, as it bound them."""
@@ -108,6 +154,7 @@ class VLLMEngine:
             max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
             stop=req.stop or None, output_kind=RequestOutputKind.DELTA, ignore_eos=req.ignore_eos,
             skip_special_tokens=False, spaces_between_special_tokens=False,
+            extra_args={"kv_transfer_params": dict(req.kv_params)} if req.kv_params else None,
         )
         first = 0.0
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=req.prompt_ids),
@@ -122,7 +169,13 @@ class VLLMEngine:
                 stop_reason=o.stop_reason if isinstance(o.stop_reason, str) else None,
                 prompt_tokens=len(req.prompt_ids), cached_tokens=out.num_cached_tokens or 0,
                 first_token_at=first, finished_at=now if out.finished else 0.0,
+                kv_params=self._kv_params(req, out) if out.finished else None,
             )
+
+    def _kv_params(self, req: GenRequest, out) -> dict | None:
+        """A holder request's ``KVHold``, or a target request's pull report."""
+        pulled = self.pulls.pop(req.request_id, None)
+        return {PULLED_KEY: pulled} if pulled else out.kv_transfer_params
 
     async def abort(self, request_id: str) -> None:
         await self.llm.abort(request_id)
@@ -149,3 +202,14 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def _kv_transfer(cfg: EngineConfig, host: str, name: str):
+    """Loom's connector (workers/kv/connector.py), its side channel on ``host``."""
+    from vllm.config import KVTransferConfig
+
+    return KVTransferConfig(
+        kv_connector="LoomConnector", kv_connector_module_path="workers.kv.connector", kv_role="kv_both",
+        kv_load_failure_policy="recompute",
+        kv_connector_extra_config={"name": name, "host": host, "hold_s": cfg.kv_hold_s,
+                                   "timeout_s": cfg.kv_timeout_s})

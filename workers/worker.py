@@ -18,7 +18,7 @@ import time
 import ray
 
 from orchestrator import tracing
-from orchestrator.generation import EngineLoad, EngineProfile, GenChunk, GenRequest, WorkerInfo
+from orchestrator.generation import HOLD_KEY, EngineLoad, EngineProfile, GenChunk, GenRequest, KVHold, WorkerInfo
 from workers.engine import EngineConfig
 
 PROFILE_BATCHES = (1, 4, 16)
@@ -36,7 +36,7 @@ class EngineWorker:
         self.cfg = cfg
         self.host = host
         tracing.setup()  # this process exports its own spans (OTEL_* env), children of the job's
-        self.engine = engine or VLLMEngine(cfg, host)
+        self.engine = engine or VLLMEngine(cfg, host, name)
         self.active: set[str] = set()
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
         self.log: list[dict] = []  # per finished request: id, times, tokens (bounded)
@@ -45,7 +45,8 @@ class EngineWorker:
     async def ready(self) -> WorkerInfo:
         """Measures the engine once (the first call), then says what the engine client needs."""
         if self.info is None:
-            self.info = WorkerInfo(self.name, self.engine.kv_endpoints(), await self.profile(), self.cfg.block_size)
+            self.info = WorkerInfo(self.name, self.engine.kv_endpoints(), await self.profile(), self.cfg.block_size,
+                                   self.engine.kv_bytes_per_token())
         return self.info
 
     async def profile(self) -> EngineProfile:
@@ -108,6 +109,16 @@ class EngineWorker:
                          "first_token_at": chunk.first_token_at, "finished_at": chunk.finished_at,
                          "prompt_tokens": chunk.prompt_tokens, "cached_tokens": chunk.cached_tokens})
         del self.log[:-1000]
+
+    async def hold(self, request_id: str, prompt_ids: list[int], tokens: int,
+                   hold_s: float | None = None) -> KVHold | None:
+        """Keeps the blocks of ``prompt_ids``' first ``tokens`` tokens for a peer to pull, for
+        ``hold_s`` seconds (None: the engine's ``kv_hold_s``): runs them (plus the next token, so
+        every held block is a cache hit) for one token. None when the engine kept nothing."""
+        req = GenRequest(request_id, prompt_ids[:tokens + 1], 1, kv_params={HOLD_KEY: {"tokens": tokens, "hold_s": hold_s}})
+        last = await self._last(req)
+        held = (last.kv_params or {}).get(HOLD_KEY) if last is not None else None
+        return KVHold.from_dict(held) if held else None
 
     async def abort(self, request_id: str) -> None:
         await self.engine.abort(request_id)

@@ -1,0 +1,180 @@
+"""KV transfer between workers: ``python -m bench.kv_transfer [--part link,engines,jobs]``.
+
+- ``link``: the line rate. Two processes, one gloo pair group built as Loom's transport builds it
+  (workers/kv/transport.py), a plain ``send``/``recv`` of the bytes N KV blocks of the shipped
+  model take; median of repeats.
+- ``engines``: the connector. Two real engines (Loom's worker actors); for N blocks, a random
+  prompt of N whole blocks is run on worker 0, pinned there (``hold``), and pulled by worker 1's
+  request; the pull's own report gives bytes and milliseconds (Pull request, gather, send/recv,
+  scatter). Caches are reset between repeats.
+- ``jobs``: the end-to-end effect. The same forking questions (3 products) through Loom with 2
+  workers, KV transfer on (the cost model may pull) and off (it may only keep or recompute), at
+  several concurrencies: job latency, thread prompt tokens recomputed, threads that pulled.
+
+Prints JSON with the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import statistics
+import time
+
+BLOCK_COUNTS = (1, 2, 4, 8, 16, 31)
+
+
+def _link_side(rank: int, port: int, sizes: list[int], reps: int, out) -> None:
+    import torch
+
+    from workers.kv.transport import build_group
+
+    group = build_group("127.0.0.1", port, rank, "gloo", 60.0)
+    results = {}
+    for nbytes in sizes:
+        buf = torch.ones(nbytes // 4, dtype=torch.float32)
+        times = []
+        for k in range(reps + 1):
+            t0 = time.perf_counter()
+            if rank == 0:
+                group.send([buf], 1, k).wait()
+                group.recv([buf[:1]], 1, k).wait()  # the ack: the receiver has all of it
+            else:
+                group.recv([buf], 0, k).wait()
+                group.send([buf[:1]], 0, k).wait()
+            if k:
+                times.append(time.perf_counter() - t0)
+        results[nbytes] = statistics.median(times)
+    if rank == 0:
+        out.put(results)
+
+
+def link(block_bytes: int, reps: int) -> list[dict]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sizes = [n * block_bytes for n in BLOCK_COUNTS]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_link_side, args=(r, port, sizes, reps, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    results = out.get(timeout=600)
+    for p in procs:
+        p.join()
+    return [{"blocks": n, "bytes": b, "ms": round(results[b] * 1000, 3), "gb_per_s": round(b / results[b] / 1e9, 3)}
+            for n, b in zip(BLOCK_COUNTS, sizes)]
+
+
+async def engines(runner, reps: int) -> list[dict]:
+    from orchestrator.generation import PULLED_KEY, GenRequest
+
+    w0, w1 = runner.engine.workers.values()
+    rng = random.Random(5)
+    rows = []
+    for n in BLOCK_COUNTS:
+        ms, nbytes = [], 0
+        for k in range(reps):
+            for h in (w0, w1):
+                await h.reset_prefix_cache.remote()
+            ids = [rng.randrange(10, 100) for _ in range(n * 32 + 1)]
+            await _last(w0, GenRequest(f"bench-warm-{n}-{k}", ids, 1))
+            hold = await w0.hold.remote(f"bench-hold-{n}-{k}", ids, n * 32)
+            last = await _last(w1, GenRequest(f"bench-pull-{n}-{k}", ids, 1, kv_params=hold.to_params()))
+            report = last.kv_params[PULLED_KEY]
+            assert report["ok"] and last.cached_tokens == n * 32, report
+            ms.append(report["ms"])
+            nbytes = report["bytes"]
+        m = statistics.median(ms)
+        rows.append({"blocks": n, "bytes": nbytes, "ms": round(m, 3), "gb_per_s": round(nbytes / m / 1e6, 3)})
+    return rows
+
+
+async def _last(handle, req):
+    last = None
+    async for ref in handle.generate.options(num_returns="streaming").remote(req):
+        last = await ref
+    return last
+
+
+def jobs(runner, service, n: int, concurrencies: list[int], seed: int) -> dict:
+    import ray
+
+    from bench.placement import Timed, figures, forking_questions, run_jobs
+
+    placer, link = runner.engine.placer, runner.engine.placer.link
+    out = {}
+    for conc in concurrencies:
+        for mode in ("on", "off"):
+            placer.link = link if mode == "on" else None
+            for h in runner.engine.workers.values():
+                ray.get(h.reset_prefix_cache.remote())
+            time.sleep(0.5)
+            runner.engine.placer = timed = Timed(placer)
+            try:
+                records, latencies, wall = asyncio.run(run_jobs(service, forking_questions(n, seed), conc))
+            finally:
+                runner.engine.placer = placer
+            threads = [t for r in records for t in r.dag["nodes"] if t["kind"] == "thread"]
+            fig = figures(records, latencies, wall, timed)
+            fig["threads_pulled"] = sum((t["placement"]["prefix"] or {}).get("source") == "pulled" for t in threads)
+            fig["kv_bytes_moved"] = sum((t["placement"]["prefix"] or {}).get("bytes", 0) for t in threads)
+            out[f"concurrency {conc}, transfer {mode}"] = fig
+    placer.link = link
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", default="link,engines,jobs")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--jobs", type=int, default=32)
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--seed", type=int, default=11)
+    args = p.parse_args(argv)
+    parts = args.part.split(",")
+    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"}
+    block_bytes = 196608  # the shipped model, float32, block 32 (the engines' own figure when they run)
+    if "link" in parts:
+        out["link_gloo_plain"] = link(block_bytes, args.reps)
+    if "engines" in parts or "jobs" in parts:
+        out.update(_with_engines(parts, args))
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _with_engines(parts: list[str], args) -> dict:
+    import ray
+
+    from cluster import runtime
+    from cluster.config import load
+    from orchestrator.service import JobService
+    from orchestrator.store import InProcessJobStore
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cfg = load(overrides={"num_workers": 2, "worker_prefix": "bench-kv", "kv_transfer": "on"})
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
+    out: dict = {}
+    try:
+        runner = runtime.make_runner(cfg)
+        if "engines" in parts:
+            out["connector_pull"] = asyncio.run(engines(runner, args.reps))
+        if "jobs" in parts:
+            service = JobService(runner, InProcessJobStore())
+            concs = [int(c) for c in args.concurrency.split(",")]
+            out["jobs"] = jobs(runner, service, args.jobs, concs, args.seed)
+            out["link_model_learned_gb_per_s"] = round(runner.engine.placer.link.bytes_per_s / 1e9, 3)
+    finally:
+        runtime.shutdown_actors(cfg)
+        ray.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

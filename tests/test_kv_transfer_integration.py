@@ -1,0 +1,191 @@
+"""Prefix KV moved between the session's two real vLLM engines over a gloo pair group (Loom's
+KV connector, workers/kv): a pulled prefix gives the holder's greedy tokens and is computed
+zero times on the target; every failure path (holder dead, hold expired, target aborted, target
+already holding it) ends with the right tokens and no block left in use on either engine."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import psutil
+import pytest
+import ray
+
+from models.task import Question, Term, trace
+from orchestrator.generation import PULLED_KEY, GenRequest, PullReport
+from orchestrator.records import JobRequest
+
+pytestmark = pytest.mark.integration
+BLOCK = 32
+FOUR = Question((Term(123, 4), Term(56, 7), Term(809, 3), Term(41, 6)))
+
+
+async def generate(handle, rid: str, ids: list[int], n: int = 24, kv: dict | None = None):
+    tokens, last = [], None
+    async for ref in handle.generate.options(num_returns="streaming").remote(GenRequest(rid, ids, n, kv_params=kv)):
+        last = await ref
+        tokens += last.token_ids
+    return tokens, last
+
+
+async def cold(runner) -> None:
+    """Both engines empty, and the index told so (an engine publishes its cleared cache with its
+    next step: one 1-token request each)."""
+    names, handles = pair(runner)
+    await no_blocks_in_use(*handles)
+    for name, h in zip(names, handles):
+        await generate(h, f"kv-flush-{time.monotonic_ns()}", [7], n=1)
+    deadline = time.monotonic() + 10
+    while runner.engine.placer.index.holdings(prompt_ids(runner, FOUR), names) != dict.fromkeys(names, 0):
+        assert time.monotonic() < deadline, "the index still shows a cleared cache"
+        await asyncio.sleep(0.05)
+
+
+async def no_blocks_in_use(*handles, timeout: float = 10.0) -> None:
+    """Every KV block of each engine is free (vLLM resets its prefix cache only then)."""
+    deadline = time.monotonic() + timeout
+    for h in handles:
+        while not await h.reset_prefix_cache.remote():
+            assert time.monotonic() < deadline, "KV blocks still in use"
+            await asyncio.sleep(0.1)
+
+
+def prompt_ids(runner, question: Question, reasoning: int = 300) -> list[int]:
+    """A question part-way through its reasoning: several whole blocks."""
+    return runner.prepare(JobRequest(prompt=question.prompt + trace(question)[:reasoning]))
+
+
+def pair(runner):
+    names = list(runner.engine.workers)
+    return names, [runner.engine.workers[n] for n in names]
+
+
+async def test_a_thread_pulls_its_prefix_from_the_worker_holding_it(runner):
+    (n0, n1), (w0, w1) = pair(runner)
+    await no_blocks_in_use(w0, w1)
+    ids = prompt_ids(runner, FOUR)
+    held = (len(ids) - 1) // BLOCK * BLOCK
+    reference, _ = await generate(w0, "kv-ref", ids)
+    hold = await w0.hold.remote("kv-hold-1", ids, held)
+    assert hold.holder == n0 and hold.num_tokens == held and len(hold.block_ids) == held // BLOCK
+    tokens, last = await generate(w1, "kv-pull-1", ids, kv=hold.to_params())
+    report = PullReport(**last.kv_params[PULLED_KEY])
+    assert tokens == reference  # the pulled KV is the holder's, bit for bit
+    assert report.ok and report.holder == n0 and report.blocks == held // BLOCK
+    assert report.bytes == report.blocks * hold.block_bytes
+    assert last.cached_tokens == held  # w1 held nothing: every prefix token came over the wire
+    # w1's engine now publishes the pulled blocks as its own: the index sees them there
+    index = runner.engine.placer.index
+    deadline = time.monotonic() + 10
+    while index.holdings(ids, [n1])[n1] < held:
+        assert time.monotonic() < deadline, "the pulled blocks never showed in w1's KV events"
+        await asyncio.sleep(0.05)
+    print(f"\npulled {report.blocks} blocks, {report.bytes} bytes in {report.ms:.1f} ms")
+    await no_blocks_in_use(w0, w1)  # the holder freed its hold once sent
+
+
+async def test_a_hold_the_target_does_not_need_is_released_at_once(runner):
+    (_, _), (w0, w1) = pair(runner)
+    await no_blocks_in_use(w0, w1)
+    ids = prompt_ids(runner, FOUR, 260)
+    held = (len(ids) - 1) // BLOCK * BLOCK
+    reference, _ = await generate(w1, "kv-warm-w1", ids)  # w1 holds it already
+    hold = await w0.hold.remote("kv-hold-2", ids, held)  # pinned for 30 s unless released
+    tokens, last = await generate(w1, "kv-pull-2", ids, kv=hold.to_params())
+    assert tokens == reference and last.cached_tokens == held and not (last.kv_params or {}).get(PULLED_KEY)
+    await no_blocks_in_use(w0, w1, timeout=10.0)  # well before the hold would expire
+
+
+async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(runner):
+    (_, _), (w0, w1) = pair(runner)
+    await no_blocks_in_use(w0, w1)
+    ids = prompt_ids(runner, FOUR, 280)
+    held = (len(ids) - 1) // BLOCK * BLOCK
+    reference, _ = await generate(w0, "kv-ref-3", ids)
+    hold = await w0.hold.remote("kv-hold-3", ids, held, 0.3)
+    await asyncio.sleep(1.5)
+    await no_blocks_in_use(w0)  # expired: freed (and the cache dropped: the blocks may be reused)
+    tokens, last = await generate(w1, "kv-pull-3", ids, kv=hold.to_params())
+    report = PullReport(**last.kv_params[PULLED_KEY])
+    assert tokens == reference and not report.ok and "expired" in report.error
+    assert last.cached_tokens == 0  # nothing loaded: all recomputed
+    await no_blocks_in_use(w0, w1)
+
+
+async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(runner):
+    (_, _), (w0, w1) = pair(runner)
+    await no_blocks_in_use(w0, w1)
+    ids = prompt_ids(runner, FOUR, 320)
+    held = (len(ids) - 1) // BLOCK * BLOCK
+    await generate(w0, "kv-warm-4", ids, n=1)
+    for k, delay in enumerate((0.0, 0.005, 0.02, 0.05)):  # before, during and after the pull
+        hold = await w0.hold.remote(f"kv-hold-4-{k}", ids, held)
+        stream = asyncio.ensure_future(generate(w1, f"kv-pull-4-{k}", ids, n=200, kv=hold.to_params()))
+        await asyncio.sleep(delay)
+        await w1.abort.remote(f"kv-pull-4-{k}")
+        await stream
+        await no_blocks_in_use(w1)
+    await no_blocks_in_use(w0)  # every hold freed (sent or released), none waiting for its 30 s
+
+
+async def test_a_holder_killed_before_the_pull_costs_a_recompute_not_the_answer(runner):
+    (n0, _), (w0, w1) = pair(runner)
+    await no_blocks_in_use(w0, w1)
+    ids = prompt_ids(runner, FOUR, 240)
+    held = (len(ids) - 1) // BLOCK * BLOCK
+    reference, _ = await generate(w0, "kv-ref-5", ids)
+    hold = await w0.hold.remote("kv-hold-5", ids, held)
+    pid = await w0.pid.remote()
+    for proc in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:  # the engine too
+        os.kill(proc.pid, signal.SIGKILL)
+    tokens, last = await generate(w1, "kv-pull-5", ids, kv=hold.to_params())
+    report = PullReport(**last.kv_params[PULLED_KEY])
+    assert tokens == reference and not report.ok and last.cached_tokens == 0
+    await no_blocks_in_use(w1)
+    await _back(runner, n0, w0, pid)
+
+
+async def _back(runner, name: str, handle, old_pid: int, timeout: float = 240.0) -> None:
+    """The killed worker restarted (a new engine) and the engine client places on it again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if await asyncio.wait_for(handle.pid.remote(), 5) != old_pid:
+                break
+        except (ray.exceptions.RayActorError, TimeoutError):
+            pass
+        await asyncio.sleep(0.5)
+    runner.engine._lost(name)  # as the engine client does on the next call that fails
+    while name not in runner.engine.placer.live():
+        assert time.monotonic() < deadline, f"{name} not back in {timeout} s"
+        await asyncio.sleep(0.5)
+
+
+async def test_a_four_thread_fork_over_two_workers_joins_as_on_one(runner, service):
+    (n0, n1), (w0, w1) = pair(runner)
+    placer = runner.engine.placer
+    await cold(runner)
+    placer.down.add(n1)
+    try:
+        alone = await service.run(JobRequest(prompt=FOUR.prompt))
+    finally:
+        placer.down.discard(n1)
+    assert alone.status == "done" and {n["worker"] for n in alone.dag["nodes"] if n["worker"]} == {n0}
+    await cold(runner)
+    saved = (placer.link.bytes_per_s, placer.link.hold_s)
+    placer.link.bytes_per_s, placer.link.hold_s = 1e13, 0.0  # moving KV costs nothing: threads spread
+    try:
+        spread = await service.run(JobRequest(prompt=FOUR.prompt))
+    finally:
+        placer.link.bytes_per_s, placer.link.hold_s = saved
+    threads = [n for n in spread.dag["nodes"] if n["kind"] == "thread"]
+    pulled = [t for t in threads if (t["placement"]["prefix"] or {}).get("source") == "pulled"]
+    assert len(threads) == 4 and pulled and {t["worker"] for t in threads} == {n0, n1}
+    for t in pulled:
+        p = t["placement"]["prefix"]
+        assert p["worker"] != t["worker"] and p["blocks"] > 0 and p["bytes"] > 0
+        assert t["cached_tokens"] >= p["tokens"]  # pulled tokens count as cached, none recomputed
+    assert spread.result["text"] == alone.result["text"]
+    await no_blocks_in_use(w0, w1)

@@ -1,0 +1,168 @@
+"""Moving KV blocks between two engine processes: a torch.distributed process group per engine
+pair, made when first needed, and a ZMQ side channel for the control messages (messages.py).
+
+One code path for both devices: the backend follows the KV cache's device (``gloo`` for CPU
+tensors, ``nccl`` for CUDA ones). The groups are built with vLLM's
+``stateless_init_torch_distributed_process_group`` on a TCP store the puller serves, so no global
+``init_process_group`` is touched. Every wait has a time-out; a group whose operation failed or
+timed out is dropped (gloo closes the pair for good) and the next transfer builds a new one.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch
+import zmq
+
+from workers.kv.messages import Connect, Reply, decode, encode
+
+log = logging.getLogger(__name__)
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def build_group(host: str, port: int, rank: int, backend: str, timeout_s: float,
+                listen: socket.socket | None = None):
+    """One side of a two-rank process group; blocks until the other side joins (or times out)."""
+    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+    return stateless_init_torch_distributed_process_group(
+        host, port, rank, 2, backend, listen_socket=listen, timeout=timedelta(seconds=timeout_s))
+
+
+def destroy_group(group) -> None:
+    from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+    try:
+        stateless_destroy_torch_distributed_process_group(group)
+    except Exception:  # a broken pair may fail to shut down; it is dropped either way
+        log.debug("pair group shutdown failed", exc_info=True)
+
+
+class PairGroups:
+    """This engine's process groups, one per peer it pulls from (the puller's side) or that
+    pulls from it (the holder's side), keyed by a name both sides know."""
+
+    def __init__(self, host: str, timeout_s: float):
+        self.host = host
+        self.timeout_s = timeout_s
+        self.groups: dict[str, object] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: str):
+        with self.lock:
+            return self.groups.get(key)
+
+    def wait_for(self, key: str, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        while (group := self.get(key)) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return group
+
+    def put(self, key: str, group) -> None:
+        with self.lock:
+            self.groups[key] = group
+
+    def drop(self, key: str) -> None:
+        with self.lock:
+            group = self.groups.pop(key, None)
+        if group is not None:
+            destroy_group(group)
+
+    def open_to(self, peer_host: str, peer_port: int, peer: str, backend: str) -> str:
+        """A new group with the holder ``peer`` (rank 0 here, serving the store); returns its key."""
+        listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listen.bind((self.host, 0))
+        listen.listen()
+        port = listen.getsockname()[1]
+        key = f"{peer}/{uuid.uuid4().hex[:8]}"
+        reply = request(peer_host, peer_port, Connect(key, self.host, port, backend), self.timeout_s)
+        if not reply.ok:
+            listen.close()
+            raise TransferError(f"{peer} refused a pair group: {reply.error}")
+        self.put(key, build_group(self.host, port, 0, backend, self.timeout_s, listen))
+        return key
+
+    def join(self, msg: Connect) -> None:
+        """The holder's side of ``open_to`` (rank 1); run off the side channel's thread."""
+        try:
+            self.put(msg.group, build_group(msg.host, msg.port, 1, msg.backend, self.timeout_s))
+        except Exception as e:  # noqa: BLE001 - the puller times out and recomputes
+            log.warning("pair group %s not built: %s", msg.group, e)
+
+    def close(self) -> None:
+        for key in list(self.groups):
+            self.drop(key)
+
+
+class TransferError(RuntimeError):
+    """A transfer could not be done (peer unreachable, refused, timed out, or failed)."""
+
+
+def request(host: str, port: int, msg, timeout_s: float) -> Reply:
+    """One control message and its reply; TransferError if none comes within ``timeout_s``."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
+    try:
+        sock.connect(f"tcp://{host}:{port}")
+        sock.send(encode(msg))
+        reply = decode(sock.recv())
+    except zmq.Again as e:
+        raise TransferError(f"no answer from {host}:{port} in {timeout_s:.1f} s") from e
+    finally:
+        sock.close()
+    if not isinstance(reply, Reply):
+        raise TransferError(f"{host}:{port} answered with {type(reply).__name__}")
+    return reply
+
+
+def notify(host: str, port: int, msg, timeout_s: float) -> None:
+    """A control message whose answer does not matter (a lost one is covered by a time-out)."""
+    try:
+        request(host, port, msg, timeout_s)
+    except TransferError as e:
+        log.info("control message %s to %s:%d lost: %s", type(msg).__name__, host, port, e)
+
+
+class SideChannel:
+    """The holder's control socket: a thread answering each message with ``handler(msg)``."""
+
+    def __init__(self, host: str, port: int, handler: Callable[[object], Reply]):
+        self.handler = handler
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(f"tcp://{host}:{port}")
+        self.port = int(self.sock.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="loom-kv-side-channel", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self.stopped.is_set():
+            if not poller.poll(100):
+                continue
+            ident, raw = self.sock.recv_multipart()
+            try:
+                reply = self.handler(decode(raw))
+            except Exception as e:  # a bad message gets an error, the server lives on
+                log.exception("KV control message failed")
+                reply = Reply(False, f"{type(e).__name__}: {e}")
+            self.sock.send_multipart([ident, encode(reply)])
+        self.sock.close()
+
+    def close(self) -> None:
+        self.stopped.set()
