@@ -95,8 +95,9 @@ class Placer:
             return Placement(best, self._pull_reason(best, source, held, costs), costs, held, self.name,
                              source=source, pull_tokens=held[source] - held[best],
                              pull_costs={w: c for w, (c, _) in pulls.items()})
-        return Placement(best, self._reason(best, held, costs), costs, held, self.name,
-                         pull_costs={w: c for w, (c, _) in pulls.items()})
+        pull_costs = {w: c for w, (c, _) in pulls.items()}
+        return Placement(best, self._reason(best, held, costs, pull_costs), costs, held, self.name,
+                         pull_costs=pull_costs)
 
     def _pull_costs(self, live: list[str], prompt: int, held: dict[str, int]) -> dict[str, tuple[float, str]]:
         """Per worker holding less than the best holder: the cost of pulling the difference."""
@@ -115,11 +116,15 @@ class Placer:
     def active(self, worker: str) -> int:
         return self.loads.get(worker, EngineLoad()).active + self.sent.get(worker, 0)
 
-    def _reason(self, best: str, held: dict[str, int], costs: dict[str, float]) -> str:
+    def _reason(self, best: str, held: dict[str, int], costs: dict[str, float], pull_costs: dict[str, float]) -> str:
         most = max(held.values())
         if held[best] == most:
             return "holds the most of the prompt" if most else "cheapest (no worker holds the prompt)"
-        return f"cheaper than recomputing elsewhere: holder busy ({self.active(max(held, key=held.get))} active)"
+        why = f"cheaper than recomputing elsewhere: holder busy ({self.active(max(held, key=held.get))} active)"
+        if best in pull_costs:
+            why += (f"; recomputing {most - held[best]} held tokens here (est. {costs[best]:.4f} s) beats "
+                    f"pulling them (est. {pull_costs[best]:.4f} s)")
+        return why
 
     def _pull_reason(self, best: str, source: str, held: dict[str, int], costs: dict[str, float]) -> str:
         return (f"pulls {held[source] - held[best]} prompt tokens from {source}: cheaper than recomputing them "

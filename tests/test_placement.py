@@ -106,6 +106,7 @@ def test_a_slow_link_recomputes_instead():
     p = with_link(placer({"w0": 320}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200), gbps=1e-4)
     placed = p.place(PROMPT)
     assert placed.worker == "w1" and placed.source == "" and placed.pull_costs["w1"] > placed.costs["w1"]
+    assert "recomputing 320 held tokens here" in placed.reason and "beats pulling them" in placed.reason
 
 
 def test_an_idle_holder_keeps_its_thread_and_nobody_pulls_what_nobody_holds():
