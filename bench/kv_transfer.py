@@ -103,7 +103,7 @@ async def _last(handle, req):
     return last
 
 
-def jobs(runner, service, n: int, concurrencies: list[int], seed: int) -> dict:
+def jobs(runner, service, n: int, concurrencies: list[int], seed: int, repeat: int = 1) -> dict:
     import ray
 
     from bench.placement import Timed, figures, forking_questions, run_jobs
@@ -111,7 +111,7 @@ def jobs(runner, service, n: int, concurrencies: list[int], seed: int) -> dict:
     placer, link = runner.engine.placer, runner.engine.placer.link
     out = {}
     for conc in concurrencies:
-        for mode in ("on", "off"):
+        for rep, mode in [(r, m) for r in range(repeat) for m in ("on", "off")]:  # alternating
             placer.link = link if mode == "on" else None
             for h in runner.engine.workers.values():
                 ray.get(h.reset_prefix_cache.remote())
@@ -125,7 +125,7 @@ def jobs(runner, service, n: int, concurrencies: list[int], seed: int) -> dict:
             fig = figures(records, latencies, wall, timed)
             fig["threads_pulled"] = sum((t["placement"]["prefix"] or {}).get("source") == "pulled" for t in threads)
             fig["kv_bytes_moved"] = sum((t["placement"]["prefix"] or {}).get("bytes", 0) for t in threads)
-            out[f"concurrency {conc}, transfer {mode}"] = fig
+            out[f"concurrency {conc}, transfer {mode}" + (f", run {rep + 1}" if repeat > 1 else "")] = fig
     placer.link = link
     return out
 
@@ -137,6 +137,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=32)
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--repeat", type=int, default=1, help="runs of each (concurrency, on/off), alternating")
     args = p.parse_args(argv)
     parts = args.part.split(",")
     out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"}
@@ -168,7 +169,7 @@ def _with_engines(parts: list[str], args) -> dict:
         if "jobs" in parts:
             service = JobService(runner, InProcessJobStore())
             concs = [int(c) for c in args.concurrency.split(",")]
-            out["jobs"] = jobs(runner, service, args.jobs, concs, args.seed)
+            out["jobs"] = jobs(runner, service, args.jobs, concs, args.seed, args.repeat)
             out["link_model_learned_gb_per_s"] = round(runner.engine.placer.link.bytes_per_s / 1e9, 3)
     finally:
         runtime.shutdown_actors(cfg)

@@ -167,7 +167,6 @@ class RayEngineClient:
         self.reviving: dict[str, asyncio.Task] = {}
         self._loads_at = 0.0
         self._refresh: asyncio.Task | None = None
-        self.hold_s = 0.0  # the last hold's round trip
 
     def watch(self, info: WorkerInfo) -> None:
         """Follow a worker's engine: its KV events (from scratch) and its measured speed."""
@@ -211,7 +210,7 @@ class RayEngineClient:
         progress.placement, progress.started, progress.prefix = placement, time.time(), None
         retry = f"-r{len(progress.attempts)}" if progress.attempts else ""
         rid = f"{call.job_id}-n{call.node_id}-{len(ids)}{retry}"
-        hold, why = await self._hold(rid, ids, placement) if placement.source else (None, "")
+        hold, why = await self._hold(rid, ids, placement, progress) if placement.source else (None, "")
         req = GenRequest(rid, ids, call.max_tokens, call.stops, call.sampling.temperature, call.sampling.seed,
                          call.sampling.top_p, trace=tracing.inject(),
                          kv_params=hold.to_params() if hold else None)
@@ -228,11 +227,15 @@ class RayEngineClient:
                 progress.ended = time.time()
                 progress.prefix = progress.prefix or _origin(placement, progress, len(ids), why)
                 tracing.set_attrs(span, gen_ai__usage__output_tokens=len(out),
-                                  loom__prefix__cached_tokens=progress.cached_tokens, loom__node=call.node_id)
+                                  loom__prefix__cached_tokens=progress.cached_tokens, loom__node=call.node_id,
+                                  loom__prefix__source=progress.prefix.source,
+                                  loom__kv__pulled_from=progress.prefix.worker if progress.prefix.bytes else "",
+                                  loom__kv__bytes=progress.prefix.bytes, loom__kv__ms=progress.prefix.ms)
                 ttft = progress.first_token - progress.started if progress.first_token else None
                 self.metrics.request_done(len(ids), len(out), progress.cached_tokens, ttft)
 
-    async def _hold(self, rid: str, ids: list[int], placement: Placement) -> tuple[KVHold | None, str]:
+    async def _hold(self, rid: str, ids: list[int], placement: Placement,
+                    progress: Progress) -> tuple[KVHold | None, str]:
         """The source worker pins the prompt's leading blocks for the target to pull; on any
         failure the target recomputes them (the reason is returned for the record)."""
         src, t0 = placement.source, time.monotonic()
@@ -244,20 +247,20 @@ class RayEngineClient:
             return None, f"holder {src} died before pinning the prefix"
         except TimeoutError:
             return None, f"holder {src} did not pin the prefix in {HOLD_TIMEOUT_S:.0f} s"
-        self.hold_s = time.monotonic() - t0
+        progress.hold_s = time.monotonic() - t0
         return hold, "" if hold else f"holder {src} no longer held the prefix"
 
-    def _pulled(self, kv_params: dict | None, placement: Placement) -> PrefixOrigin | None:
+    def _pulled(self, kv_params: dict | None, progress: Progress) -> PrefixOrigin | None:
         """The target's report of its pull, as the node's record keeps it; the link model learns."""
         report = (kv_params or {}).get(PULLED_KEY)
         if report is None:
             return None
         r = PullReport(**report)
-        tokens = placement.pull_tokens
+        tokens = progress.placement.pull_tokens
         if not r.ok:
             return PrefixOrigin("recomputed", tokens, r.holder, r.blocks, 0, r.ms, f"pull from {r.holder} failed: {r.error}")
         if self.placer.link is not None:
-            self.placer.link.observe(r.bytes, r.ms / 1000, self.hold_s)
+            self.placer.link.observe(r.bytes, progress.hold_s + r.ms / 1000)
         return PrefixOrigin("pulled", tokens, r.holder, r.blocks, r.bytes, r.ms)
 
     def _lost(self, worker: str) -> None:
@@ -325,7 +328,7 @@ class RayEngineClient:
                 pending = 0
             if chunk.finished:
                 result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
-                progress.prefix = self._pulled(chunk.kv_params, progress.placement)
+                progress.prefix = self._pulled(chunk.kv_params, progress)
         result.token_ids = out
         return result
 

@@ -106,6 +106,7 @@ class Progress:
     ended: float = 0.0
     attempts: list[dict] = field(default_factory=list)  # earlier attempts lost with their worker
     prefix: PrefixOrigin | None = None
+    hold_s: float = 0.0  # the round trip that pinned the prefix on its holder (a pull's first part)
 
 
 @dataclass

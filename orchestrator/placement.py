@@ -18,11 +18,12 @@ With KV transfer on (``LinkModel``), each worker has a second option: pull the t
 from the worker ``h`` holding the most of the prompt instead of recomputing them::
 
     pull_w  =   cost_w with held_w := held_h
-              + hold_s + (held_h - held_w) * bytes_per_token / link_bytes_per_s
+              + fixed_s + (held_h - held_w) * bytes_per_token / link_bytes_per_s
 
 (the transfer does not stall ``w``'s running requests: the request waits for its blocks
-outside the batch). ``link_bytes_per_s`` and ``hold_s`` (the holder's round trip to pin the
-blocks) are learned from the transfers done so far, starting from configured guesses.
+outside the batch). ``link_bytes_per_s`` and ``fixed_s`` (the holder's round trip to pin the
+blocks, the control messages) are fitted to the transfers done so far (``LinkModel``),
+starting from configured guesses.
 
 The cheapest (worker, option) wins; ties go to the one holding more of the prompt, then to
 the first. So a fork's threads stay with the worker that
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,22 +45,32 @@ from orchestrator.generation import EngineLoad, EngineProfile, Placement
 
 @dataclass
 class LinkModel:
-    """What moving KV between engines costs, learned from each transfer (moving averages)."""
+    """What moving KV between two engines costs: ``fixed_s + bytes / bytes_per_s``, fitted by
+    least squares to the last ``window`` transfers (the hold's round trip and the pull, as the
+    target reported it). Until two different sizes have been seen, only ``fixed_s`` moves."""
 
     bytes_per_s: float = 1e9
-    hold_s: float = 0.02
+    fixed_s: float = 0.02
     bytes_per_token: dict[str, int] = field(default_factory=dict)  # per worker (model and dtype)
-    seen: int = 0
+    window: int = 64
+    samples: deque = field(default_factory=deque)  # (bytes, seconds)
 
     def transfer_s(self, worker: str, tokens: int) -> float:
-        return self.hold_s + tokens * self.bytes_per_token.get(worker, 0) / self.bytes_per_s
+        return self.fixed_s + tokens * self.bytes_per_token.get(worker, 0) / self.bytes_per_s
 
-    def observe(self, nbytes: int, seconds: float, hold_s: float) -> None:
-        self.seen += 1
-        w = 1 / min(self.seen, 20)
-        if nbytes > 0 and seconds > 0:
-            self.bytes_per_s += (nbytes / seconds - self.bytes_per_s) * w
-        self.hold_s += (hold_s - self.hold_s) * w
+    def observe(self, nbytes: int, seconds: float) -> None:
+        self.samples.append((float(nbytes), seconds))
+        while len(self.samples) > self.window:
+            self.samples.popleft()
+        if not self.samples:  # window 0: a fixed model that learns nothing
+            return
+        xs, ys = [x for x, _ in self.samples], [y for _, y in self.samples]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in self.samples) / sxx if sxx > 0 else 0.0
+        if slope > 0:
+            self.bytes_per_s = 1 / slope
+        self.fixed_s = max(0.0, my - mx / self.bytes_per_s)
 
 
 class PrefixHoldings(Protocol):

@@ -15,6 +15,7 @@ import ray
 
 from models.task import Question, Term, trace
 from orchestrator.generation import PULLED_KEY, GenRequest, PullReport
+from orchestrator.placement import LinkModel
 from orchestrator.records import JobRequest
 
 pytestmark = pytest.mark.integration
@@ -57,6 +58,12 @@ def prompt_ids(runner, question: Question, reasoning: int = 300) -> list[int]:
     return runner.prepare(JobRequest(prompt=question.prompt + trace(question)[:reasoning]))
 
 
+def prompt_and_held(runner, reasoning: int = 300) -> tuple[list[int], int]:
+    """A prompt of FOUR and the tokens of its whole blocks short of its last token (what a pull moves)."""
+    ids = prompt_ids(runner, FOUR, reasoning)
+    return ids, (len(ids) - 1) // BLOCK * BLOCK
+
+
 def pair(runner):
     names = list(runner.engine.workers)
     return names, [runner.engine.workers[n] for n in names]
@@ -65,8 +72,7 @@ def pair(runner):
 async def test_a_thread_pulls_its_prefix_from_the_worker_holding_it(runner):
     (n0, n1), (w0, w1) = pair(runner)
     await no_blocks_in_use(w0, w1)
-    ids = prompt_ids(runner, FOUR)
-    held = (len(ids) - 1) // BLOCK * BLOCK
+    ids, held = prompt_and_held(runner)
     reference, _ = await generate(w0, "kv-ref", ids)
     hold = await w0.hold.remote("kv-hold-1", ids, held)
     assert hold.holder == n0 and hold.num_tokens == held and len(hold.block_ids) == held // BLOCK
@@ -89,8 +95,7 @@ async def test_a_thread_pulls_its_prefix_from_the_worker_holding_it(runner):
 async def test_a_hold_the_target_does_not_need_is_released_at_once(runner):
     (_, _), (w0, w1) = pair(runner)
     await no_blocks_in_use(w0, w1)
-    ids = prompt_ids(runner, FOUR, 260)
-    held = (len(ids) - 1) // BLOCK * BLOCK
+    ids, held = prompt_and_held(runner, 260)
     reference, _ = await generate(w1, "kv-warm-w1", ids)  # w1 holds it already
     hold = await w0.hold.remote("kv-hold-2", ids, held)  # pinned for 30 s unless released
     tokens, last = await generate(w1, "kv-pull-2", ids, kv=hold.to_params())
@@ -101,8 +106,7 @@ async def test_a_hold_the_target_does_not_need_is_released_at_once(runner):
 async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(runner):
     (_, _), (w0, w1) = pair(runner)
     await no_blocks_in_use(w0, w1)
-    ids = prompt_ids(runner, FOUR, 280)
-    held = (len(ids) - 1) // BLOCK * BLOCK
+    ids, held = prompt_and_held(runner, 280)
     reference, _ = await generate(w0, "kv-ref-3", ids)
     hold = await w0.hold.remote("kv-hold-3", ids, held, 0.3)
     await asyncio.sleep(1.5)
@@ -117,8 +121,7 @@ async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(runner):
 async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(runner):
     (_, _), (w0, w1) = pair(runner)
     await no_blocks_in_use(w0, w1)
-    ids = prompt_ids(runner, FOUR, 320)
-    held = (len(ids) - 1) // BLOCK * BLOCK
+    ids, held = prompt_and_held(runner, 320)
     await generate(w0, "kv-warm-4", ids, n=1)
     for k, delay in enumerate((0.0, 0.005, 0.02, 0.05)):  # before, during and after the pull
         hold = await w0.hold.remote(f"kv-hold-4-{k}", ids, held)
@@ -133,8 +136,7 @@ async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(ru
 async def test_a_holder_killed_before_the_pull_costs_a_recompute_not_the_answer(runner):
     (n0, _), (w0, w1) = pair(runner)
     await no_blocks_in_use(w0, w1)
-    ids = prompt_ids(runner, FOUR, 240)
-    held = (len(ids) - 1) // BLOCK * BLOCK
+    ids, held = prompt_and_held(runner, 240)
     reference, _ = await generate(w0, "kv-ref-5", ids)
     hold = await w0.hold.remote("kv-hold-5", ids, held)
     pid = await w0.pid.remote()
@@ -174,12 +176,12 @@ async def test_a_four_thread_fork_over_two_workers_joins_as_on_one(runner, servi
         placer.down.discard(n1)
     assert alone.status == "done" and {n["worker"] for n in alone.dag["nodes"] if n["worker"]} == {n0}
     await cold(runner)
-    saved = (placer.link.bytes_per_s, placer.link.hold_s)
-    placer.link.bytes_per_s, placer.link.hold_s = 1e13, 0.0  # moving KV costs nothing: threads spread
+    saved = placer.link  # moving KV costs nothing (and learns nothing): threads spread
+    placer.link = LinkModel(bytes_per_s=1e13, fixed_s=0.0, bytes_per_token=dict(saved.bytes_per_token), window=0)
     try:
         spread = await service.run(JobRequest(prompt=FOUR.prompt))
     finally:
-        placer.link.bytes_per_s, placer.link.hold_s = saved
+        placer.link = saved
     threads = [n for n in spread.dag["nodes"] if n["kind"] == "thread"]
     pulled = [t for t in threads if (t["placement"]["prefix"] or {}).get("source") == "pulled"]
     assert len(threads) == 4 and pulled and {t["worker"] for t in threads} == {n0, n1}

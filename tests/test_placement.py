@@ -86,9 +86,9 @@ def test_decode_step_interpolates_between_and_extends_beyond_measured_points():
     assert CPU.step_s(28) == pytest.approx(0.0073 + (0.0073 - 0.0056) * 12 / 12)
 
 
-def with_link(p: Placer, gbps: float, hold_s: float = 0.005, bytes_per_token: int = 6144) -> Placer:
-    p.link = LinkModel(bytes_per_s=gbps * 1e9, hold_s=hold_s, bytes_per_token={"w0": bytes_per_token,
-                                                                                "w1": bytes_per_token})
+def with_link(p: Placer, gbps: float, fixed_s: float = 0.005, bytes_per_token: int = 6144) -> Placer:
+    p.link = LinkModel(bytes_per_s=gbps * 1e9, fixed_s=fixed_s, bytes_per_token={"w0": bytes_per_token,
+                                                                                  "w1": bytes_per_token})
     return p
 
 
@@ -121,9 +121,19 @@ def test_only_the_missing_tokens_are_pulled():
     assert (placed.worker, placed.source, placed.pull_tokens) == ("w1", "w0", 224)
 
 
-def test_the_link_model_learns_from_transfers():
-    link = LinkModel(bytes_per_s=1e9, hold_s=0.1, bytes_per_token={"w1": 1000})
-    for _ in range(50):
-        link.observe(nbytes=1_000_000, seconds=0.01, hold_s=0.004)  # 100 MB/s measured
-    assert link.bytes_per_s == pytest.approx(1e8, rel=0.05) and link.hold_s == pytest.approx(0.004, rel=0.05)
-    assert link.transfer_s("w1", 100) == pytest.approx(0.004 + 100 * 1000 / 1e8, rel=0.05)
+def test_the_link_model_separates_the_fixed_cost_from_the_bandwidth():
+    link = LinkModel(bytes_per_s=1e9, fixed_s=0.1, bytes_per_token={"w1": 1000})
+    link.observe(nbytes=1_000_000, seconds=0.012)
+    assert link.bytes_per_s == 1e9 and link.fixed_s == pytest.approx(0.011)  # one size: the fixed part only
+    for k in range(100):  # 8 ms fixed + 0.5 GB/s, sizes from 0.2 to 6 MB
+        nbytes = 200_000 * (1 + k % 30)
+        link.observe(nbytes=nbytes, seconds=0.008 + nbytes / 5e8)
+    assert link.bytes_per_s == pytest.approx(5e8, rel=1e-6) and link.fixed_s == pytest.approx(0.008, rel=1e-6)
+    assert link.transfer_s("w1", 100) == pytest.approx(0.008 + 100 * 1000 / 5e8)
+    assert len(link.samples) == link.window
+
+
+def test_a_link_model_with_no_window_stays_as_set():
+    link = LinkModel(bytes_per_s=1e13, fixed_s=0.0, window=0)
+    link.observe(nbytes=1000, seconds=5.0)
+    assert (link.bytes_per_s, link.fixed_s) == (1e13, 0.0)

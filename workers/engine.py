@@ -38,11 +38,6 @@ class EngineConfig:
 
 class Engine(Protocol):
     def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]: ...
-    def _kv_params(self, req: GenRequest, out) -> dict | None:
-        """A holder request's ``KVHold``, or a target request's pull report."""
-        pulled = self.pulls.pop(req.request_id, None)
-        return {PULLED_KEY: pulled} if pulled else out.kv_transfer_params
-
     async def abort(self, request_id: str) -> None: ...
     async def check_health(self) -> None: ...
     async def reset_prefix_cache(self) -> bool: ...
@@ -51,22 +46,7 @@ class Engine(Protocol):
     def eos_token_id(self) -> int | None: ...
     def vocab_size(self) -> int: ...
     def scheduler(self) -> dict: ...
-    def note_pulls(self, pulls: list[dict]) -> None:
-        """Keeps each finished pull's report under its request's id (vLLM's internal id is the
-        caller's plus "-" and 8 characters)."""
-        for p in pulls:
-            p = dict(p)
-            rid = p.pop("request_id").rsplit("-", 1)[0]
-            self.pulls[rid] = p
-        while len(self.pulls) > MAX_PULL_REPORTS:
-            self.pulls.popitem(last=False)
-
-    def kv_bytes_per_token(self) -> int:
-        """Bytes of KV one token takes over all layers (keys and values)."""
-        mc = self.llm.vllm_config.model_config
-        pc = self.llm.vllm_config.parallel_config
-        return 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * mc.dtype.itemsize
-
+    def kv_bytes_per_token(self) -> int: ...
     def kv_endpoints(self) -> KVEndpoints: ...
     def shutdown(self) -> None: ...
 
