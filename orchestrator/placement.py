@@ -103,11 +103,10 @@ class Placer:
         options = [(c, -held[w], self.workers.index(w), w, "") for w, c in costs.items()]
         options += [(c, -held[w], self.workers.index(w), w, src) for w, (c, src) in pulls.items()]
         *_, best, source = min(options)
-        if source:
-            return Placement(best, self._pull_reason(best, source, held, costs), costs, held, self.name,
-                             source=source, pull_tokens=held[source] - held[best],
-                             pull_costs={w: c for w, (c, _) in pulls.items()})
         pull_costs = {w: c for w, (c, _) in pulls.items()}
+        if source:
+            return Placement(best, self._pull_reason(best, source, held), costs, held, self.name,
+                             source=source, pull_tokens=held[source] - held[best], pull_costs=pull_costs)
         return Placement(best, self._reason(best, held, costs, pull_costs), costs, held, self.name,
                          pull_costs=pull_costs)
 
@@ -138,7 +137,7 @@ class Placer:
                     f"pulling them (est. {pull_costs[best]:.4f} s)")
         return why
 
-    def _pull_reason(self, best: str, source: str, held: dict[str, int], costs: dict[str, float]) -> str:
+    def _pull_reason(self, best: str, source: str, held: dict[str, int]) -> str:
         return (f"pulls {held[source] - held[best]} prompt tokens from {source}: cheaper than recomputing them "
                 f"here or waiting on {source} ({self.active(source)} active)")
 

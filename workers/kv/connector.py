@@ -79,7 +79,7 @@ class LoomConnector(KVConnectorBase_V1):
             self.sched = SchedulerSide(me, spec.block_size, spec.page_size_bytes * len(group.layer_names),
                                        float(extra.get("hold_s", 30.0)))
         else:
-            self.worker = WorkerSide(me.name, me.host, float(extra.get("timeout_s", 10.0)))
+            self.worker = WorkerSide(me.host, float(extra.get("timeout_s", 10.0)))
 
     # -- scheduler side
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> tuple[int | None, bool]:

@@ -89,7 +89,11 @@ class PairGroups:
         if not reply.ok:
             listen.close()
             raise TransferError(f"{peer} refused a pair group: {reply.error}")
-        self.put(key, build_group(self.host, port, 0, backend, self.timeout_s, listen))
+        try:
+            self.put(key, build_group(self.host, port, 0, backend, self.timeout_s, listen))
+        except Exception:
+            listen.close()  # the holder never joined: no socket is left listening
+            raise
         return key
 
     def join(self, msg: Connect) -> None:

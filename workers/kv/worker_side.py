@@ -114,8 +114,7 @@ class Holds:
 
 
 class WorkerSide:
-    def __init__(self, name: str, host: str, timeout_s: float):
-        self.name = name
+    def __init__(self, host: str, timeout_s: float):
         self.host = host
         self.timeout_s = timeout_s
         self.pages: BlockPages | None = None
