@@ -13,6 +13,8 @@ import psutil
 import pytest
 import ray
 
+from cluster import runtime
+from cluster.config import load
 from models.task import Question, Term, trace
 from orchestrator.generation import PULLED_KEY, GenRequest, PullReport
 from orchestrator.placement import LinkModel
@@ -133,23 +135,29 @@ async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(ru
     await no_blocks_in_use(w0)  # every hold freed (sent or released), none waiting for its 30 s
 
 
-async def test_a_holder_killed_before_the_pull_costs_a_recompute_not_the_answer(runner):
-    (n0, _), (w0, w1) = pair(runner)
-    await no_blocks_in_use(w0, w1)
-    ids, held = prompt_and_held(runner, 240)
-    reference, _ = await generate(w0, "kv-ref-5", ids)
-    hold = await w0.hold.remote("kv-hold-5", ids, held)
-    pid = await w0.pid.remote()
-    for proc in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:  # the engine too
-        os.kill(proc.pid, signal.SIGKILL)
-    tokens, last = await generate(w1, "kv-pull-5", ids, kv=hold.to_params())
-    report = PullReport(**last.kv_params[PULLED_KEY])
-    assert tokens == reference and not report.ok and last.cached_tokens == 0
-    await no_blocks_in_use(w1)
-    await _back(runner, n0, w0, pid)
+async def test_a_holder_killed_before_the_pull_costs_a_recompute_not_the_answer(runner, ray_cluster):
+    """On two engines of its own (the session's are never killed here), so that the later tests
+    place on engines that have not been restarted."""
+    cfg = load(overrides={"num_workers": 2, "worker_prefix": "loom-kvkill", "worker_cpu_binds": ["0", "1"]})
+    client = runtime.make_engine_client(cfg, budget=None)
+    try:
+        (n0, _), (w0, w1) = list(client.workers), list(client.workers.values())
+        ids, held = prompt_and_held(runner, 240)
+        reference, _ = await generate(w0, "kv-ref-5", ids)
+        hold = await w0.hold.remote("kv-hold-5", ids, held)
+        pid = await w0.pid.remote()
+        for proc in [*psutil.Process(pid).children(recursive=True), psutil.Process(pid)]:  # the engine too
+            os.kill(proc.pid, signal.SIGKILL)
+        tokens, last = await generate(w1, "kv-pull-5", ids, kv=hold.to_params())
+        report = PullReport(**last.kv_params[PULLED_KEY])
+        assert tokens == reference and not report.ok and last.cached_tokens == 0
+        await no_blocks_in_use(w1)
+        await _back(client, n0, w0, pid)
+    finally:
+        runtime.shutdown_actors(cfg, coordinator=False)
 
 
-async def _back(runner, name: str, handle, old_pid: int, timeout: float = 240.0) -> None:
+async def _back(client, name: str, handle, old_pid: int, timeout: float = 240.0) -> None:
     """The killed worker restarted (a new engine) and the engine client places on it again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -159,8 +167,8 @@ async def _back(runner, name: str, handle, old_pid: int, timeout: float = 240.0)
         except (ray.exceptions.RayActorError, TimeoutError):
             pass
         await asyncio.sleep(0.5)
-    runner.engine._lost(name)  # as the engine client does on the next call that fails
-    while name not in runner.engine.placer.live():
+    client._lost(name)  # as the engine client does on the next call that fails
+    while name not in client.placer.live():
         assert time.monotonic() < deadline, f"{name} not back in {timeout} s"
         await asyncio.sleep(0.5)
 
