@@ -57,7 +57,8 @@ class JobService:
 
     async def _run(self, record: JobRecord, emit) -> JobRecord | None:
         try:
-            claimed = await self.store.transition(record.id, ("queued",), "running", started=time.time())
+            claimed = await _retrying(lambda: self.store.transition(record.id, ("queued",), "running",
+                                                                     started=time.time()))
             if claimed is None:  # another controller took it, or it has ended already
                 return await self.store.get(record.id)
             return await self._execute(claimed, emit)
@@ -139,16 +140,30 @@ class JobService:
 
     async def sweep_forever(self) -> None:
         """Every lease_s, fails the running jobs whose controller is gone (its lease lapsed): a
-        replica that died, or a final write that never landed. Runs for the service's life."""
+        replica that died, or a final write that never landed; and runs the queued jobs that no
+        controller took within lease_s (their claim never reached the store). Runs for the
+        service's life."""
         while True:
             await asyncio.sleep(self.lease_s)
             try:
                 failed, _ = await self._sweep(await self.store.list_by_status("running", None))
+                resumed = await self._resume_stale()
             except StoreUnavailable as e:
                 log.warning("sweep skipped: %s", e)
                 continue
             if failed:
                 log.warning("swept %d running jobs whose controller is gone: %s", len(failed), failed)
+            if resumed:
+                log.warning("took %d queued jobs no controller had started: %s", len(resumed), resumed)
+
+    async def _resume_stale(self) -> list[str]:
+        """Starts the queued jobs older than lease_s that this controller is not running (the
+        queued->running compare-and-set lets one controller take each)."""
+        stale = [r for r in await self.store.list_by_status("queued", None)
+                 if r.id not in self.tasks and r.created < time.time() - self.lease_s]
+        for record in reversed(stale):  # oldest first
+            self._start(record, None)
+        return [r.id for r in stale]
 
     async def _watch(self, ids: list[str]) -> None:
         while ids:

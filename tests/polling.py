@@ -12,13 +12,14 @@ LIVE = ("queued", "running")
 def final_record(client: httpx.Client, job_id: str, timeout: float = 300.0, prefix: str = "") -> dict:
     """The job's record once it has ended; answers other than 200 (a 503 while the store is down,
     say) are polled through. Fails the test if the job has not ended within ``timeout``."""
-    deadline = time.monotonic() + timeout
+    deadline, last = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        r = client.get(f"{prefix}/v1/jobs/{job_id}")
-        if r.status_code == 200 and r.json()["status"] not in LIVE:
-            return r.json()
+        last = client.get(f"{prefix}/v1/jobs/{job_id}")
+        if last.status_code == 200 and last.json()["status"] not in LIVE:
+            return last.json()
         time.sleep(0.2)
-    raise AssertionError(f"{job_id} did not end within {timeout} s")
+    seen = f"{last.status_code} {last.text[:2000]}" if last is not None else "no answer"
+    raise AssertionError(f"{job_id} did not end within {timeout} s; last seen: {seen}")
 
 
 def wait_until(cond, timeout: float, every: float = 0.05) -> None:

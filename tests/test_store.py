@@ -232,6 +232,40 @@ async def test_recover_leaves_a_live_controllers_job_until_its_lease_lapses(back
     assert ((await s.get("r")).status, (await s.get("r")).error) == ("failed", RESTARTED)
 
 
+async def test_a_job_accepted_just_before_a_redis_outage_runs_once_it_is_back(redis_server, redis_url):  # noqa: F811
+    s = RedisJobStore(redis_url)
+    service = JobService(StubRunner(), s)
+    try:
+        record = await service.submit(JobRequest(prompt="Q: 1+1\n"))  # stored; its claim not yet made
+        redis_server.stop(hard=True)
+        await asyncio.sleep(0.5)  # the claim meets the outage and is retried
+        redis_server.start()
+        done = await asyncio.wait_for(service.wait(record.id), 30)
+        assert (done.status, done.result["answer"]) == ("done", "ok")
+        assert (await s.get(record.id)).status == "done"
+    finally:
+        await s.aclose()
+
+
+async def test_the_sweeper_runs_a_queued_job_no_controller_took(backend):
+    s = backend.store()
+    await s.put(rec("stale", created=time.time() - 10))  # its controller's claim never landed
+    runner = StubRunner()
+    service = JobService(runner, s, lease_s=1.0)
+    sweeper = asyncio.create_task(service.sweep_forever())
+    try:
+        await asyncio.sleep(0.7)
+        await s.put(rec("fresh"))  # just submitted elsewhere: its controller is about to take it
+        for _ in range(100):
+            if (await s.get("stale")).status == "done":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        sweeper.cancel()
+    assert (await s.get("stale")).status == "done" and runner.ran == ["stale"]
+    assert (await s.get("fresh")).status == "queued"
+
+
 # ---- retention: finished records are bounded, live ones are never dropped -----------------------
 
 async def test_finished_records_beyond_max_records_go_oldest_finished_first():
