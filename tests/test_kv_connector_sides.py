@@ -157,3 +157,32 @@ def test_an_unknown_control_message_is_refused():
 
     with pytest.raises(ValueError, match="unknown KV control message"):
         decode(msgpack.packb({"kind": "Exec", "cmd": "rm"}))
+
+
+def test_the_side_channel_answers_after_malformed_frames():
+    import zmq
+
+    from workers.kv.messages import Release, Reply
+    from workers.kv.transport import SideChannel, request
+
+    channel = SideChannel("127.0.0.1", 0, lambda msg: Reply(True, type(msg).__name__))
+    try:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{channel.port}")
+        sock.send_multipart([b"two", b"frames"])  # not one message: the server must live on
+        sock.send(b"\xc1 not msgpack")
+        sock.setsockopt(zmq.RCVTIMEO, 5000)
+        assert "error" in decode_error(sock.recv())  # the undecodable message is answered, with why
+        sock.close()
+        assert request("127.0.0.1", channel.port, Release("t"), 5.0) == Reply(True, "Release")
+    finally:
+        channel.close()
+
+
+def decode_error(raw: bytes) -> str:
+    from workers.kv.messages import decode
+
+    reply = decode(raw)
+    assert not reply.ok
+    return reply.error.lower()

@@ -135,7 +135,7 @@ async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(ru
     await no_blocks_in_use(w0)  # every hold freed (sent or released), none waiting for its 30 s
 
 
-async def test_a_holder_killed_before_the_pull_costs_a_recompute_not_the_answer(runner, ray_cluster):
+async def test_a_holder_killed_before_the_pull_costs_a_recompute_and_its_restart_serves_again(runner, ray_cluster):
     """On two engines of its own (the session's are never killed here), so that the later tests
     place on engines that have not been restarted."""
     cfg = load(overrides={"num_workers": 2, "worker_prefix": "loom-kvkill", "worker_cpu_binds": ["0", "1"]})
@@ -153,6 +153,11 @@ async def test_a_holder_killed_before_the_pull_costs_a_recompute_not_the_answer(
         assert tokens == reference and not report.ok and last.cached_tokens == 0
         await no_blocks_in_use(w1)
         await _back(client, n0, w0, pid)
+        hold = await w0.hold.remote("kv-hold-5b", ids, held)  # the new engine holds and serves again
+        tokens, last = await generate(w1, "kv-pull-5b", ids, kv=hold.to_params())
+        report = PullReport(**last.kv_params[PULLED_KEY])
+        assert tokens == reference and report.ok, report.error
+        assert last.cached_tokens == held
     finally:
         runtime.shutdown_actors(cfg, coordinator=False)
 

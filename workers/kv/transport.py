@@ -156,17 +156,22 @@ class SideChannel:
     def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        log.info("KV side channel serving on %s", self.sock.getsockopt(zmq.LAST_ENDPOINT).decode())
         while not self.stopped.is_set():
-            if not poller.poll(100):
-                continue
-            ident, raw = self.sock.recv_multipart()
             try:
-                reply = self.handler(decode(raw))
-            except Exception as e:  # a bad message gets an error, the server lives on
-                log.exception("KV control message failed")
-                reply = Reply(False, f"{type(e).__name__}: {e}")
-            self.sock.send_multipart([ident, encode(reply)])
+                if poller.poll(100):
+                    self._answer(*self.sock.recv_multipart())
+            except Exception:  # a malformed frame must not end the server
+                log.exception("KV side channel: a message could not be answered")
         self.sock.close()
+
+    def _answer(self, ident: bytes, raw: bytes) -> None:
+        try:
+            reply = self.handler(decode(raw))
+        except Exception as e:  # a bad message gets an error, the server lives on
+            log.exception("KV control message failed")
+            reply = Reply(False, f"{type(e).__name__}: {e}")
+        self.sock.send_multipart([ident, encode(reply)])
 
     def close(self) -> None:
         self.stopped.set()
