@@ -5,8 +5,10 @@ that the policy is tested deterministically (time is passed in, never read).
 - admit_fork: width w <= N from the job's max width and the cluster's free thread slots;
   the N - w others run in later waves, never dropped. A fork past max depth, max fork
   rounds, or without tokens for every thread is refused: the model goes on sequentially.
-- charge: tokens are charged as they stream; past the job's total or its deadline the
-  job is exhausted and the caller cancels what is left.
+- lease: a thread decodes on a lease of tokens reserved for it, and comes back only when the
+  lease runs low (reporting what it used) or when it ends (``settle``). Tokens used plus tokens
+  leased never pass the job's total; once a lease cannot be granted, or the deadline has passed,
+  the job is exhausted and the caller cancels what is left.
 """
 from __future__ import annotations
 
@@ -84,11 +86,27 @@ class JobUsage:
     forks: int = 0
     in_flight: int = 0
     per_thread: dict[str, int] = field(default_factory=dict)
+    leased: dict[str, int] = field(default_factory=dict)  # node -> tokens granted, not yet reported used
     exhausted: str = ""
 
     @property
     def remaining(self) -> int:
         return self.budget.max_total_tokens - self.tokens
+
+    def spend(self, node: str, used: int) -> None:
+        """Tokens a thread reports used: charged, and taken off what it had leased."""
+        self.tokens += used
+        self.per_thread[node] = self.per_thread.get(node, 0) + used
+        self.leased[node] = max(0, self.leased.get(node, 0) - used)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The tokens a thread now holds, past those it has reported used (0 with ``stop``: why the
+    job must stop)."""
+
+    tokens: int
+    stop: str = ""
 
 
 class Ledger:
@@ -147,17 +165,44 @@ class Ledger:
         job = self._job(job_id)
         job.in_flight = max(0, job.in_flight - 1)
 
-    def charge(self, job_id: str, node: str, tokens: int, now: float) -> str:
-        """Add tokens; returns "" while the job may go on, else why it must stop."""
+    def lease(self, job_id: str, node: str, used: int, want: int, now: float) -> Lease:
+        """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
+        is neither used nor leased to other threads (at most an even share of it per thread in
+        flight), and returns what it now holds. None, with the reason, once the job is
+        exhausted: its deadline passed, or the thread has used its lease and none is left to
+        grant (a thread asking ahead, with some of its lease left, just gets none for now)."""
         job = self._job(job_id)
-        job.tokens += tokens
-        job.per_thread[node] = job.per_thread.get(node, 0) + tokens
-        if not job.exhausted:
-            if job.tokens >= job.budget.max_total_tokens:
-                job.exhausted = f"token budget exhausted ({job.tokens}/{job.budget.max_total_tokens})"
-            elif now - job.opened_at > job.budget.deadline_s:
-                job.exhausted = f"deadline of {job.budget.deadline_s}s passed"
+        job.spend(node, used)
+        free = job.remaining - sum(job.leased.values())
+        if free <= 0 and job.leased[node] == 0:  # it needs tokens; none are left
+            self._exhaust(job, f"token budget exhausted ({job.tokens} used, {job.remaining - free} leased, "
+                               f"of {job.budget.max_total_tokens})")
+        self._check_deadline(job, now)
+        if job.exhausted:
+            return Lease(0, job.exhausted)
+        share = -(-free // max(1, job.in_flight))  # an even share of what is left per running thread
+        job.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
+        return Lease(job.leased[node])
+
+    def settle(self, job_id: str, node: str, used: int, now: float) -> str:
+        """A request has ended: its last ``used`` tokens are charged and its lease given back.
+        Returns why the job must stop ("" if it may go on): it has used every token, or its
+        deadline passed."""
+        job = self._job(job_id)
+        job.spend(node, used)
+        job.leased.pop(node, None)
+        if job.remaining <= 0:
+            self._exhaust(job, f"token budget exhausted ({job.tokens}/{job.budget.max_total_tokens})")
+        self._check_deadline(job, now)
         return job.exhausted
+
+    @staticmethod
+    def _exhaust(job: JobUsage, why: str) -> None:
+        job.exhausted = job.exhausted or why
+
+    def _check_deadline(self, job: JobUsage, now: float) -> None:
+        if now - job.opened_at > job.budget.deadline_s:
+            self._exhaust(job, f"deadline of {job.budget.deadline_s}s passed")
 
     def remaining(self, job_id: str) -> int:
         return self._job(job_id).remaining

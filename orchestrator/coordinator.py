@@ -1,6 +1,6 @@
 """The coordinator: one Ray actor holding the cluster's budget ledger (rebuilt after a restart).
 
-Every job opens an account here; forks are admitted, tokens charged and threads counted
+Every job opens an account here; forks are admitted, tokens leased and charged, and threads counted
 through it, so the cluster-wide cap on threads in flight holds across all replicas of the
 ingress. The policy itself lives in ``orchestrator.budget.Ledger`` (plain, unit-tested).
 """
@@ -10,7 +10,7 @@ import os
 
 import ray
 
-from orchestrator.budget import Admission, JobBudget, JobUsage, Ledger
+from orchestrator.budget import Admission, JobBudget, JobUsage, Lease, Ledger
 
 COORDINATOR_NAME = "loom-coordinator"
 NAMESPACE = "loom"
@@ -42,8 +42,11 @@ class Coordinator:
     def end_thread(self, job_id: str) -> None:
         self.ledger.end_thread(job_id)
 
-    def charge(self, job_id: str, node: str, tokens: int, now: float) -> str:
-        return self.ledger.charge(job_id, node, tokens, now)
+    def lease(self, job_id: str, node: str, used: int, want: int, now: float) -> Lease:
+        return self.ledger.lease(job_id, node, used, want, now)
+
+    def settle(self, job_id: str, node: str, used: int, now: float) -> str:
+        return self.ledger.settle(job_id, node, used, now)
 
     def cluster(self) -> dict:
         return self.ledger.cluster()

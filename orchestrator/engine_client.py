@@ -1,8 +1,8 @@
 """The job driver's engines and budget, behind two small protocols; Ray lives only here.
 
-``EngineClient.decode`` places one segment on a worker, streams it, charges every token to
-the coordinator and aborts the engine request if it is cancelled; ``BudgetClient`` is the
-coordinator as the driver sees it (open/close a job, admit a fork, count threads). The job
+``EngineClient.decode`` places one segment on a worker, streams it, spends every token from the
+thread's lease (lease.py) and aborts the engine request if it is cancelled; ``BudgetClient`` is the
+coordinator as the driver sees it (open/close a job, admit a fork, count threads, lease tokens). The job
 driver (job.py) takes both as constructor arguments, so its fork/join control flow is
 tested with scripted fakes and run in production with the Ray implementations below.
 """
@@ -17,7 +17,7 @@ from typing import Protocol
 from ray.exceptions import RayActorError
 
 from orchestrator import tracing
-from orchestrator.budget import Admission, BudgetError, JobBudget, JobUsage, Ledger
+from orchestrator.budget import Admission, BudgetError, JobBudget, JobUsage, Lease, Ledger
 from orchestrator.generation import (
     PULLED_KEY,
     Decode,
@@ -31,21 +31,17 @@ from orchestrator.generation import (
     WorkerInfo,
 )
 from orchestrator.kv_events import KVEventSubscriber, SharedIndex
+from orchestrator.lease import BudgetExhausted, ThreadLease
 from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placer
 
 log = logging.getLogger(__name__)
 
-CHARGE_EVERY = 8  # tokens between charges to the coordinator
 MAX_ATTEMPTS = 3  # a request whose worker dies is placed and run again, at most this often
 REVIVE_TIMEOUT_S = 600.0  # how long a dead worker is waited for
 LOAD_REFRESH_S = 0.05  # a placement uses engine loads at most this old (one refresh in flight at a time)
 LOAD_TIMEOUT_S = 2.0
 HOLD_TIMEOUT_S = 10.0  # the holder's answer to a hold (it runs the prefix for one token)
-
-
-class BudgetExhausted(Exception):
-    """The job's token budget or deadline ran out while a request streamed."""
 
 
 class EngineClient(Protocol):
@@ -58,6 +54,8 @@ class BudgetClient(Protocol):
     async def admit_fork(self, job_id: str, n: int, depth: int) -> Admission: ...
     async def start_threads(self, job_id: str, k: int) -> None: ...
     async def end_thread(self, job_id: str) -> None: ...
+    async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease: ...
+    async def settle(self, job_id: str, node: str, used: int) -> str: ...
 
 
 class LocalBudgetClient:
@@ -82,8 +80,11 @@ class LocalBudgetClient:
     async def end_thread(self, job_id: str) -> None:
         self.ledger.end_thread(job_id)
 
-    async def charge(self, job_id: str, node: str, tokens: int) -> str:
-        return self.ledger.charge(job_id, node, tokens, self.clock())
+    async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease:
+        return self.ledger.lease(job_id, node, used, want, self.clock())
+
+    async def settle(self, job_id: str, node: str, used: int) -> str:
+        return self.ledger.settle(job_id, node, used, self.clock())
 
 
 class RayBudgetClient:
@@ -136,12 +137,21 @@ class RayBudgetClient:
         account.in_flight = max(0, account.in_flight - 1)
         await self._call("end_thread", job_id)
 
-    async def charge(self, job_id: str, node: str, tokens: int) -> str:
+    async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease:
         account = self.accounts[job_id]
-        account.tokens += tokens
-        account.per_thread[node] = account.per_thread.get(node, 0) + tokens
-        now = time.time()  # restored with these tokens: charge none, only ask whether to stop
-        account.exhausted = await self._call("charge", job_id, node, tokens, now, again=(node, 0, now))
+        account.spend(node, used)
+        now = time.time()  # restored with these tokens used: report none, only ask for the lease
+        grant = await self._call("lease", job_id, node, used, want, now, again=(node, 0, want, now))
+        account.leased[node] = grant.tokens
+        account.exhausted = grant.stop
+        return grant
+
+    async def settle(self, job_id: str, node: str, used: int) -> str:
+        account = self.accounts[job_id]
+        account.spend(node, used)
+        account.leased.pop(node, None)
+        now = time.time()  # restored: settled; only ask whether the job must stop
+        account.exhausted = await self._call("settle", job_id, node, used, now, again=(node, 0, now))
         return account.exhausted
 
 
@@ -314,28 +324,27 @@ class RayEngineClient:
 
     async def _consume(self, call: Decode, progress: Progress, handle, req: GenRequest, out: list[int],
                        relay: _Relay) -> Decoded:
-        pending, result = 0, Decoded([], "length")
-        async for ref in handle.generate.options(num_returns="streaming").remote(req):
-            chunk = await ref
-            out += chunk.token_ids
-            progress.tokens += len(chunk.token_ids)
-            progress.first_token = progress.first_token or (time.time() if chunk.token_ids else 0.0)
-            progress.cached_tokens = max(progress.cached_tokens, chunk.cached_tokens)
-            relay.send(chunk.token_ids)
-            pending += len(chunk.token_ids)
-            if pending >= CHARGE_EVERY or chunk.finished:
-                await self._charge(call, pending)
-                pending = 0
-            if chunk.finished:
-                result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
-                progress.prefix = self._pulled(chunk.kv_params, progress)
+        lease, result = ThreadLease(self.budget, call.job_id, f"n{call.node_id}"), Decoded([], "length")
+        lease.start()
+        try:
+            async for ref in handle.generate.options(num_returns="streaming").remote(req):
+                chunk = await ref
+                out += chunk.token_ids
+                progress.tokens += len(chunk.token_ids)
+                progress.first_token = progress.first_token or (time.time() if chunk.token_ids else 0.0)
+                progress.cached_tokens = max(progress.cached_tokens, chunk.cached_tokens)
+                relay.send(chunk.token_ids)
+                await lease.spend(len(chunk.token_ids))
+                if chunk.finished:
+                    result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
+                    progress.prefix = self._pulled(chunk.kv_params, progress)
+        except BaseException:
+            await asyncio.shield(lease.settle())
+            raise
+        if stop := await lease.settle():  # the job's last token, or its deadline: as any exhaustion
+            raise BudgetExhausted(stop)
         result.token_ids = out
         return result
-
-    async def _charge(self, call: Decode, n: int) -> None:
-        stop = await self.budget.charge(call.job_id, f"n{call.node_id}", n)
-        if stop:
-            raise BudgetExhausted(stop)
 
 
 def _origin(placement: Placement, progress: Progress, prompt: int, why: str) -> PrefixOrigin:

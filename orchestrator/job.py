@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 
 from orchestrator import tracing
 from orchestrator.budget import Admission, JobBudget
-from orchestrator.engine_client import BudgetClient, BudgetExhausted, EngineClient
+from orchestrator.engine_client import BudgetClient, EngineClient
 from orchestrator.generation import Decode, Progress, Sampling
+from orchestrator.lease import BudgetExhausted
 from orchestrator.metrics import LoomMetrics
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.plan.formats import Outline, Plan, PlanFormat, ThreadResult, get_format

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.budget import BudgetError, JobBudget, Ledger
+from orchestrator.budget import BudgetError, JobBudget, Lease, Ledger
 
 
 def ledger(**budget):
@@ -27,7 +27,8 @@ def test_width_narrowed_by_job_and_by_cluster_never_below_one():
 
 def test_per_thread_tokens_shrink_with_what_is_left():
     led = ledger(max_total_tokens=400, max_thread_tokens=500)
-    led.charge("j", "n0", 100, 0.0)
+    led.lease("j", "n0", 0, 100, 0.0)
+    led.settle("j", "n0", 100, 0.0)
     assert led.admit_fork("j", 3, 1, 0.0).thread_max_tokens == 100
 
 
@@ -47,13 +48,33 @@ def test_fork_rounds_are_capped():
     assert "max_fork_rounds" in led.admit_fork("j", 2, 1, 0.0).reason
 
 
-def test_charge_reports_exhaustion_and_deadline_and_records_per_thread():
-    led = ledger(max_total_tokens=50, deadline_s=10)
-    assert led.charge("j", "n1", 30, 1.0) == ""
-    assert "exhausted" in led.charge("j", "n2", 30, 2.0)
-    assert led.usage("j")["per_thread"] == {"n1": 30, "n2": 30}
-    led2 = ledger(deadline_s=10)
-    assert "deadline" in led2.charge("j", "n1", 1, 11.0)
+def test_leases_never_pass_the_total_and_record_what_each_thread_used():
+    led = ledger(max_total_tokens=100, deadline_s=10)
+    assert led.lease("j", "n1", 0, 64, 1.0) == Lease(64)
+    assert led.lease("j", "n2", 0, 64, 1.0) == Lease(36)  # what n1 does not hold
+    assert led.lease("j", "n1", 50, 64, 2.0) == Lease(14)  # asked ahead: none more now, no stop
+    stop = led.lease("j", "n1", 14, 64, 2.0).stop  # used it all, and all else is leased
+    assert stop == "token budget exhausted (64 used, 36 leased, of 100)" == led.jobs["j"].exhausted
+    led.settle("j", "n1", 0, 0.0)
+    led.settle("j", "n2", 30, 0.0)  # ended early: the rest of its lease comes back, but the job has stopped
+    assert led.usage("j")["per_thread"] == {"n1": 64, "n2": 30} and led.jobs["j"].leased == {}
+    assert led.lease("j", "n3", 0, 8, 3.0).stop.startswith("token budget exhausted")
+
+
+def test_a_lease_given_back_is_granted_again():
+    led = ledger(max_total_tokens=100)
+    led.lease("j", "n1", 0, 80, 0.0)
+    assert led.lease("j", "n2", 0, 64, 0.0) == Lease(20)
+    led.settle("j", "n1", 10, 0.0)
+    assert led.lease("j", "n2", 20, 64, 0.0) == Lease(64)  # 10 + 20 used, 0 left to n2: 64 more
+    assert led.remaining("j") == 70
+
+
+def test_a_lease_past_the_deadline_is_refused():
+    led = ledger(deadline_s=10)
+    assert led.lease("j", "n1", 0, 8, 1.0) == Lease(8)
+    assert "deadline" in led.lease("j", "n1", 8, 8, 11.0).stop
+    assert led.usage("j")["tokens"] == 8
 
 
 def test_thread_slots_are_counted_and_released():
@@ -73,18 +94,36 @@ def test_bad_budgets_are_named():
     with pytest.raises(BudgetError):
         JobBudget.from_dict({"max_width": "lots"})
     with pytest.raises(BudgetError, match="not open"):
-        Ledger().charge("nope", "n", 1, 0.0)
+        Ledger().lease("nope", "n", 1, 1, 0.0)
 
 
 def test_a_restored_account_carries_on_where_it_was():
     led = ledger(max_total_tokens=100)
     led.start_threads("j", 3)
-    led.charge("j", "n1", 40, 0.0)
+    led.lease("j", "n1", 0, 30, 0.0)
+    led.lease("j", "n1", 30, 10, 0.0)  # holds 10
     kept = led.jobs["j"]
     fresh = Ledger(max_threads_in_flight=8)  # a restarted coordinator
     with pytest.raises(BudgetError, match="not open"):
-        fresh.charge("j", "n1", 1, 0.0)
+        fresh.lease("j", "n1", 1, 1, 0.0)
     fresh.restore("j", kept)
-    assert fresh.in_flight == 3 and fresh.remaining("j") == 60
-    assert fresh.charge("j", "n2", 60, 0.0).startswith("token budget exhausted")
-    assert fresh.admit_fork("j", 2, 1, 0.0).width == 0
+    assert fresh.in_flight == 3 and fresh.remaining("j") == 70
+    assert fresh.lease("j", "n2", 0, 100, 0.0) == Lease(20)  # n1's 10 still stand: 60 free, 3 threads
+    fresh.settle("j", "n1", 10, 0.0)
+    fresh.settle("j", "n2", 20, 0.0)
+    assert fresh.remaining("j") == 40 and fresh.jobs["j"].leased == {}
+
+
+def test_threads_in_flight_lease_even_shares_of_what_is_left():
+    led = ledger(max_total_tokens=100)
+    led.start_threads("j", 4)
+    assert [led.lease("j", f"n{i}", 0, 64, 0.0).tokens for i in range(4)] == [25, 19, 14, 11]
+    assert led.lease("j", "n0", 25, 64, 0.0) == Lease(8)  # n0 used its 25: a share of the 31 left
+
+
+def test_a_request_that_ends_on_the_last_token_of_the_budget_stops_the_job():
+    led = ledger(max_total_tokens=60, deadline_s=10)
+    led.lease("j", "n0", 0, 64, 0.0)
+    assert led.settle("j", "n1", 0, 1.0) == ""
+    assert led.settle("j", "n0", 60, 1.0) == "token budget exhausted (60/60)"
+    assert ledger(deadline_s=10).settle("j", "n0", 5, 11.0) == "deadline of 10s passed"

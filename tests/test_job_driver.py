@@ -15,9 +15,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from orchestrator.budget import Ledger
-from orchestrator.engine_client import BudgetExhausted, LocalBudgetClient
+from orchestrator.engine_client import LocalBudgetClient
 from orchestrator.generation import Decode, Decoded, Placement, Progress
 from orchestrator.job import JobRunner
+from orchestrator.lease import BudgetExhausted, ThreadLease
 from orchestrator.metrics import NullMetrics
 from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
 from orchestrator.records import JobRecord, JobRequest
@@ -73,6 +74,8 @@ class ScriptedModel:
         progress.placement = Placement("scripted")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        lease = ThreadLease(self.budget, call.job_id, f"n{call.node_id}")  # the engine client's own
+        lease.start()
         try:
             for i in range(0, len(ids), 4):
                 await asyncio.sleep(self.delay)
@@ -82,13 +85,15 @@ class ScriptedModel:
                 progress.tokens += len(piece)
                 if call.on_tokens:
                     call.on_tokens(piece)
-                if why := await self.budget.charge(call.job_id, f"n{call.node_id}", len(piece)):
-                    raise BudgetExhausted(why)
-        except asyncio.CancelledError:
-            self.cancelled += 1
+                await lease.spend(len(piece))
+        except BaseException as e:
+            self.cancelled += isinstance(e, asyncio.CancelledError)
+            await asyncio.shield(lease.settle())
             raise
         finally:
             self.in_flight -= 1
+        if why := await lease.settle():
+            raise BudgetExhausted(why)
         return Decoded(ids, finish, stop)
 
     @staticmethod

@@ -1,0 +1,82 @@
+"""A thread's token lease: the engine client spends streamed tokens against tokens the budget
+reserved for the thread, and calls the budget only when the lease runs low or the thread ends,
+instead of on every few tokens (the coordinator is one actor shared by every job).
+
+The next lease is asked for in the background once fewer than ``low`` tokens are left, so the
+stream does not wait on the coordinator while there are tokens to spend; it waits only when a
+chunk takes it past what it was granted. A refused lease stops the thread (``BudgetExhausted``);
+the tokens already streamed stay charged, exactly, when the lease is settled.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol
+
+from orchestrator.budget import Lease
+
+LEASE_TOKENS = 64  # asked for at a time
+LEASE_LOW = 24  # the next lease is asked for once fewer than this are left
+
+
+class BudgetExhausted(Exception):
+    """The job's token budget or deadline ran out while a request streamed."""
+
+
+class LeaseSource(Protocol):
+    async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease: ...
+    async def settle(self, job_id: str, node: str, used: int) -> str: ...
+
+
+class ThreadLease:
+    def __init__(self, budget: LeaseSource, job_id: str, node: str, size: int = LEASE_TOKENS,
+                 low: int = LEASE_LOW):
+        self.budget = budget
+        self.job_id = job_id
+        self.node = node
+        self.size = size
+        self.low = low
+        self.granted = 0  # tokens it may stream in all (used and reported + its lease)
+        self.used = 0  # tokens streamed so far
+        self.reported = 0  # of which the budget has been told
+        self.stop = ""
+        self.dry = False  # the last lease asked ahead was refused: ask again only when needed
+        self._next: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Asks for the first lease while the request is submitted: the first tokens wait for it."""
+        self._next = asyncio.ensure_future(self._renew())
+
+    async def spend(self, n: int) -> None:
+        """``n`` more tokens streamed; BudgetExhausted once they pass a lease that cannot grow."""
+        self.used += n
+        if self._next is None and not (self.stop or self.dry) and self.granted - self.used < self.low:
+            self._next = asyncio.ensure_future(self._renew())
+        while self.used > self.granted:
+            if self._next is None:
+                if self.stop:
+                    raise BudgetExhausted(self.stop)
+                self._next = asyncio.ensure_future(self._renew())
+            await self._collect()
+
+    async def settle(self) -> str:
+        """The request has ended: what it used is charged, the rest of its lease given back.
+        Returns why the job must stop ("" if it may go on)."""
+        if self._next is not None:
+            with contextlib.suppress(Exception):  # its grant is given back right after
+                await self._collect()
+        stop = await self.budget.settle(self.job_id, self.node, self.used - self.reported)
+        self.reported = self.used
+        return stop
+
+    async def _collect(self) -> None:
+        task, self._next = self._next, None
+        await task
+
+    async def _renew(self) -> None:
+        upto = self.used
+        grant = await self.budget.lease(self.job_id, self.node, upto - self.reported, self.size)
+        self.dry = grant.tokens <= self.granted - upto  # nothing more: ask again only when needed
+        limit = upto + grant.tokens  # tokens streamed past the last lease are charged, not granted
+        self.reported, self.stop = upto, grant.stop
+        self.granted = min(self.granted, limit) if grant.stop else limit

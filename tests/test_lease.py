@@ -1,0 +1,77 @@
+"""A thread's token lease (orchestrator/lease.py) over a real Ledger: few budget calls per
+thread, exact usage, and a job's total held across threads that stream at once."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from orchestrator.budget import JobBudget, Ledger
+from orchestrator.engine_client import LocalBudgetClient
+from orchestrator.lease import LEASE_TOKENS, BudgetExhausted, ThreadLease
+
+
+class CountingBudget(LocalBudgetClient):
+    """The in-process budget, counting the round trips a coordinator would get."""
+
+    def __init__(self, ledger: Ledger):
+        super().__init__(ledger)
+        self.calls = 0
+
+    async def lease(self, *args):
+        self.calls += 1
+        await asyncio.sleep(0)  # a round trip: the stream may move on meanwhile
+        return await super().lease(*args)
+
+    async def settle(self, *args):
+        self.calls += 1
+        return await super().settle(*args)
+
+
+def budget(**b) -> CountingBudget:
+    led = Ledger()
+    led.open_job("j", JobBudget(**b), time.time())
+    return CountingBudget(led)
+
+
+async def stream(lease: ThreadLease, tokens: int, chunk: int = 4) -> int:
+    """Spends ``tokens`` in chunks as a stream would; returns how many were streamed."""
+    lease.start()
+    sent = 0
+    try:
+        while sent < tokens:
+            n = min(chunk, tokens - sent)
+            sent += n
+            await lease.spend(n)
+    finally:
+        await lease.settle()
+    return sent
+
+
+async def test_a_thread_calls_the_budget_once_per_lease_and_is_charged_exactly():
+    b = budget(max_total_tokens=10_000)
+    await stream(ThreadLease(b, "j", "n1"), 300)
+    usage = b.ledger.usage("j")
+    assert usage["tokens"] == 300 and usage["per_thread"] == {"n1": 300}
+    assert b.ledger.jobs["j"].leased == {}  # nothing left reserved
+    assert b.calls <= 300 // LEASE_TOKENS + 3  # leases (one asked ahead) and the settle; charging every 8 tokens took 38
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 17])
+async def test_threads_streaming_at_once_stop_at_the_total_and_overshoot_by_less_than_a_chunk(chunk):
+    b = budget(max_total_tokens=150)
+    leases = [ThreadLease(b, "j", f"n{i}") for i in range(3)]
+    results = await asyncio.gather(*(stream(lease, 400, chunk) for lease in leases), return_exceptions=True)
+    assert all(isinstance(r, BudgetExhausted) for r in results)
+    used = b.ledger.usage("j")["tokens"]
+    assert sum(lease.used for lease in leases) == used  # every streamed token charged once
+    assert 150 - LEASE_TOKENS < used <= 150 + 3 * chunk, used
+
+
+async def test_a_thread_of_a_job_with_no_tokens_left_stops_at_its_first_chunk():
+    b = budget(max_total_tokens=64)
+    await stream(ThreadLease(b, "j", "n1"), 64)
+    with pytest.raises(BudgetExhausted, match="token budget exhausted"):
+        await stream(ThreadLease(b, "j", "n2"), 10)
+    assert b.ledger.usage("j")["per_thread"] == {"n1": 64, "n2": 4}
