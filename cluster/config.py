@@ -49,6 +49,9 @@ class LoomConfig:
     kv_hold_s: float = 30.0  # a holder frees blocks no peer pulled after this
     kv_timeout_s: float = 10.0  # every wait of a transfer; past it the target recomputes
     kv_link_gbps: float = 1.0  # first guess of the link's GB/s, replaced by what transfers measure
+    # a worker sends the tokens its engine produces within this many ms as one streamed chunk
+    # (the first tokens and a request's end are never held back); 0 sends every engine output
+    stream_interval_ms: float = 20.0
     format: str = "threadweaver"
     budget: dict = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -66,7 +69,8 @@ class LoomConfig:
                             gpu_memory_utilization=self.gpu_memory_utilization,
                             max_num_seqs=self.max_num_seqs, block_size=self.block_size,
                             num_blocks=self.num_kv_blocks or None, kv_transfer=self.transfer_on(),
-                            kv_hold_s=self.kv_hold_s, kv_timeout_s=self.kv_timeout_s)
+                            kv_hold_s=self.kv_hold_s, kv_timeout_s=self.kv_timeout_s,
+                            stream_interval_s=self.stream_interval_ms / 1000)
 
     def transfer_on(self) -> bool:
         return self.kv_transfer == "on" or (self.kv_transfer == "auto" and self.worker_num_gpus == 0)
@@ -102,6 +106,8 @@ class LoomConfig:
             raise ConfigError(f"kv_transfer must be auto, on or off, not {self.kv_transfer!r}")
         if not (self.kv_hold_s > 0 and self.kv_timeout_s > 0 and self.kv_link_gbps > 0):
             raise ConfigError("kv_hold_s, kv_timeout_s and kv_link_gbps must be > 0")
+        if not 0 <= self.stream_interval_ms <= 1000:
+            raise ConfigError(f"stream_interval_ms must be within 0..1000, not {self.stream_interval_ms!r}")
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes must be >= 1024")
         self.job_budget()

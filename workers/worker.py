@@ -1,8 +1,8 @@
 """A Ray actor that owns one engine (one GPU, or the CPU) and streams generations.
 
 ``generate`` is an async generator: called with ``.options(num_returns="streaming")`` it
-streams ``GenChunk`` deltas to the caller as the engine produces them, so the job can
-charge tokens and cancel mid-thread. Requests run concurrently inside the engine's batch.
+streams ``GenChunk`` deltas to the caller as the engine produces them (batched by
+``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread. Requests run concurrently inside the engine's batch.
 At start-up (``ready``) the worker measures its engine (prefill seconds per token, decode
 step seconds at a few batch sizes) for the placement cost model, and tells where its
 engine publishes its KV cache events.
@@ -20,6 +20,7 @@ import ray
 from orchestrator import tracing
 from orchestrator.generation import HOLD_KEY, EngineLoad, EngineProfile, GenChunk, GenRequest, KVHold, WorkerInfo
 from workers.engine import EngineConfig
+from workers.stream_batch import batched
 
 PROFILE_BATCHES = (1, 4, 16)
 PROFILE_DECODE_TOKENS = 32
@@ -90,7 +91,7 @@ class EngineWorker:
         span = tracing.tracer().start_span("loom.engine.generate", context=tracing.extract(req.trace))
         tracing.set_attrs(span, loom__worker=self.name, gen_ai__usage__input_tokens=len(req.prompt_ids))
         try:
-            async for chunk in self.engine.generate(req):
+            async for chunk in batched(self.engine.generate(req), self.cfg.stream_interval_s):
                 self.stats["generated_tokens"] += len(chunk.token_ids)
                 if chunk.finished:
                     self._record(req, chunk, submitted)

@@ -1,0 +1,78 @@
+"""Streamed chunks batched by an interval, as Ray Serve LLM batches its output stream: every
+chunk a worker yields is a Ray object the engine client must fetch, so the tokens an engine
+produces within ``interval_s`` go out as one chunk. The first tokens and the last chunk are
+never held back (time to first token, and the end of a thread, which a fork or join waits on).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from orchestrator.generation import GenChunk
+
+_END = object()
+
+
+def merge(a: GenChunk, b: GenChunk) -> GenChunk:
+    """``b`` after ``a``, as one chunk."""
+    return replace(b, token_ids=a.token_ids + b.token_ids, text=a.text + b.text,
+                   cached_tokens=max(a.cached_tokens, b.cached_tokens),
+                   first_token_at=a.first_token_at or b.first_token_at)
+
+
+async def batched(chunks: AsyncIterator[GenChunk], interval_s: float) -> AsyncIterator[GenChunk]:
+    """``chunks`` merged: after a chunk with the first tokens, what arrives within ``interval_s``
+    of the next chunk goes out with it; a finished chunk goes out at once."""
+    if interval_s <= 0:
+        async for chunk in chunks:
+            yield chunk
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+    pump = asyncio.ensure_future(_pump(chunks, queue))
+    try:
+        sent_tokens = False
+        while (chunk := await _next(queue)) is not _END:
+            if sent_tokens:
+                chunk = await _gather(queue, chunk, time.monotonic() + interval_s)
+            sent_tokens = sent_tokens or bool(chunk.token_ids)
+            yield chunk
+            if chunk.finished:
+                return
+    finally:
+        pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump
+
+
+async def _gather(queue: asyncio.Queue, chunk: GenChunk, deadline: float) -> GenChunk:
+    """``chunk`` with what follows it until ``deadline``, the end of the stream, or a finished chunk."""
+    while not chunk.finished:
+        try:
+            nxt = await asyncio.wait_for(_next(queue), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return chunk
+        if nxt is _END:
+            queue.put_nowait(_END)  # seen on the next call
+            return chunk
+        chunk = merge(chunk, nxt)
+    return chunk
+
+
+async def _next(queue: asyncio.Queue):
+    item = await queue.get()
+    if isinstance(item, BaseException):
+        raise item
+    return item
+
+
+async def _pump(chunks: AsyncIterator[GenChunk], queue: asyncio.Queue) -> None:
+    try:
+        async for chunk in chunks:
+            queue.put_nowait(chunk)
+    except Exception as e:  # noqa: BLE001 - handed to the consumer, raised there
+        queue.put_nowait(e)
+    else:
+        queue.put_nowait(_END)
