@@ -1,0 +1,115 @@
+"""Loom's jobs at a given concurrency, and what they cost the coordinator:
+``python -m bench.concurrency --concurrency 1,8,32 --jobs 32 [--stream-interval-ms 0,20]``.
+
+Runs the same questions (``--products`` products each) through the job service (in-process
+store, the configured workers) at each concurrency and stream interval, and prints per run:
+mean/p50/p90 job latency, throughput, total tokens, and the token-budget round trips the
+engine client made to the coordinator (count, per second, mean/p90 latency as the driver
+saw it), with the machine it ran on. Long: about a minute per run on 2 cores.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import time
+
+from bench.parallel_vs_sequential import question_with
+
+
+class TimedBudget:
+    """The engine client's budget client, timing each lease and settle (what the coordinator gets)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls: list[float] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def _timed(self, call):
+        t0 = time.perf_counter()
+        try:
+            return await call
+        finally:
+            self.calls.append(time.perf_counter() - t0)
+
+    async def lease(self, *args):
+        return await self._timed(self.inner.lease(*args))
+
+    async def settle(self, *args):
+        return await self._timed(self.inner.settle(*args))
+
+
+async def run(service, budget: TimedBudget, prompts: list[str], concurrency: int) -> dict:
+    from orchestrator.records import JobRequest
+
+    await service.run(JobRequest(prompt=prompts[0]))  # warm-up
+    gate, latencies = asyncio.Semaphore(concurrency), []
+
+    async def one(prompt: str):
+        async with gate:
+            t0 = time.perf_counter()
+            record = await service.run(JobRequest(prompt=prompt))
+            latencies.append(time.perf_counter() - t0)
+            return record
+
+    budget.calls.clear()
+    t0 = time.perf_counter()
+    records = await asyncio.gather(*(one(p) for p in prompts))
+    wall = time.perf_counter() - t0
+    calls = sorted(budget.calls)
+    return {"concurrency": concurrency, "jobs": len(records), "done": sum(r.status == "done" for r in records),
+            "mean_s": round(statistics.mean(latencies), 3), "p50_s": round(statistics.median(latencies), 3),
+            "p90_s": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 3),
+            "jobs_per_s": round(len(records) / wall, 3),
+            "tokens": sum(r.result["total_tokens"] for r in records if r.result),
+            "budget_calls": len(calls), "budget_calls_per_s": round(len(calls) / wall, 1),
+            "budget_call_ms_mean": round(1000 * statistics.mean(calls), 2) if calls else 0.0,
+            "budget_call_ms_p90": round(1000 * calls[int(0.9 * (len(calls) - 1))], 2) if calls else 0.0}
+
+
+def main(argv=None) -> int:
+    import ray
+
+    from cluster import runtime
+    from cluster.config import load
+    from orchestrator.service import JobService
+    from orchestrator.store import InProcessJobStore
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--jobs", type=int, default=32)
+    p.add_argument("--products", type=int, default=5)
+    p.add_argument("--stream-interval-ms", default="20")
+    p.add_argument("--seed", type=int, default=5)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    rng = random.Random(args.seed)
+    prompts = [question_with(args.products, rng).prompt for _ in range(args.jobs)]
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
+    try:
+        for interval in [float(x) for x in args.stream_interval_ms.split(",")]:
+            cfg = load(overrides={"stream_interval_ms": interval})
+            runner = runtime.make_runner(cfg)
+            runner.engine.budget = budget = TimedBudget(runner.engine.budget)
+            service = JobService(runner, InProcessJobStore())
+            try:
+                for c in [int(x) for x in args.concurrency.split(",")]:
+                    figures = asyncio.run(run(service, budget, prompts, c))
+                    print(json.dumps({"stream_interval_ms": interval, "workers": cfg.num_workers, **figures,
+                                      "machine": machine}), flush=True)
+            finally:
+                runtime.shutdown_actors(cfg)
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
