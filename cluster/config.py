@@ -43,8 +43,9 @@ class LoomConfig:
     max_threads_in_flight: int = 64
     # KV transfer between workers (workers/kv): a thread placed away from its prefix pulls the
     # prefix's blocks from the worker holding them (gloo on CPU, NCCL on GPU) when the cost model
-    # says that beats recomputing. "auto": on for CPU engines (tested), off for GPU engines (the
-    # NCCL path has not run on hardware yet); "on" / "off" force it.
+    # says that beats recomputing. "auto": on for two or more CPU engines (tested), off for one
+    # engine (no peer; the connector costs every step) and for GPU engines (the NCCL path has
+    # not run on hardware yet); "on" / "off" force it.
     kv_transfer: str = "auto"
     kv_hold_s: float = 30.0  # a holder frees blocks no peer pulled after this
     kv_timeout_s: float = 10.0  # every wait of a transfer; past it the target recomputes
@@ -73,7 +74,10 @@ class LoomConfig:
                             stream_interval_s=self.stream_interval_ms / 1000)
 
     def transfer_on(self) -> bool:
-        return self.kv_transfer == "on" or (self.kv_transfer == "auto" and self.worker_num_gpus == 0)
+        """auto: CPU engines with a peer (one engine has nobody to pull from, and the connector
+        costs every step: measured in bench.peers, one CPU worker, concurrency 1)."""
+        auto = self.worker_num_gpus == 0 and self.num_workers > 1
+        return self.kv_transfer == "on" or (self.kv_transfer == "auto" and auto)
 
     def job_budget(self) -> JobBudget:
         return JobBudget.from_dict(self.budget)

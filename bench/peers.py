@@ -1,0 +1,252 @@
+"""Loom against what a user would run instead, on this machine's engine settings:
+``python -m bench.peers --questions 16 --concurrency 1,8``.
+
+Three systems answer the same questions (same model, float32, block size 32, prefix caching,
+eager, greedy), one after the other so that they never share the CPU:
+
+- ``plain``: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``), one completion
+  per question: the model writes its threads inline, one after another.
+- ``client``: a client-side fork/join orchestrator over that same server, as ThreadWeaver's
+  trajectory generator drives it (facebookresearch/threadweaver,
+  data_generation/src/generate_trajectories.py: completions on token ids, stopping at
+  ``</Outlines>`` and ``</Thread>``): decode to ``</Outlines>``, one completion per outline
+  (context + its thread header, to ``</Thread>``) run concurrently, join by appending each
+  thread in plan order, go on.
+- ``loom``: Loom's Serve app over HTTP (``POST /v1/jobs``, polled every 20 ms), one worker.
+
+Two workloads: ``mix`` (fresh questions of 2-5 terms, at least two products: every one forks)
+and ``five`` (five three-digit products: long threads). Prints one JSON line per system,
+workload and concurrency: mean/p50/p90 latency, questions per second, exact match, and tokens
+generated, with the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from bench.parallel_vs_sequential import question_with
+from models import task
+from orchestrator.job import extract_answer
+from orchestrator.plan.formats import get_format
+
+TW = get_format("threadweaver")
+POLL_S = 0.02
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int
+
+
+def workload(name: str, n: int, seed: int) -> list[task.Question]:
+    rng = random.Random(seed)
+    if name == "five":
+        return [question_with(5, rng) for _ in range(n)]
+    out: list[task.Question] = []
+    while len(out) < n:
+        q = task.random_question(rng)
+        if len(q.products) >= 2 and len(q.terms) >= 2:
+            out.append(q)
+    return out
+
+
+class PlainServer:
+    """vLLM's OpenAI server on this machine, with Loom's engine settings."""
+
+    def __init__(self, cfg, port: int):
+        self.cfg, self.port = cfg, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self):
+        c = self.cfg
+        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", c.model,
+                "--served-model-name", "plain", "--dtype", c.dtype, "--max-model-len", str(c.max_model_len),
+                "--block-size", str(c.block_size), "--enable-prefix-caching", "--max-num-seqs", str(c.max_num_seqs),
+                "--port", str(self.port), "--host", "127.0.0.1", "--seed", "0"]
+        if c.enforce_eager:
+            args.append("--enforce-eager")
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(c.kv_cache_gib)}
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError("vllm serve did not come up in 600 s")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def complete(client: httpx.AsyncClient, ids: list[int], max_tokens: int, stop: list[str]) -> dict:
+    r = await client.post("/v1/completions", json={
+        "model": "plain", "prompt": ids, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop or None,
+        "include_stop_str_in_output": True, "skip_special_tokens": False, "spaces_between_special_tokens": False})
+    r.raise_for_status()
+    body = r.json()
+    return {"text": body["choices"][0]["text"], "stop": body["choices"][0].get("stop_reason"),
+            "tokens": body["usage"]["completion_tokens"]}
+
+
+async def plain(client, tok, ids: list[int], room: int) -> Answer:
+    out = await complete(client, ids, room - len(ids), [])
+    return Answer(out["text"], out["tokens"])
+
+
+async def client_side(client, tok, ids: list[int], room: int) -> Answer:
+    """Fork at ``</Outlines>``, one completion per outline, join by appending, go on."""
+    text, tokens, prompt_len = "", 0, len(ids)
+    while len(ids) < room:
+        out = await complete(client, ids, room - len(ids), [TW.fork_stop])
+        text, tokens = text + out["text"], tokens + out["tokens"]
+        ids = ids + tok.encode(out["text"], add_special_tokens=False)
+        plan = TW.find_plan(tok.decode(ids[prompt_len:], skip_special_tokens=False))
+        if out["stop"] != TW.fork_stop or plan is None or not plan.outlines:
+            return Answer(text, tokens)
+        headers = [tok.encode(TW.thread_header(o), add_special_tokens=False) for o in plan.outlines]
+        threads = await asyncio.gather(*(complete(client, ids + h, room - len(ids) - len(h), [TW.thread_close])
+                                         for h in headers))
+        for o, h, t in zip(plan.outlines, headers, threads):
+            body = t["text"] if t["text"].endswith(TW.thread_close) else t["text"] + TW.thread_close
+            text, tokens = text + TW.thread_header(o) + body, tokens + t["tokens"]
+            ids = ids + h + tok.encode(body, add_special_tokens=False)
+    return Answer(text, tokens)
+
+
+async def ask_loom(client, q: task.Question) -> Answer:
+    job = (await client.post("/v1/jobs", json={"prompt": q.prompt})).json()["id"]
+    while True:
+        r = (await client.get(f"/v1/jobs/{job}")).json()
+        if r["status"] not in ("queued", "running"):
+            return Answer(r["result"]["text"] if r.get("result") else "", r["usage"].get("tokens", 0))
+        await asyncio.sleep(POLL_S)
+
+
+async def measure(system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
+    await ask(questions[0])  # warm-up
+    gate, latencies, answers = asyncio.Semaphore(concurrency), [], []
+
+    async def one(q):
+        async with gate:
+            t0 = time.perf_counter()
+            a = await ask(q)
+            latencies.append(time.perf_counter() - t0)
+            answers.append((q, a))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(q) for q in questions))
+    wall = time.perf_counter() - t0
+    right = sum(extract_answer(a.text) == f"A: {q.answer}" for q, a in answers)
+    return {"system": system, "concurrency": concurrency, "questions": len(questions),
+            "mean_s": round(statistics.mean(latencies), 3), "p50_s": round(statistics.median(latencies), 3),
+            "p90_s": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 3),
+            "questions_per_s": round(len(questions) / wall, 3), "exact": round(right / len(questions), 3),
+            "tokens": sum(a.tokens for _, a in answers)}
+
+
+async def over(url: str, system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
+    """``measure`` with one HTTP client; ``ask(client, question)`` answers one question."""
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        return await measure(system, functools.partial(ask, client), questions, concurrency)
+
+
+def run_vllm_side(cfg, tok, prepare, workloads: dict, levels: list[int], port: int) -> list[dict]:
+    rows = []
+
+    def asker(fn):
+        return lambda client, q: fn(client, tok, prepare(q), cfg.max_model_len)
+
+    with PlainServer(cfg, port) as server:
+        for system, fn in (("plain", plain), ("client", client_side)):
+            for name, qs in workloads.items():
+                for c in levels:
+                    rows.append({"workload": name, **asyncio.run(over(server.url, system, asker(fn), qs, c))})
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def run_loom_side(cfg, tok, workloads: dict, levels: list[int]) -> list[dict]:
+    import ray
+    from ray import serve
+
+    from cluster import runtime
+    from cluster.app import app_builder
+
+    rows = []
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
+        serve.run(app_builder(cfg.to_dict()), name="loom", route_prefix="/")
+        url = f"http://127.0.0.1:{cfg.port}"
+        for name, qs in workloads.items():
+            for c in levels:
+                rows.append({"workload": name, **asyncio.run(over(url, "loom", ask_loom, qs, c))})
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        serve.shutdown()
+        runtime.shutdown_actors(cfg)
+        ray.shutdown()
+    return rows
+
+
+def main(argv=None) -> int:
+    from cluster import runtime
+    from cluster.config import load
+    from orchestrator.job import JobRunner
+    from orchestrator.records import JobRequest
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--questions", type=int, default=40)
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--workloads", default="mix,five")
+    p.add_argument("--systems", default="plain,client,loom", help="plain and client run together")
+    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--port", type=int, default=8731)
+    p.add_argument("--out", default="", help="also write the rows here (JSON)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cfg = load(overrides={"num_workers": 1, "port": args.port + 1})
+    tok = runtime.load_tokenizer(cfg)
+    runner = JobRunner(None, None, tok, cfg.max_model_len)  # its prompt ids: the same on every system
+    levels = [int(x) for x in args.concurrency.split(",")]
+    workloads = {w: workload(w, args.questions, args.seed) for w in args.workloads.split(",")}
+    systems = args.systems.split(",")
+    rows = []
+    if "plain" in systems or "client" in systems:
+        rows += run_vllm_side(cfg, tok, lambda q: runner.prepare(JobRequest(prompt=q.prompt)), workloads, levels,
+                              args.port)
+    if "loom" in systems:
+        rows += run_loom_side(cfg, tok, workloads, levels)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    print(json.dumps({"machine": machine}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": machine, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
