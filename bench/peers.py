@@ -12,7 +12,10 @@ eager, greedy), one after the other so that they never share the CPU:
   ``</Outlines>`` and ``</Thread>``): decode to ``</Outlines>``, one completion per outline
   (context + its thread header, to ``</Thread>``) run concurrently, join by appending each
   thread in plan order, go on.
-- ``loom``: Loom's Serve app over HTTP (``POST /v1/jobs``, polled every 20 ms), one worker.
+- ``loom``: Loom's Serve app over HTTP (``POST /v1/chat/completions``), one worker.
+
+Every system gets the same prompt ids: the chat template applied to the question, as Loom's
+chat endpoint applies it.
 
 Two workloads: ``mix`` (fresh questions of 2-5 terms, at least two products: every one forks)
 and ``five`` (five three-digit products: long threads). Prints one JSON line per system,
@@ -42,7 +45,6 @@ from orchestrator.job import extract_answer
 from orchestrator.plan.formats import get_format
 
 TW = get_format("threadweaver")
-POLL_S = 0.02
 
 
 @dataclass
@@ -136,13 +138,16 @@ async def client_side(client, tok, ids: list[int], room: int) -> Answer:
     return Answer(text, tokens)
 
 
+def messages(q: task.Question) -> list[dict]:
+    return [{"role": "user", "content": q.prompt.strip()}]
+
+
 async def ask_loom(client, q: task.Question) -> Answer:
-    job = (await client.post("/v1/jobs", json={"prompt": q.prompt})).json()["id"]
-    while True:
-        r = (await client.get(f"/v1/jobs/{job}")).json()
-        if r["status"] not in ("queued", "running"):
-            return Answer(r["result"]["text"] if r.get("result") else "", r["usage"].get("tokens", 0))
-        await asyncio.sleep(POLL_S)
+    """One ``/v1/chat/completions`` request, as an OpenAI client would send it."""
+    r = await client.post("/v1/chat/completions", json={"model": "loom-arith", "messages": messages(q)})
+    r.raise_for_status()
+    body = r.json()
+    return Answer(body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"])
 
 
 async def measure(system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
@@ -236,8 +241,8 @@ def main(argv=None) -> int:
     systems = args.systems.split(",")
     rows = []
     if "plain" in systems or "client" in systems:
-        rows += run_vllm_side(cfg, tok, lambda q: runner.prepare(JobRequest(prompt=q.prompt)), workloads, levels,
-                              args.port)
+        rows += run_vllm_side(cfg, tok, lambda q: runner.prepare(JobRequest(messages=messages(q))), workloads,
+                              levels, args.port)
     if "loom" in systems:
         rows += run_loom_side(cfg, tok, workloads, levels)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
