@@ -13,12 +13,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import time
 
+from bench.common import latency_figures, machine, p90
 from bench.parallel_vs_sequential import question_with
+from bench.placement import run_jobs
 
 
 class TimedBudget:
@@ -45,32 +46,17 @@ class TimedBudget:
         return await self._timed(self.inner.settle(*args))
 
 
-async def run(service, budget: TimedBudget, prompts: list[str], concurrency: int) -> dict:
-    from orchestrator.records import JobRequest
-
-    await service.run(JobRequest(prompt=prompts[0]))  # warm-up
-    gate, latencies = asyncio.Semaphore(concurrency), []
-
-    async def one(prompt: str):
-        async with gate:
-            t0 = time.perf_counter()
-            record = await service.run(JobRequest(prompt=prompt))
-            latencies.append(time.perf_counter() - t0)
-            return record
-
+async def run(service, budget: TimedBudget, questions: list, concurrency: int) -> dict:
+    await run_jobs(service, questions[:1], 1)  # warm-up
     budget.calls.clear()
-    t0 = time.perf_counter()
-    records = await asyncio.gather(*(one(p) for p in prompts))
-    wall = time.perf_counter() - t0
-    calls = sorted(budget.calls)
+    records, latencies, wall = await run_jobs(service, questions, concurrency)
+    calls = budget.calls
     return {"concurrency": concurrency, "jobs": len(records), "done": sum(r.status == "done" for r in records),
-            "mean_s": round(statistics.mean(latencies), 3), "p50_s": round(statistics.median(latencies), 3),
-            "p90_s": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 3),
-            "jobs_per_s": round(len(records) / wall, 3),
+            **latency_figures(latencies), "jobs_per_s": round(len(records) / wall, 3),
             "tokens": sum(r.result["total_tokens"] for r in records if r.result),
             "budget_calls": len(calls), "budget_calls_per_s": round(len(calls) / wall, 1),
             "budget_call_ms_mean": round(1000 * statistics.mean(calls), 2) if calls else 0.0,
-            "budget_call_ms_p90": round(1000 * calls[int(0.9 * (len(calls) - 1))], 2) if calls else 0.0}
+            "budget_call_ms_p90": round(1000 * p90(calls), 2) if calls else 0.0}
 
 
 def main(argv=None) -> int:
@@ -90,8 +76,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     rng = random.Random(args.seed)
-    prompts = [question_with(args.products, rng).prompt for _ in range(args.jobs)]
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    questions = [question_with(args.products, rng) for _ in range(args.jobs)]
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         for interval in [float(x) for x in args.stream_interval_ms.split(",")]:
@@ -101,9 +86,9 @@ def main(argv=None) -> int:
             service = JobService(runner, InProcessJobStore())
             try:
                 for c in [int(x) for x in args.concurrency.split(",")]:
-                    figures = asyncio.run(run(service, budget, prompts, c))
+                    figures = asyncio.run(run(service, budget, questions, c))
                     print(json.dumps({"stream_interval_ms": interval, "workers": cfg.num_workers, **figures,
-                                      "machine": machine}), flush=True)
+                                      "machine": machine()}), flush=True)
             finally:
                 runtime.shutdown_actors(cfg)
     finally:

@@ -20,10 +20,11 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
 import statistics
 import time
+
+from bench.common import machine
 
 BLOCK_COUNTS = (1, 2, 4, 8, 16, 31)
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs of each (concurrency, on/off), alternating")
     args = p.parse_args(argv)
     parts = args.part.split(",")
-    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"}
+    out: dict = {"machine": machine()}
     block_bytes = 196608  # the shipped model, float32, block 32 (the engines' own figure when they run)
     if "link" in parts:
         out["link_gloo_plain"] = link(block_bytes, args.reps)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -22,6 +20,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from bench.common import machine
 from models import task
 
 FINAL = ("done", "failed", "cancelled")
@@ -69,7 +68,7 @@ async def run(url: str, concurrency: int, seconds: float, seed: int, give_up_s: 
     latencies = sorted(r["latency"] for r in results if "latency" in r)
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
     return {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": machine(),
         "concurrency": concurrency, "seconds": seconds, "submitted": len(results),
         "accepted": len(results) - outcomes["refused"], "lost": outcomes["lost"], "done": outcomes["done"],
         "failed": outcomes["failed"], "cancelled": outcomes["cancelled"], "refused": outcomes["refused"],

@@ -11,10 +11,10 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import time
 
+from bench.common import machine
 from models import task
 from orchestrator.records import JobRequest
 
@@ -50,7 +50,7 @@ def figures(par: list, seq: list, par_wall: float, seq_wall: float) -> dict:
         "thread_prompt_tokens_mean": round(sum(t["prompt_tokens"] for t in threads) / len(threads), 1),
         "thread_cached_tokens_mean": round(sum(t["cached_tokens"] for t in threads) / len(threads), 1),
         "orchestration_overhead_s_per_job": round((par_wall - engine_critical) / len(par), 3),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": machine(),
     }
 
 

@@ -29,9 +29,7 @@ import asyncio
 import functools
 import json
 import os
-import platform
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bench.common import latency_figures, machine, run_concurrently
 from bench.parallel_vs_sequential import question_with
 from models import task
 from orchestrator.job import extract_answer
@@ -152,24 +151,11 @@ async def ask_loom(client, q: task.Question) -> Answer:
 
 async def measure(system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
     await ask(questions[0])  # warm-up
-    gate, latencies, answers = asyncio.Semaphore(concurrency), [], []
-
-    async def one(q):
-        async with gate:
-            t0 = time.perf_counter()
-            a = await ask(q)
-            latencies.append(time.perf_counter() - t0)
-            answers.append((q, a))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(q) for q in questions))
-    wall = time.perf_counter() - t0
-    right = sum(extract_answer(a.text) == f"A: {q.answer}" for q, a in answers)
-    return {"system": system, "concurrency": concurrency, "questions": len(questions),
-            "mean_s": round(statistics.mean(latencies), 3), "p50_s": round(statistics.median(latencies), 3),
-            "p90_s": round(sorted(latencies)[int(0.9 * (len(latencies) - 1))], 3),
+    answers, latencies, wall = await run_concurrently(ask, questions, concurrency)
+    right = sum(extract_answer(a.text) == f"A: {q.answer}" for q, a in zip(questions, answers))
+    return {"system": system, "concurrency": concurrency, "questions": len(questions), **latency_figures(latencies),
             "questions_per_s": round(len(questions) / wall, 3), "exact": round(right / len(questions), 3),
-            "tokens": sum(a.tokens for _, a in answers)}
+            "tokens": sum(a.tokens for a in answers)}
 
 
 async def over(url: str, system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
@@ -245,11 +231,10 @@ def main(argv=None) -> int:
                               levels, args.port)
     if "loom" in systems:
         rows += run_loom_side(cfg, tok, workloads, levels)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
-    print(json.dumps({"machine": machine}))
+    print(json.dumps({"machine": machine()}))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"machine": machine, "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(), "rows": rows}, f, indent=1)
     return 0
 
 

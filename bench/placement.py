@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import statistics
 import time
 
+from bench.common import machine, run_concurrently
 from models import task
 from orchestrator.generation import Placement
 from orchestrator.placement import Placer
@@ -61,18 +61,7 @@ class Timed:
 
 
 async def run_jobs(service, qs, concurrency: int) -> tuple[list, list[float], float]:
-    gate = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-
-    async def one(q):
-        async with gate:
-            t0 = time.perf_counter()
-            rec = await service.run(JobRequest(prompt=q.prompt))
-            latencies.append(time.perf_counter() - t0)
-            return rec
-    t0 = time.perf_counter()
-    records = await asyncio.gather(*(one(q) for q in qs))
-    return records, latencies, time.perf_counter() - t0
+    return await run_concurrently(lambda q: service.run(JobRequest(prompt=q.prompt)), qs, concurrency)
 
 
 def figures(records, latencies, wall, timed: Timed) -> dict:
@@ -123,7 +112,7 @@ def main(argv=None) -> int:
     cfg = load(overrides={"num_workers": args.workers, "worker_prefix": "bench-worker"})
     qs = forking_questions(args.jobs, args.seed)
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
-    out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+    out = {"machine": machine(),
            "workers": args.workers, "concurrency": args.concurrency, "runs": {}}
     try:
         runner = runtime.make_runner(cfg)

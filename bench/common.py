@@ -1,0 +1,41 @@
+"""What the benches share: the machine they ran on, running work at a concurrency, and the
+latency figures the comparisons print."""
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
+async def run_concurrently(ask: Callable[[object], Awaitable], items: Sequence,
+                           concurrency: int) -> tuple[list, list[float], float]:
+    """``ask(item)`` for every item, at most ``concurrency`` at once: the results (in item order),
+    each call's seconds (in finishing order) and the wall time."""
+    gate, latencies = asyncio.Semaphore(concurrency), []
+
+    async def one(item):
+        async with gate:
+            t0 = time.perf_counter()
+            result = await ask(item)
+            latencies.append(time.perf_counter() - t0)
+            return result
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one(i) for i in items))
+    return results, latencies, time.perf_counter() - t0
+
+
+def p90(values: Sequence[float]) -> float:
+    return sorted(values)[int(0.9 * (len(values) - 1))]
+
+
+def latency_figures(latencies: Sequence[float]) -> dict:
+    return {"mean_s": round(statistics.mean(latencies), 3), "p50_s": round(statistics.median(latencies), 3),
+            "p90_s": round(p90(latencies), 3)}
