@@ -31,7 +31,7 @@ from orchestrator.generation import (
     WorkerInfo,
 )
 from orchestrator.kv_events import KVEventSubscriber, SharedIndex
-from orchestrator.lease import BudgetExhausted, ThreadLease
+from orchestrator.lease import ThreadLease
 from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placer
 
@@ -324,9 +324,8 @@ class RayEngineClient:
 
     async def _consume(self, call: Decode, progress: Progress, handle, req: GenRequest, out: list[int],
                        relay: _Relay) -> Decoded:
-        lease, result = ThreadLease(self.budget, call.job_id, f"n{call.node_id}"), Decoded([], "length")
-        lease.start()
-        try:
+        result = Decoded([], "length")
+        async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}") as lease:
             async for ref in handle.generate.options(num_returns="streaming").remote(req):
                 chunk = await ref
                 out += chunk.token_ids
@@ -338,11 +337,6 @@ class RayEngineClient:
                 if chunk.finished:
                     result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
                     progress.prefix = self._pulled(chunk.kv_params, progress)
-        except BaseException:
-            await asyncio.shield(lease.settle())
-            raise
-        if stop := await lease.settle():  # the job's last token, or its deadline: as any exhaustion
-            raise BudgetExhausted(stop)
         result.token_ids = out
         return result
 

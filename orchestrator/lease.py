@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+from typing import Protocol, Self
 
 from orchestrator.budget import Lease
 
@@ -42,6 +42,19 @@ class ThreadLease:
         self.stop = ""
         self.dry = False  # the last lease asked ahead was refused: ask again only when needed
         self._next: asyncio.Task | None = None
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        """Settles the lease however the request ended; BudgetExhausted if it ended well but the
+        job must stop (its last token, or its deadline)."""
+        if exc_type is not None:
+            await asyncio.shield(self.settle())
+            return
+        if stop := await self.settle():
+            raise BudgetExhausted(stop)
 
     def start(self) -> None:
         """Asks for the first lease while the request is submitted: the first tokens wait for it."""

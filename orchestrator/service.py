@@ -111,10 +111,7 @@ class JobService:
         out = Recovery()
         running = await self.store.list_by_status("running", None)
         out.failed, out.live = await self._sweep(running)
-        for record in reversed(await self.store.list_by_status("queued", None)):  # oldest first
-            if record.id not in self.tasks:
-                self._start(record, None)
-                out.resumed.append(record.id)
+        out.resumed = await self._resume_queued()
         if out.live:
             watcher = asyncio.create_task(self._watch(out.live))
             self._watchers.add(watcher)
@@ -147,7 +144,7 @@ class JobService:
             await asyncio.sleep(self.lease_s)
             try:
                 failed, _ = await self._sweep(await self.store.list_by_status("running", None))
-                resumed = await self._resume_stale()
+                resumed = await self._resume_queued(older_than_s=self.lease_s)
             except StoreUnavailable as e:
                 log.warning("sweep skipped: %s", e)
                 continue
@@ -156,14 +153,17 @@ class JobService:
             if resumed:
                 log.warning("took %d queued jobs no controller had started: %s", len(resumed), resumed)
 
-    async def _resume_stale(self) -> list[str]:
-        """Starts the queued jobs older than lease_s that this controller is not running (the
-        queued->running compare-and-set lets one controller take each)."""
-        stale = [r for r in await self.store.list_by_status("queued", None)
-                 if r.id not in self.tasks and r.created < time.time() - self.lease_s]
-        for record in reversed(stale):  # oldest first
-            self._start(record, None)
-        return [r.id for r in stale]
+    async def _resume_queued(self, older_than_s: float | None = None) -> list[str]:
+        """Starts the queued jobs this controller is not running (only those created over
+        ``older_than_s`` ago, if given), oldest first; the queued->running compare-and-set lets
+        one controller take each. Returns their ids."""
+        cutoff = None if older_than_s is None else time.time() - older_than_s
+        started = []
+        for record in reversed(await self.store.list_by_status("queued", None)):  # oldest first
+            if record.id not in self.tasks and (cutoff is None or record.created < cutoff):
+                self._start(record, None)
+                started.append(record.id)
+        return started
 
     async def _watch(self, ids: list[str]) -> None:
         while ids:

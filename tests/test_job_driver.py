@@ -18,7 +18,7 @@ from orchestrator.budget import Ledger
 from orchestrator.engine_client import LocalBudgetClient
 from orchestrator.generation import Decode, Decoded, Placement, Progress
 from orchestrator.job import JobRunner
-from orchestrator.lease import BudgetExhausted, ThreadLease
+from orchestrator.lease import ThreadLease
 from orchestrator.metrics import NullMetrics
 from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
 from orchestrator.records import JobRecord, JobRequest
@@ -74,26 +74,22 @@ class ScriptedModel:
         progress.placement = Placement("scripted")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        lease = ThreadLease(self.budget, call.job_id, f"n{call.node_id}")  # the engine client's own
-        lease.start()
         try:
-            for i in range(0, len(ids), 4):
-                await asyncio.sleep(self.delay)
-                if self.fail_on and self.fail_on in text and i >= 4:
-                    raise RuntimeError("engine fell over")
-                piece = ids[i:i + 4]
-                progress.tokens += len(piece)
-                if call.on_tokens:
-                    call.on_tokens(piece)
-                await lease.spend(len(piece))
-        except BaseException as e:
-            self.cancelled += isinstance(e, asyncio.CancelledError)
-            await asyncio.shield(lease.settle())
+            async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}") as lease:  # the engine client's own
+                for i in range(0, len(ids), 4):
+                    await asyncio.sleep(self.delay)
+                    if self.fail_on and self.fail_on in text and i >= 4:
+                        raise RuntimeError("engine fell over")
+                    piece = ids[i:i + 4]
+                    progress.tokens += len(piece)
+                    if call.on_tokens:
+                        call.on_tokens(piece)
+                    await lease.spend(len(piece))
+        except asyncio.CancelledError:
+            self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
-        if why := await lease.settle():
-            raise BudgetExhausted(why)
         return Decoded(ids, finish, stop)
 
     @staticmethod

@@ -75,3 +75,17 @@ async def test_a_thread_of_a_job_with_no_tokens_left_stops_at_its_first_chunk():
     with pytest.raises(BudgetExhausted, match="token budget exhausted"):
         await stream(ThreadLease(b, "j", "n2"), 10)
     assert b.ledger.usage("j")["per_thread"] == {"n1": 64, "n2": 4}
+
+
+async def test_as_a_context_it_settles_however_the_request_ends():
+    b = budget(max_total_tokens=64)
+    with pytest.raises(BudgetExhausted, match="token budget exhausted"):  # ended well, on the last token
+        async with ThreadLease(b, "j", "n1") as lease:
+            await lease.spend(64)
+    assert b.ledger.usage("j")["per_thread"] == {"n1": 64} and b.ledger.jobs["j"].leased == {}
+    b = budget(max_total_tokens=1000)
+    with pytest.raises(RuntimeError, match="fell over"):
+        async with ThreadLease(b, "j", "n1") as lease:
+            await lease.spend(10)
+            raise RuntimeError("engine fell over")
+    assert b.ledger.usage("j")["tokens"] == 10 and b.ledger.jobs["j"].leased == {}

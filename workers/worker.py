@@ -2,7 +2,8 @@
 
 ``generate`` is an async generator: called with ``.options(num_returns="streaming")`` it
 streams ``GenChunk`` deltas to the caller as the engine produces them (batched by
-``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread. Requests run concurrently inside the engine's batch.
+``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread.
+Requests run concurrently inside the engine's batch.
 At start-up (``ready``) the worker measures its engine (prefill seconds per token, decode
 step seconds at a few batch sizes) for the placement cost model, and tells where its
 engine publishes its KV cache events.
