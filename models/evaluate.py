@@ -1,9 +1,11 @@
 """Evaluate the model through the full Loom path: ``python -m models.evaluate --n 500``.
 
 Fresh questions (a seed training never used) run as Loom jobs (orchestrator + vLLM
-workers, greedy). Reports exact-match accuracy, the share of right fork decisions (no
-block for < 2 products; exactly k threads for k products), token speedup (total /
-critical-path tokens) and wall time.
+workers, greedy). Each term is a product with probability 3/4 (``--product-p``), so the
+questions that fork widest (4 and 5 products) are frequent. Reports exact-match accuracy
+overall and by number of products, of terms and by fork depth, the share of right fork
+decisions (no block for < 2 products; exactly k threads for k products), token speedup
+(total / critical-path tokens) and wall time.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from models import task
+from models import task, task_mv
 from orchestrator.records import JobRequest
 
 EVAL_SEED = 20261123  # training draws from seed 1234's stream only
@@ -28,28 +30,39 @@ class Outcome:
     correct: bool
     fork_right: bool
     products: int
+    terms: int
+    depth: int  # the deepest fork in the job's DAG (0: none)
+    expected_depth: int  # the deepest fork a right run makes
     threads: int
     total_tokens: int
     critical_path_tokens: int
     seconds: float
 
 
-def grade(q: task.Question, record) -> Outcome:
+def grade(q: task.Question, record, fmt: str = "threadweaver") -> Outcome:
+    """A fork decision is right when the job forked exactly the threads, and as deep, as the
+    format's trace does (task.expected_threads, task_mv.expected_threads)."""
     nodes = record.dag.get("nodes", [])
     threads = sum(1 for n in nodes if n["kind"] == "thread")
-    k = len(q.products)
-    fork_right = threads == (k if k >= 2 else 0) and not any("refused" in x for x in record.notes)
-    return Outcome(q.expr, record.result.get("answer") == f"A: {q.answer}", fork_right, k, threads,
+    depth = max((n.get("depth", 0) for n in nodes if n["kind"] == "thread"), default=0)
+    want = TASKS[fmt].expected_threads(q)
+    fork_right = (threads, depth) == (want.threads, want.depth) and not any("refused" in x for x in record.notes)
+    return Outcome(q.expr, record.result.get("answer") == f"A: {q.answer}", fork_right, len(q.products),
+                   len(q.terms), depth, want.depth, threads,
                    record.result.get("total_tokens", 0), record.result.get("critical_path_tokens", 0),
                    record.finished - record.started)
 
 
-async def evaluate(service, questions: list[task.Question], concurrency: int) -> list[Outcome]:
+TASKS = {"threadweaver": task, "multiverse": task_mv}  # the model's plan format -> its task
+
+
+async def evaluate(service, questions: list[task.Question], concurrency: int,
+                   fmt: str = "threadweaver") -> list[Outcome]:
     sem = asyncio.Semaphore(concurrency)
 
     async def one(q):
         async with sem:
-            return grade(q, await service.run(JobRequest(prompt=q.prompt)))
+            return grade(q, await service.run(JobRequest(prompt=q.prompt)), fmt)
 
     return await asyncio.gather(*(one(q) for q in questions))
 
@@ -66,17 +79,39 @@ def summarize(outcomes: list[Outcome], wall: float) -> dict:
         "forked_questions": len(forked),
         "wall_seconds": round(wall, 1),
         "mean_job_seconds": round(sum(o.seconds for o in outcomes) / n, 3),
+        "exact_by_products": exact_by(outcomes, "products"),
+        "exact_by_terms": exact_by(outcomes, "terms"),
+        "exact_by_depth": exact_by(outcomes, "depth"),
+        "fork_right_by_depth": share_by(outcomes, "expected_depth", "fork_right"),
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
     }
+
+
+def exact_by(outcomes: list[Outcome], field: str) -> dict[str, dict]:
+    """``{value: {"n": questions, "exact": share right}}`` for each value of ``field``."""
+    return share_by(outcomes, field, "correct", "exact")
+
+
+def share_by(outcomes: list[Outcome], field: str, flag: str, name: str = "share") -> dict[str, dict]:
+    groups: dict[int, list[Outcome]] = {}
+    for o in outcomes:
+        groups.setdefault(getattr(o, field), []).append(o)
+    return {str(k): {"n": len(g), name: round(sum(getattr(o, flag) for o in g) / len(g), 3)}
+            for k, g in sorted(groups.items())}
 
 
 def token_speedup(outcomes: list[Outcome]) -> float:
     return sum(o.total_tokens for o in outcomes) / max(1, sum(o.critical_path_tokens for o in outcomes))
 
 
-def questions(n: int, seed: int) -> list[task.Question]:
+PRODUCT_P = 0.75
+
+
+def questions(n: int, seed: int, product_p: float | None = PRODUCT_P, fmt: str = "threadweaver") -> list[task.Question]:
     rng = random.Random(seed)
-    return [task.random_question(rng) for _ in range(n)]
+    if fmt == "multiverse":
+        return [task_mv.random_question(rng, product_p=product_p or PRODUCT_P) for _ in range(n)]
+    return [task.random_question(rng, product_p=product_p) for _ in range(n)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--product-p", type=float, default=PRODUCT_P,
+                   help="each term is a product with this probability (0: products uniform in 0..terms)")
     p.add_argument("--config", default=None)
     p.add_argument("--out", default=None, help="write per-question outcomes (JSONL)")
     args = p.parse_args(argv)
@@ -102,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = JobService(runtime.make_runner(cfg), InProcessJobStore())
         t0 = time.time()
-        outcomes = asyncio.run(evaluate(service, questions(args.n, args.seed), args.concurrency))
-        summary = summarize(outcomes, time.time() - t0)
+        qs = questions(args.n, args.seed, args.product_p or None, cfg.format)
+        outcomes = asyncio.run(evaluate(service, qs, args.concurrency, cfg.format))
+        summary = {"format": cfg.format, "model": cfg.model, **summarize(outcomes, time.time() - t0)}
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()

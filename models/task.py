@@ -24,6 +24,7 @@ by a unique key or at a fixed distance, never by counting lines or groups.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 WIDTH = 5  # 5 * 999 * 9 = 44955 < 10**5: five digits always hold the sum
@@ -68,40 +69,62 @@ class Question:
         return [t for t in self.terms if t.is_product]
 
 
-def parse_question(text: str) -> Question:
+@dataclass(frozen=True)
+class Forks:
+    """What a right run forks: threads in all, and the deepest fork (0: none)."""
+    threads: int
+    depth: int
+
+
+def expected_threads(q: Question) -> Forks:
+    """One block with one thread per product when there are two or more, else none."""
+    k = len(q.products)
+    return Forks(k, 1) if k >= 2 else Forks(0, 0)
+
+
+def parse_question(text: str, multiplier_digits: int = 1) -> Question:
     """Parse ``Q: <expr>`` (or a bare expr; spaces ignored, as the chat template does); raise
-    ValueError naming the problem."""
+    ValueError naming the problem. A multiplier has at most ``multiplier_digits`` digits."""
     expr = text.strip()
     expr = expr.removeprefix("Q:")
     expr = expr.replace(" ", "")
     parts = expr.split("+")
     if not 1 <= len(parts) <= 5:
         raise ValueError(f"expected 1 to 5 terms, got {len(parts)} in {expr!r}")
-    return Question(tuple(_parse_term(p) for p in parts))
+    return Question(tuple(_parse_term(p, multiplier_digits) for p in parts))
 
 
-def _parse_term(part: str) -> Term:
+def _parse_term(part: str, multiplier_digits: int) -> Term:
     a, _, b = part.partition("*")
     if not (a.isdigit() and 1 <= len(a) <= 3):
         raise ValueError(f"term {part!r}: expected 1 to 3 digits before '*'")
     if not _:
         return Term(int(a))
-    if not (b.isdigit() and len(b) == 1):
-        raise ValueError(f"term {part!r}: expected one digit after '*'")
+    if not (b.isdigit() and 1 <= len(b) <= multiplier_digits):
+        raise ValueError(f"term {part!r}: expected {'one digit' if multiplier_digits == 1 else f'1 to {multiplier_digits} digits'}"
+                         " after '*'")
     return Term(int(a), int(b))
 
 
-def random_question(rng: random.Random, term_weights: list[int] | None = None) -> Question:
-    """A question of the task; ``term_weights`` skews the number of terms (training only)."""
+def random_question(rng: random.Random, term_weights: list[int] | None = None, product_p: float | None = None,
+                    digit_weights: list[int] | None = None) -> Question:
+    """A question of the task. By default the number of terms is uniform in 1..5, the number of
+    products uniform in 0..terms and a term's digit count uniform in 1..3. ``term_weights``
+    skews the number of terms, ``product_p`` makes each term a product with that probability
+    (4 and 5 products get frequent), ``digit_weights`` skews the digit count."""
     n_terms = rng.choices(range(1, 6), weights=term_weights)[0] if term_weights else rng.randint(1, 5)
-    n_products = rng.randint(0, n_terms)
-    kinds = [True] * n_products + [False] * (n_terms - n_products)
-    rng.shuffle(kinds)
-    return Question(tuple(_random_term(rng, k) for k in kinds))
+    if product_p is None:
+        n_products = rng.randint(0, n_terms)
+        kinds = [True] * n_products + [False] * (n_terms - n_products)
+        rng.shuffle(kinds)
+    else:
+        kinds = [rng.random() < product_p for _ in range(n_terms)]
+    return Question(tuple(_random_term(rng, k, digit_weights) for k in kinds))
 
 
-def _random_term(rng: random.Random, product: bool) -> Term:
-    a = rng.randint(0, 10 ** rng.randint(1, 3) - 1)
+def _random_term(rng: random.Random, product: bool, digit_weights: list[int] | None) -> Term:
+    digits = rng.choices((1, 2, 3), weights=digit_weights)[0] if digit_weights else rng.randint(1, 3)
+    a = rng.randint(0, 10 ** digits - 1)
     return Term(a, rng.randint(0, 9)) if product else Term(a)
 
 
@@ -126,11 +149,12 @@ def term_work(label: str, term: Term) -> str:
     return f"{label} {term}\n{steps}{label}={rev5(term.value)}"
 
 
-def sum_lines(values: list[int]) -> str:
-    """One ``x=value+previous=total`` line per term, reversed and fixed width."""
+def sum_lines(values: list[int], rev: Callable[[int], str] = rev5) -> str:
+    """One ``x=value+previous=total`` line per term, each number written by ``rev`` (reversed,
+    fixed width)."""
     lines, total = [], 0
     for label, v in zip(LABELS, values):
-        lines.append(f"{label}={rev5(v)}+{rev5(total)}={rev5(total + v)}")
+        lines.append(f"{label}={rev(v)}+{rev(total)}={rev(total + v)}")
         total += v
     return "\n".join(lines)
 

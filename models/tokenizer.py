@@ -45,13 +45,13 @@ def build() -> Tokenizer:
     return tok
 
 
-def save(tok: Tokenizer, out: Path) -> None:
+def save(tok: Tokenizer, out: Path, max_len: int = 1024) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "model_max_length": 1024, "clean_up_tokenization_spaces": False,
+        "model_max_length": max_len, "clean_up_tokenization_spaces": False,
         "chat_template": CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

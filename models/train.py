@@ -13,13 +13,14 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from models import task
+from models import task, task_mv
 from models import tokenizer as chartok
 
 IGNORE = -100
@@ -40,6 +41,14 @@ class Recipe:
     thread_sample_p: float = 0.5
     max_minutes: float = 44.0
     term_weights: str = "1,2,2,3,3"  # draw weights of 1..5 terms: long questions need the most practice
+    product_p: float = 0.0  # > 0: each term is a product with this probability (else: uniform count)
+    digit_weights: str = ""  # draw weights of 1..3 digits per term ("": uniform)
+    sum_loss_weight: float = 1.0  # loss weight of the running-total lines' tokens (the copies)
+    init: str = ""  # a saved model to start from ("": random weights)
+    task: str = "threadweaver"  # the plan format of the traces: threadweaver (models/task.py) or multiverse
+    two_digit_p: float = 0.5  # multiverse: a product's multiplier has two digits with this probability
+    max_len: int = 1024  # the model's max positions
+    autocast: str = ""  # "bfloat16": bf16 autocast (fast only on CPUs with bf16 units); "": float32
     threads: int = 2
 
 
@@ -49,50 +58,87 @@ def model_config(r: Recipe, vocab: int, tok):
     return LlamaConfig(
         vocab_size=vocab, hidden_size=r.hidden, intermediate_size=r.intermediate,
         num_hidden_layers=r.layers, num_attention_heads=r.heads, num_key_value_heads=r.heads,
-        max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True,
+        max_position_embeddings=r.max_len, rope_theta=10000.0, tie_word_embeddings=True,
         bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"),
         pad_token_id=tok.token_to_id("<pad>"), torch_dtype="float32",
     )
 
 
-def examples(q: task.Question, rng: random.Random, p_thread: float) -> list[tuple[str, str]]:
-    out = [(q.prompt, task.trace(q) + "</s>")]
-    samples = task.thread_samples(q)
-    if samples and rng.random() < p_thread:
+def examples(q: task.Question, r: Recipe, rng: random.Random) -> list[tuple[str, str]]:
+    """The whole trace, and with probability ``thread_sample_p`` one thread as it runs alone."""
+    if r.task == "multiverse":
+        w = task_mv.work(q)
+        trace, samples = w.text, [(s.context, s.completion) for s in w.samples]
+    else:
+        trace, samples = task.trace(q), task.thread_samples(q)
+    out = [(q.prompt, trace + "</s>")]
+    if samples and rng.random() < r.thread_sample_p:
         out.append(rng.choice(samples))
     return out
 
 
-def encode(tok, context: str, completion: str) -> tuple[list[int], list[int]]:
+def question(r: Recipe, rng: random.Random) -> task.Question:
+    if r.task == "multiverse":
+        return task_mv.random_question(rng, ints(r.term_weights), r.product_p or 0.75, r.two_digit_p)
+    return task.random_question(rng, ints(r.term_weights), r.product_p or None, ints(r.digit_weights))
+
+
+SUM_LINE = re.compile(r"[a-e][=:]\d+\+\d+=\d+")  # running totals, and Multiverse's nested conclusions
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]  # IGNORE on the context
+    weights: list[float]  # per-token loss weight
+
+
+def encode(tok, context: str, completion: str, sum_weight: float) -> Example:
     ctx = tok.encode(context).ids  # starts with <s>
-    comp = tok.encode(completion, add_special_tokens=False).ids
-    return ctx + comp, [IGNORE] * len(ctx) + comp
+    comp = tok.encode(completion, add_special_tokens=False)
+    spans = [m.span() for m in SUM_LINE.finditer(completion)]
+    weights = [sum_weight if any(a <= start < b for a, b in spans) else 1.0 for start, _ in comp.offsets]
+    return Example(ctx + comp.ids, [IGNORE] * len(ctx) + comp.ids, [0.0] * len(ctx) + weights)
+
+
+def ints(text: str) -> list[int] | None:
+    return [int(w) for w in text.split(",")] if text else None
 
 
 def batches(tok, r: Recipe, rng: random.Random):
     """Length-bucketed batches of fresh examples, forever."""
     pad = tok.token_to_id("<pad>")
-    weights = [int(w) for w in r.term_weights.split(",")] if r.term_weights else None
     while True:
         pool = []
         while len(pool) < r.batch * 16:
-            q = task.random_question(rng, weights)
-            for ctx, comp in examples(q, rng, r.thread_sample_p):
-                pool.append(encode(tok, ctx, comp))
-        pool.sort(key=lambda e: len(e[0]))
+            for ctx, comp in examples(question(r, rng), r, rng):
+                pool.append(encode(tok, ctx, comp, r.sum_loss_weight))
+        pool.sort(key=lambda e: len(e.ids))
         chunks = [pool[i:i + r.batch] for i in range(0, len(pool), r.batch)]
         rng.shuffle(chunks)
         for chunk in chunks:
-            n = max(len(ids) for ids, _ in chunk)
-            ids = torch.tensor([e[0] + [pad] * (n - len(e[0])) for e in chunk])
-            labels = torch.tensor([e[1] + [IGNORE] * (n - len(e[1])) for e in chunk])
-            yield ids, labels, (ids != pad).long()
+            n = max(len(e.ids) for e in chunk)
+            ids = torch.tensor([e.ids + [pad] * (n - len(e.ids)) for e in chunk])
+            labels = torch.tensor([e.labels + [IGNORE] * (n - len(e.labels)) for e in chunk])
+            weights = torch.tensor([e.weights + [0.0] * (n - len(e.weights)) for e in chunk])
+            yield ids, labels, weights, (ids != pad).long()
 
 
-def lr_at(step: int, r: Recipe) -> float:
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy, each target token weighted, normalised by the weights' sum."""
+    logits, labels, weights = logits[:, :-1].float(), labels[:, 1:], weights[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                           ignore_index=IGNORE, reduction="none")
+    w = weights.reshape(-1)
+    return (ce * w).sum() / w.sum()
+
+
+def lr_at(step: int, r: Recipe, minutes: float = 0.0) -> float:
+    """Linear warm-up, then cosine to 5% by the last step or the minute cap, whichever comes
+    first: a run that the cap ends still ends annealed."""
     if step < r.warmup:
         return r.lr * (step + 1) / r.warmup
-    frac = (step - r.warmup) / max(1, r.steps - r.warmup)
+    frac = max((step - r.warmup) / max(1, r.steps - r.warmup), minutes / r.max_minutes)
     return r.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
@@ -104,27 +150,28 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
     rng = random.Random(r.seed)
     tok = chartok.build()
     vocab = 128  # the tokenizer's 118 entries, rounded up
-    model = LlamaForCausalLM(model_config(r, vocab, tok))
+    model = LlamaForCausalLM.from_pretrained(r.init) if r.init else LlamaForCausalLM(model_config(r, vocab, tok))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
     start, tokens, step = time.time(), 0, 0
     model.train()
-    for step, (ids, labels, mask) in enumerate(batches(tok, r, rng)):
+    for step, (ids, labels, weights, mask) in enumerate(batches(tok, r, rng)):
         elapsed = (time.time() - start) / 60
         if step >= r.steps or elapsed > r.max_minutes:
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, r)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            g["lr"] = lr_at(step, r, elapsed)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.autocast == "bfloat16"):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = weighted_loss(logits, labels, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         tokens += int(mask.sum())
         if step % 25 == 0:
-            print(f"step {step} loss {loss.item():.4f} lr {lr_at(step, r):.2e} "
+            print(f"step {step} loss {loss.item():.4f} lr {lr_at(step, r, elapsed):.2e} "
                   f"tok/s {tokens / (time.time() - start):.0f} min {elapsed:.1f}", flush=True)
         if checkpoint_every and step and step % checkpoint_every == 0:
             save(model, tok, out.with_name(f"{out.name}-step{step}"))
@@ -132,6 +179,8 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
     save(model, tok, out)
     recipe = {"recipe": asdict(r), "steps_done": step, "train_minutes": round(minutes, 1),
               "tokens_seen": tokens, "params": n_params, "torch": torch.__version__}
+    if r.init:  # the run it continued, so the whole training is on record
+        recipe["init_recipe"] = json.loads((Path(r.init) / "recipe.json").read_text())
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     print(f"saved to {out} after {step} steps, {minutes:.1f} min", flush=True)
 
@@ -143,7 +192,7 @@ def save(model, tok, out: Path) -> None:
     model.save_pretrained(out, safe_serialization=True)
     GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
                      pad_token_id=model.config.pad_token_id, do_sample=False).save_pretrained(out)
-    chartok.save(tok, out)
+    chartok.save(tok, out, model.config.max_position_embeddings)
 
 
 def main(argv: list[str] | None = None) -> None:

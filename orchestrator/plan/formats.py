@@ -130,13 +130,19 @@ class PlanFormat:
             parts.append(self.thread_header(r.outline) + r.text + self.thread_close)
         return "".join(parts)
 
-    def render_block(self, outlines: list[Outline], bodies: list[str], after: str = "") -> str:
-        """A whole block as the model writes it sequentially (tests, training data)."""
-        plan = "".join(f"{self.outline_open}{o.id}: {o.text}{self.outline_close}\n" for o in outlines)
-        head = f"{self.block_open}\n{self.plan_open}\n{plan}{self.plan_close}"
+    def render_block(self, outlines: list[Outline], bodies: list[str], after: str = "", conclusion: str = "") -> str:
+        """A whole block as the model writes it sequentially (tests, training data); a conclusion,
+        when given, closes it in ``<Conclusion>`` tags as Multiverse requires."""
+        head = self.render_plan(outlines)
         p = Plan(self.name, tuple(outlines), 0)
         results = [ThreadResult(o, b) for o, b in zip(outlines, bodies)]
-        return self.render_join(head, p, results) + f"\n{self.block_close}\n" + after
+        end = f"\n<Conclusion>\n{conclusion}\n</Conclusion>" if conclusion else ""
+        return self.render_join(head, p, results) + f"{end}\n{self.block_close}\n" + after
+
+    def render_plan(self, outlines: list[Outline]) -> str:
+        """The block's opening through the fork trigger: what the lane holds when it forks."""
+        plan = "".join(f"{self.outline_open}{o.id}: {o.text}{self.outline_close}\n" for o in outlines)
+        return f"{self.block_open}\n{self.plan_open}\n{plan}{self.plan_close}"
 
 
 def _between(body: str, open_tag: str, close_tag: str, repairs: list[str]) -> list[str]:

@@ -1,0 +1,68 @@
+"""The training loop's pieces: per-token loss weights, the weighted loss, and a continued run."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from models import task, train
+from models import tokenizer as chartok
+
+TINY = {"hidden": 16, "layers": 1, "heads": 2, "intermediate": 32, "batch": 4, "steps": 3, "warmup": 1,
+        "max_minutes": 5.0}
+
+
+def test_running_total_tokens_get_the_sum_weight_and_the_context_none():
+    tok = chartok.build()
+    q = task.parse_question("Q: 12*3+4")
+    ex = train.encode(tok, q.prompt, task.trace(q), sum_weight=3.0)
+    n_ctx = len(tok.encode(q.prompt).ids)
+    assert ex.weights[:n_ctx] == [0.0] * n_ctx and ex.labels[:n_ctx] == [train.IGNORE] * n_ctx
+    weighted = "".join(tok.decode([i]) for i, w in zip(ex.ids, ex.weights) if w == 3.0)
+    assert weighted == task.sum_lines([36, 4]).replace("\n", "")
+    assert set(ex.weights[n_ctx:]) == {1.0, 3.0}
+
+
+def test_weighted_loss_with_unit_weights_is_the_models_own_loss():
+    from transformers import LlamaForCausalLM
+
+    tok = chartok.build()
+    r = train.Recipe(**TINY)
+    model = LlamaForCausalLM(train.model_config(r, 128, tok))
+    ids, labels, weights, mask = next(train.batches(tok, r, random.Random(0)))
+    weights = (labels != train.IGNORE).float()
+    out = model(input_ids=ids, attention_mask=mask, labels=labels)
+    assert torch.allclose(train.weighted_loss(out.logits, labels, weights), out.loss, atol=1e-5)
+
+
+def test_product_heavy_draw_reaches_every_product_count():
+    rng = random.Random(3)
+    qs = [task.random_question(rng, product_p=0.75, digit_weights=[0, 0, 1]) for _ in range(2000)]
+    counts = {k: sum(len(q.products) == k for q in qs) for k in range(6)}
+    assert all(counts.values())
+    assert counts[4] + counts[5] > 0.16 * len(qs)  # expected 0.19; 0.11 with products uniform in 0..terms
+    assert all(len(str(t.a)) <= 3 for q in qs for t in q.terms)
+    assert sum(t.a >= 100 for q in qs for t in q.terms) > 0.8 * sum(len(q.terms) for q in qs)
+
+
+def test_a_continued_run_starts_from_the_saved_weights_and_records_both_recipes(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train.train(train.Recipe(**TINY), first)
+    train.train(train.Recipe(**{**TINY, "steps": 1, "lr": 0.0, "init": str(first)}), second)
+    recipe = json.loads((second / "recipe.json").read_text())
+    assert recipe["init_recipe"]["recipe"]["init"] == "" and recipe["recipe"]["init"] == str(first)
+    from safetensors.torch import load_file
+
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: weights unchanged, so they were loaded
+
+
+def test_the_learning_rate_anneals_by_the_last_step_or_the_minute_cap_whichever_is_first():
+    r = train.Recipe(lr=1e-3, warmup=10, steps=1000, max_minutes=30.0)
+    assert train.lr_at(0, r) == 1e-4
+    assert train.lr_at(10, r) == 1e-3
+    assert train.lr_at(999, r, minutes=1.0) == pytest.approx(5e-5, rel=1e-3)  # by steps
+    assert train.lr_at(100, r, minutes=30.0) == pytest.approx(5e-5)  # by the cap
+    assert train.lr_at(100, r, minutes=15.0) < train.lr_at(100, r, minutes=1.0)
