@@ -39,6 +39,8 @@ class Lane:
     stops: list[str]
     cap: int  # tokens this lane may still generate
     is_thread: bool = False
+    start: int = 0  # where the lane's own text begins in ids (a thread: after its header)
+    inline_block: bool = False  # the lane writes a block itself (its fork refused, or its plan malformed)
 
 
 @dataclass
@@ -165,12 +167,20 @@ class JobRunner:
             lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
             if not lane.is_thread:
                 ctx.main_ids = lane.ids
-            if finish != "stop" or stop != ctx.fmt.fork_stop:  # the end, or the lane's other stop
-                return lane.ids, finish
-            plan = self._plan(ctx, self.tok.decode(lane.ids, skip_special_tokens=False))
-            if plan is not None:
-                await self.fork(ctx, lane, node, plan)
-            node = None  # either way the lane goes on: after the join, or sequentially
+            if finish == "stop" and stop == ctx.fmt.fork_stop:
+                plan = self._plan(ctx, self.tok.decode(lane.ids, skip_special_tokens=False))
+                forked = plan is not None and await self.fork(ctx, lane, node, plan)
+                lane.inline_block = lane.inline_block or not forked
+            elif not (finish == "stop" and self._inside_own_block(ctx, lane)):
+                return lane.ids, finish  # the end, or the lane's other stop
+            node = None  # the lane goes on: after the join, sequentially, or past a nested path's closer
+
+    def _inside_own_block(self, ctx: JobContext, lane: Lane) -> bool:
+        """A thread stopped at a closer that belongs to a block it writes itself (a nested fork
+        refused or malformed): that closer ends one of the block's paths, not the thread."""
+        if not (lane.is_thread and lane.inline_block):
+            return False
+        return ctx.fmt.open_blocks(self.tok.decode(lane.ids[lane.start:], skip_special_tokens=False)) > 0
 
     def _plan(self, ctx: JobContext, text: str) -> Plan | None:
         plan = ctx.fmt.find_plan(text)
@@ -181,13 +191,14 @@ class JobRunner:
         return plan
 
     # -- fork / join --------------------------------------------------------------
-    async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> None:
+    async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> bool:
+        """Run the plan's threads and join them into the lane; False when the fork is refused."""
         depth = lane.depth + 1
         adm = await self.budget.admit_fork(ctx.record.id, len(plan.outlines), depth)
         if not adm.admitted:
             ctx.record.notes.append(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
             self.metrics.rejected(adm.reason)
-            return
+            return False
         self.metrics.forked(adm.width)
         if adm.reason:
             ctx.record.notes.append(adm.reason)
@@ -202,6 +213,7 @@ class JobRunner:
         if not lane.is_thread:
             ctx.main_ids = lane.ids
             self._emit(ctx, self.tok.decode(lane.ids[before:], skip_special_tokens=False))
+        return True
 
     async def run_waves(self, ctx, lane: Lane, plan: Plan, threads: list[Node], adm: Admission) -> list[ThreadOutcome]:
         results: list[ThreadOutcome] = []
@@ -218,7 +230,8 @@ class JobRunner:
         fmt = ctx.fmt
         header = self.tok.encode(fmt.thread_header(outline), add_special_tokens=fmt.join_mode == "rewrite")
         base = header if fmt.join_mode == "rewrite" else lane.ids + header
-        sub = Lane(base, node.depth, -1, self._stops(ctx, thread=True), adm.thread_max_tokens, is_thread=True)
+        sub = Lane(base, node.depth, -1, self._stops(ctx, thread=True), adm.thread_max_tokens, is_thread=True,
+                   start=len(base))
         try:
             with tracing.span("loom.thread", loom__thread__index=outline.id, loom__node=node.id,
                               loom__depth=node.depth):

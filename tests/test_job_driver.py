@@ -168,6 +168,20 @@ def test_max_depth_refuses_the_inner_fork_and_the_thread_writes_it_itself(tok):
     assert any("refused (depth 2 > max_depth 1)" in note for note in record.notes)
 
 
+def test_a_refused_inner_fork_in_a_first_path_is_written_whole_by_that_path(tok):
+    """The inner block's own closers end its paths, not the path writing it: path 1 writes both
+    inner paths and its result, and path 2 is still its own thread."""
+    inner = MULTIVERSE.render_block([Outline("1.1", "tens"), Outline("1.2", "ones")], [" 2", " 3"], after=" 23")
+    outer = MULTIVERSE.render_block([Outline("1", "first"), Outline("2", "second")], [" \n" + inner, " 1"])
+    doc = PROMPT + "<Think>\n" + outer + "</Think>A: 24"
+    record, model, _ = run(tok, [doc], format="multiverse", budget={"max_depth": 1})
+    assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
+    assert [t["label"] for t in nodes(record, "thread")] == ["1", "2"]
+    path1 = [p for p in model.prompts if p.endswith("<Path>\n1.1: 2</Path>")]
+    assert path1, "path 1 went on past its inner path's closer"
+    assert not any(p.endswith(" 23</Path>\n<Path>\n2:") for p in model.prompts)  # the main lane never wrote path 1's end
+
+
 def test_deadline_cancels_the_sibling_threads(tok):
     outlines = [Outline(str(i), "long") for i in (1, 2, 3)]
     doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, [" " + "x" * 200] * 3) + "</think>A: 1"

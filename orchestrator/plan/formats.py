@@ -112,6 +112,13 @@ class PlanFormat:
     def thread_prompt(self, context: str, outline: Outline) -> str:
         return context + self.thread_header(outline)
 
+    def open_blocks(self, text: str) -> int:
+        """Blocks opened in ``text`` and not yet closed: a thread that writes a nested block
+        itself (its fork refused) closes that block's paths before its own."""
+        if not self.block_open:
+            return 0
+        return text.count(self.block_open) - text.count(self.block_close)
+
     def clean_thread(self, text: str) -> tuple[str, tuple[str, ...]]:
         """Cut a thread at a tag that may not appear inside it (no nesting)."""
         if self.nesting:
