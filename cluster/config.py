@@ -13,7 +13,8 @@ import yaml
 from orchestrator.budget import JobBudget
 from workers.engine import EngineConfig
 
-DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "models" / "loom-arith")
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the models the project ships
+DEFAULT_MODEL = str(BUNDLED_MODELS / "loom-arith")
 
 
 class ConfigError(ValueError):
@@ -92,6 +93,7 @@ class LoomConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
         cfg = cls(**d)
+        cfg.model = bundled(cfg.model)
         cfg.validate()
         return cfg
 
@@ -115,6 +117,14 @@ class LoomConfig:
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes must be >= 1024")
         self.job_budget()
+
+
+def bundled(model: str) -> str:
+    """A shipped model's name (``loom-arith-mv``) as its directory; any other value as given."""
+    shipped = BUNDLED_MODELS / model
+    if not Path(model).exists() and "/" not in model and (shipped / "config.json").exists():
+        return str(shipped)
+    return model
 
 
 ENV = {"LOOM_MODEL": ("model", str), "LOOM_NUM_WORKERS": ("num_workers", int),

@@ -62,7 +62,7 @@ async def evaluate(service, questions: list[task.Question], concurrency: int,
 
     async def one(q):
         async with sem:
-            return grade(q, await service.run(JobRequest(prompt=q.prompt)), fmt)
+            return grade(q, await service.run(JobRequest(prompt=q.prompt, format=fmt)), fmt)
 
     return await asyncio.gather(*(one(q) for q in questions))
 

@@ -1,9 +1,13 @@
 """Config decisions that change what runs: when KV transfer is on, and what is refused."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cluster.config import ConfigError, load
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("workers,gpus,mode,on", [
@@ -22,3 +26,14 @@ def test_kv_transfer_auto_is_on_only_for_cpu_engines_with_a_peer(workers, gpus, 
 def test_a_stream_interval_out_of_range_is_named(bad):
     with pytest.raises(ConfigError, match="stream_interval_ms"):
         load(overrides={"stream_interval_ms": bad})
+
+
+def test_a_shipped_model_is_named_by_its_directory_and_the_multiverse_config_loads():
+    cfg = load(ROOT / "cluster" / "multiverse.yaml")
+    assert cfg.model.endswith("models/loom-arith-mv") and cfg.format == "multiverse"
+    assert cfg.max_model_len == 1536 and cfg.job_budget().max_depth == 2
+
+
+def test_an_unknown_model_name_is_named():
+    with pytest.raises(ConfigError, match="no-such-model"):
+        load(overrides={"model": "no-such-model"})
