@@ -273,7 +273,8 @@ class JobRunner:
                      max_tokens: int) -> tuple[list[int], str, str | None]:
         """(generated ids, finish, the stop string that ended it); the node records the request."""
         req = ctx.request
-        show = None if lane.is_thread else (lambda ids: self._emit(ctx, self._text(ids)))
+        streamed = ctx.emit is not None and not lane.is_thread  # nobody listening: no decoding per chunk
+        show = (lambda ids: self._emit(ctx, self._text(ids))) if streamed else None
         call = Decode(ctx.record.id, node.id, lane.ids, max_tokens, lane.stops,
                       Sampling(req.temperature, req.top_p, req.seed), on_tokens=show)
         progress = Progress()

@@ -1,0 +1,229 @@
+"""The best wall time the engine allows, and how close Loom gets: ``python -m bench.engine_limit``.
+
+1. Measures the engine's own costs offline (vLLM's ``LLM``, Loom's engine settings, in a
+   child process so that nothing else shares the CPU): the decode step's seconds for 1 to 32
+   sequences (the difference between 68 and 4 generated tokens, over 64) and prefill seconds
+   per prompt token.
+2. Runs jobs through Loom one at a time, and for each job's DAG derives the engine's limit:
+   a segment decodes at batch 1 after prefilling its uncached prompt tokens (the join's
+   re-prefill included); a block's threads decode together, the batch shrinking as threads
+   end; nested blocks the same inside their thread. Parallel efficiency = limit / Loom's wall.
+
+3. Splits each node's time as the engine client saw it, from the worker's own request log:
+   the wait before the worker took the request, the engine's time to first token, its seconds
+   per decoded token (against the measured step) and the wait after the engine finished.
+
+Prints the costs, per-workload figures (mean wall, mean limit, efficiency, the sequential
+limit: every token at batch 1, and the split) and the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import multiprocessing
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+
+from bench.common import machine
+from bench.parallel_vs_sequential import question_with
+from models import task
+from orchestrator.plan.dag import Node, ThreadDAG
+from orchestrator.records import JobRequest
+
+BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class EngineCosts:
+    step_s: dict[int, float]  # decode step seconds by number of sequences
+    prefill_s_per_token: float
+
+    def step(self, batch: int) -> float:
+        """Linear between the measured batch sizes, flat beyond them."""
+        sizes = sorted(self.step_s)
+        if batch <= sizes[0]:
+            return self.step_s[sizes[0]]
+        for lo, hi in itertools.pairwise(sizes):
+            if batch <= hi:
+                f = (batch - lo) / (hi - lo)
+                return self.step_s[lo] + f * (self.step_s[hi] - self.step_s[lo])
+        return self.step_s[sizes[-1]]
+
+
+def thread_seconds(lengths: list[int], index: int, costs: EngineCosts) -> float:
+    """Decode time of thread ``index`` in a block whose threads have ``lengths`` tokens and
+    start together: the batch is every thread not yet finished."""
+    order = sorted(lengths)
+    mine, done, t = lengths[index], 0, 0.0
+    for i, length in enumerate(order):
+        if length > done:
+            t += (min(length, mine) - done) * costs.step(len(order) - i)
+            done = min(length, mine)
+        if done >= mine:
+            break
+    return t
+
+
+def limit_s(dag: ThreadDAG, costs: EngineCosts) -> float:
+    """The engine's best wall time for this DAG: the longest path, each node costing its
+    uncached prompt's prefill plus its decode at its block's shrinking batch."""
+    node_s = {n.id: _prefill(n, costs) for n in dag.nodes}
+    blocks: dict[tuple[int, ...], list[Node]] = {}
+    for n in dag.nodes:
+        if n.kind == "thread":
+            blocks.setdefault(tuple(dag.predecessors(n.id)), []).append(n)
+        elif n.kind == "segment":
+            node_s[n.id] += n.tokens * costs.step(1)
+    for threads in blocks.values():
+        lengths = [t.tokens for t in threads]
+        for i, t in enumerate(threads):
+            node_s[t.id] += thread_seconds(lengths, i, costs)
+    best: dict[int, float] = {}
+    for i in dag.topological_order():
+        best[i] = max((best[p] for p in dag.predecessors(i)), default=0.0) + node_s[i]
+    return max(best.values(), default=0.0)
+
+
+def sequential_limit_s(dag: ThreadDAG, costs: EngineCosts, prompt_tokens: int) -> float:
+    """Every token at batch 1 after one prefill of the prompt: plain decoding of the same tokens."""
+    return prompt_tokens * costs.prefill_s_per_token + dag.total_tokens() * costs.step(1)
+
+
+def _prefill(n: Node, costs: EngineCosts) -> float:
+    return max(0, n.prompt_tokens - n.cached_tokens) * costs.prefill_s_per_token
+
+
+def measure_costs(cfg) -> EngineCosts:
+    """In a child process: an offline engine with Loom's settings, nothing else on the CPU."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(target=_measure, args=(out, cfg.model, cfg.dtype, cfg.max_model_len, cfg.block_size,
+                                               cfg.kv_cache_gib))
+    child.start()  # not a pool: vLLM's engine starts processes of its own
+    costs = out.get()
+    child.join()
+    return costs
+
+
+def _measure(out, model: str, dtype: str, max_model_len: int, block_size: int, kv_cache_gib: int) -> None:
+    os.dup2(2, 1)  # vLLM logs to stdout: keep this process's stdout for the figures
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, block_size=block_size,
+              enable_prefix_caching=True, enforce_eager=True, max_num_seqs=max(BATCHES), seed=0)
+    rng = random.Random(0)
+    prompts = [task.random_question(rng).prompt for _ in range(max(BATCHES))]
+
+    def timed(batch: list, n: int) -> float:
+        params = SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0)
+        t0 = time.perf_counter()
+        llm.generate(batch, params, use_tqdm=False)
+        return time.perf_counter() - t0
+
+    step_s = {}
+    for b in BATCHES:
+        timed(prompts[:b], 4)  # warm-up; the prompts are cached from here on
+        step_s[b] = min((timed(prompts[:b], 68) - timed(prompts[:b], 4)) / 64 for _ in range(3))
+    longs = [{"prompt_token_ids": [rng.randrange(5, 100) for _ in range(max_model_len - 64)]} for _ in range(3)]
+    shorts = [{"prompt_token_ids": [rng.randrange(5, 100) for _ in range(32)]} for _ in range(3)]
+    long_s = min(timed([p], 1) for p in longs)
+    short_s = min(timed([p], 1) for p in shorts)
+    out.put(EngineCosts(step_s, max(0.0, (long_s - short_s) / (max_model_len - 96))))
+    llm.llm_engine.engine_core.shutdown()
+
+
+@dataclass
+class JobFigures:
+    workload: str
+    jobs: int
+    mean_wall_s: float
+    mean_limit_s: float
+    mean_sequential_limit_s: float
+    parallel_efficiency: float  # limit / wall, over all jobs
+    limit_speedup: float  # sequential limit / limit: what forking can buy on this engine
+
+
+@dataclass
+class NodeSplit:
+    """Mean seconds of a node kind's requests, as the engine client and the worker saw them."""
+    kind: str
+    nodes: int
+    node_s: float  # the engine client's decode call, start to end
+    before_worker_s: float  # until the worker took the request
+    engine_ttft_s: float  # the engine's first token
+    engine_s_per_token: float  # the engine's decode, per token after the first
+    after_engine_s: float  # from the engine's last token to the end of the call
+
+
+async def run_jobs(service, questions: list[task.Question]) -> list:
+    return [await service.run(JobRequest(prompt=q.prompt)) for q in questions]
+
+
+def figures(name: str, records: list, costs: EngineCosts) -> JobFigures:
+    walls = [r.finished - r.started for r in records]
+    dags = [ThreadDAG.from_dict(r.dag) for r in records]
+    limits = [limit_s(d, costs) for d in dags]
+    seq = [sequential_limit_s(d, costs, r.result["prompt_tokens"]) for d, r in zip(dags, records)]
+    n = len(records)
+    return JobFigures(name, n, round(sum(walls) / n, 3), round(sum(limits) / n, 3), round(sum(seq) / n, 3),
+                      round(sum(limits) / sum(walls), 3), round(sum(seq) / sum(limits), 3))
+
+
+def splits(records: list, log: dict[str, dict]) -> list[NodeSplit]:
+    """Per node kind; ``log`` is the workers' request log by request id (workers/worker.py)."""
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for r in records:
+        for n in r.dag["nodes"]:
+            e = log.get(f"{r.id}-n{n['id']}-{n['prompt_tokens']}")
+            if e is None or n["tokens"] < 2:
+                continue
+            rows.setdefault(n["kind"], []).append((
+                n["ended"] - n["started"], e["submitted"] - n["started"], e["first_token_at"] - e["submitted"],
+                (e["finished_at"] - e["first_token_at"]) / (n["tokens"] - 1), n["ended"] - e["finished_at"]))
+    return [NodeSplit(kind, len(v), *(round(sum(c) / len(v), 5) for c in zip(*v))) for kind, v in rows.items()]
+
+
+def main(argv=None) -> int:
+    import ray
+
+    from cluster import runtime
+    from cluster.config import load
+    from orchestrator.service import JobService
+    from orchestrator.store import InProcessJobStore
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=13)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cfg = load()
+    costs = measure_costs(cfg)
+    rng = random.Random(args.seed)
+    workloads = {"five": [question_with(5, rng) for _ in range(args.jobs)],
+                 "mix": [q for q in (task.random_question(rng, product_p=0.75) for _ in range(4 * args.jobs))
+                         if len(q.products) >= 2][:args.jobs]}
+    ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
+    try:
+        runner = runtime.make_runner(cfg)
+        service = JobService(runner, InProcessJobStore())
+        asyncio.run(run_jobs(service, workloads["five"][:1]))  # warm-up
+        rows = []
+        for name, qs in workloads.items():
+            records = asyncio.run(run_jobs(service, qs))
+            log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
+            rows.append({**asdict(figures(name, records, costs)),
+                         "split": [asdict(s) for s in splits(records, log)]})
+    finally:
+        runtime.shutdown_actors(cfg)
+        ray.shutdown()
+    print(json.dumps({"costs": asdict(costs), "workloads": rows, "machine": machine()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""The engine-limit model of bench/engine_limit.py, on hand-built DAGs."""
+import pytest
+
+from bench.engine_limit import EngineCosts, limit_s, sequential_limit_s, thread_seconds
+from orchestrator.plan.dag import ThreadDAG
+
+COSTS = EngineCosts({1: 1.0, 2: 1.2, 4: 1.6}, prefill_s_per_token=0.01)
+
+
+def test_the_step_is_interpolated_between_measured_batches_and_flat_beyond():
+    assert COSTS.step(1) == 1.0 and COSTS.step(3) == pytest.approx(1.4) and COSTS.step(9) == 1.6
+
+
+def test_a_thread_decodes_at_the_batch_of_the_threads_still_running():
+    # 2 tokens with both running (1.2 each), then the longer one alone (1.0 each)
+    assert thread_seconds([2, 5], 0, COSTS) == pytest.approx(2 * 1.2)
+    assert thread_seconds([2, 5], 1, COSTS) == pytest.approx(2 * 1.2 + 3 * 1.0)
+    assert thread_seconds([3, 3, 3, 3], 2, COSTS) == pytest.approx(3 * 1.6)
+
+
+def fork_dag() -> ThreadDAG:
+    dag = ThreadDAG()
+    seg = dag.add("segment", tokens=10, prompt_tokens=20)
+    threads, join = dag.fork(seg.id, ["1", "2"], depth=1)
+    threads[0].tokens, threads[1].tokens = 4, 6
+    for t in threads:
+        t.prompt_tokens, t.cached_tokens = 34, 32  # two uncached tokens each
+    dag.add("segment", [join.id], tokens=5, prompt_tokens=50, cached_tokens=30)
+    return dag
+
+
+def test_the_limit_is_the_longest_path_with_prefills_and_shrinking_batches():
+    segment1 = 20 * 0.01 + 10 * 1.0
+    block = 2 * 0.01 + 4 * 1.2 + 2 * 1.0  # the longer thread: both run for 4 tokens, then it runs alone
+    segment2 = 20 * 0.01 + 5 * 1.0  # the join's uncached tokens re-prefilled
+    assert limit_s(fork_dag(), COSTS) == pytest.approx(segment1 + block + segment2)
+
+
+def test_the_sequential_limit_decodes_every_token_at_batch_1():
+    assert sequential_limit_s(fork_dag(), COSTS, prompt_tokens=20) == pytest.approx(20 * 0.01 + 25 * 1.0)
