@@ -51,9 +51,13 @@ class LoomConfig:
     kv_hold_s: float = 30.0  # a holder frees blocks no peer pulled after this
     kv_timeout_s: float = 10.0  # every wait of a transfer; past it the target recomputes
     kv_link_gbps: float = 1.0  # first guess of the link's GB/s, replaced by what transfers measure
-    # a worker sends the tokens its engine produces within this many ms as one streamed chunk
-    # (the first tokens and a request's end are never held back); 0 sends every engine output
-    stream_interval_ms: float = 20.0
+    # a worker sends the tokens its engine produces within this many ms as one streamed chunk, or
+    # as soon as the chunk holds stream_max_tokens (a thread's budget overshoots by less than that);
+    # the first tokens and a request's end are never held back; 0 ms sends every engine output.
+    # Measured in bench.engine_limit's split and README: under load, fewer chunks give the engine
+    # the CPU that fetching them took (100 ms + 8 tokens: +28-43% jobs/s at concurrency 32 here)
+    stream_interval_ms: float = 100.0
+    stream_max_tokens: int = 8
     format: str = "threadweaver"
     budget: dict = field(default_factory=dict)
     host: str = "127.0.0.1"
@@ -72,7 +76,8 @@ class LoomConfig:
                             max_num_seqs=self.max_num_seqs, block_size=self.block_size,
                             num_blocks=self.num_kv_blocks or None, kv_transfer=self.transfer_on(),
                             kv_hold_s=self.kv_hold_s, kv_timeout_s=self.kv_timeout_s,
-                            stream_interval_s=self.stream_interval_ms / 1000)
+                            stream_interval_s=self.stream_interval_ms / 1000,
+                            stream_max_tokens=self.stream_max_tokens)
 
     def transfer_on(self) -> bool:
         """auto: CPU engines with a peer (one engine has nobody to pull from, and the connector
@@ -114,6 +119,8 @@ class LoomConfig:
             raise ConfigError("kv_hold_s, kv_timeout_s and kv_link_gbps must be > 0")
         if not 0 <= self.stream_interval_ms <= 1000:
             raise ConfigError(f"stream_interval_ms must be within 0..1000, not {self.stream_interval_ms!r}")
+        if not 1 <= self.stream_max_tokens <= 4096:
+            raise ConfigError(f"stream_max_tokens must be within 1..4096, not {self.stream_max_tokens!r}")
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes must be >= 1024")
         self.job_budget()

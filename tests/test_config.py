@@ -37,3 +37,9 @@ def test_a_shipped_model_is_named_by_its_directory_and_the_multiverse_config_loa
 def test_an_unknown_model_name_is_named():
     with pytest.raises(ConfigError, match="no-such-model"):
         load(overrides={"model": "no-such-model"})
+
+
+@pytest.mark.parametrize("bad", [0, 4097])
+def test_a_chunk_token_cap_out_of_range_is_named(bad):
+    with pytest.raises(ConfigError, match="stream_max_tokens"):
+        load(overrides={"stream_max_tokens": bad})

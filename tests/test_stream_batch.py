@@ -33,6 +33,11 @@ async def test_the_first_tokens_go_alone_and_the_rest_within_the_interval_togeth
     assert (last.cached_tokens, last.first_token_at, last.finished_at) == (0, 100.0, 200.0)
 
 
+async def test_a_chunk_goes_out_once_it_holds_max_tokens():
+    out = await asyncio.wait_for(collect(batched(source(12, 0.001), 30.0, max_tokens=4)), 10)
+    assert [c.token_ids for c in out] == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]]
+
+
 async def test_chunks_further_apart_than_the_interval_go_one_by_one():
     out = await collect(batched(source(4, 0.2), 0.01))
     assert [c.token_ids for c in out] == [[0], [1], [2], [3]]

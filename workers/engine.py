@@ -34,7 +34,8 @@ class EngineConfig:
     kv_transfer: bool = False  # load Loom's KV connector (workers/kv): hold blocks for, and pull from, peers
     kv_hold_s: float = 30.0  # a hold no peer pulls is freed after this
     kv_timeout_s: float = 10.0  # every transfer wait (control reply, group rendezvous, send, recv)
-    stream_interval_s: float = 0.02  # a worker's streamed chunks: what the engine produced in this long
+    stream_interval_s: float = 0.1  # a worker's streamed chunks: what the engine produced in this long,
+    stream_max_tokens: int = 8  # or this many tokens, whichever comes first
 
 
 class Engine(Protocol):

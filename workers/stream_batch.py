@@ -1,7 +1,9 @@
 """Streamed chunks batched by an interval, as Ray Serve LLM batches its output stream: every
 chunk a worker yields is a Ray object the engine client must fetch, so the tokens an engine
-produces within ``interval_s`` go out as one chunk. The first tokens and the last chunk are
-never held back (time to first token, and the end of a thread, which a fork or join waits on).
+produces within ``interval_s`` go out as one chunk, and a chunk goes out early once it holds
+``max_tokens`` (so a thread's budget, spent as chunks arrive, overshoots by less than that). The
+first tokens and the last chunk are never held back (time to first token, and the end of a
+thread, which a fork or join waits on).
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ def merge(a: GenChunk, b: GenChunk) -> GenChunk:
                    first_token_at=a.first_token_at or b.first_token_at)
 
 
-async def batched(chunks: AsyncIterator[GenChunk], interval_s: float) -> AsyncIterator[GenChunk]:
+async def batched(chunks: AsyncIterator[GenChunk], interval_s: float,
+                  max_tokens: int = 0) -> AsyncIterator[GenChunk]:
     """``chunks`` merged: after a chunk with the first tokens, what arrives within ``interval_s``
-    of the next chunk goes out with it; a finished chunk goes out at once."""
+    of the next chunk goes out with it, until it holds ``max_tokens`` (0: no cap); a finished
+    chunk goes out at once."""
     if interval_s <= 0:
         async for chunk in chunks:
             yield chunk
@@ -36,7 +40,7 @@ async def batched(chunks: AsyncIterator[GenChunk], interval_s: float) -> AsyncIt
         sent_tokens = False
         while (chunk := await _next(queue)) is not _END:
             if sent_tokens:
-                chunk = await _gather(queue, chunk, time.monotonic() + interval_s)
+                chunk = await _gather(queue, chunk, time.monotonic() + interval_s, max_tokens)
             sent_tokens = sent_tokens or bool(chunk.token_ids)
             yield chunk
             if chunk.finished:
@@ -47,9 +51,10 @@ async def batched(chunks: AsyncIterator[GenChunk], interval_s: float) -> AsyncIt
             await pump
 
 
-async def _gather(queue: asyncio.Queue, chunk: GenChunk, deadline: float) -> GenChunk:
-    """``chunk`` with what follows it until ``deadline``, the end of the stream, or a finished chunk."""
-    while not chunk.finished:
+async def _gather(queue: asyncio.Queue, chunk: GenChunk, deadline: float, max_tokens: int) -> GenChunk:
+    """``chunk`` with what follows it until ``deadline``, the end of the stream, a finished chunk,
+    or ``max_tokens`` held."""
+    while not chunk.finished and not (max_tokens and len(chunk.token_ids) >= max_tokens):
         try:
             nxt = await asyncio.wait_for(_next(queue), max(0.0, deadline - time.monotonic()))
         except TimeoutError:

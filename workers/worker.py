@@ -92,7 +92,8 @@ class EngineWorker:
         span = tracing.tracer().start_span("loom.engine.generate", context=tracing.extract(req.trace))
         tracing.set_attrs(span, loom__worker=self.name, gen_ai__usage__input_tokens=len(req.prompt_ids))
         try:
-            async for chunk in batched(self.engine.generate(req), self.cfg.stream_interval_s):
+            async for chunk in batched(self.engine.generate(req), self.cfg.stream_interval_s,
+                                         self.cfg.stream_max_tokens):
                 self.stats["generated_tokens"] += len(chunk.token_ids)
                 if chunk.finished:
                     self._record(req, chunk, submitted)
