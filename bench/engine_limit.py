@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.common import machine
-from bench.parallel_vs_sequential import question_with
+from bench.peers import workload
 from models import task
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.records import JobRequest
@@ -203,10 +203,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = load()
     costs = measure_costs(cfg)
-    rng = random.Random(args.seed)
-    workloads = {"five": [question_with(5, rng) for _ in range(args.jobs)],
-                 "mix": [q for q in (task.random_question(rng, product_p=0.75) for _ in range(4 * args.jobs))
-                         if len(q.products) >= 2][:args.jobs]}
+    workloads = {name: workload(name, args.jobs, args.seed) for name in ("five", "mix")}  # bench.peers' questions
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         runner = runtime.make_runner(cfg)

@@ -6,20 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import DEFAULT_MODEL
+from cluster.config import DEFAULT_MODEL, load
 from models.evaluate import evaluate, questions, summarize
 from models.task import parse_question, trace
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_committed_model_files_and_size():
-    d = Path(DEFAULT_MODEL)
+@pytest.mark.parametrize("config", [None, ROOT / "cluster" / "multiverse.yaml"], ids=["loom-arith", "loom-arith-mv"])
+def test_committed_model_files_and_size(config):
+    cfg = load(config)
+    d = Path(cfg.model)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json", "README.md"):
+                 "generation_config.json", "recipe.json", "README.md"):
         assert (d / name).exists(), name
     assert sum(f.stat().st_size for f in d.iterdir()) <= 20 * 2**20
-    assert json.loads((d / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    model = json.loads((d / "config.json").read_text())
+    assert model["architectures"] == ["LlamaForCausalLM"]
+    assert model["max_position_embeddings"] >= cfg.max_model_len
 
 
 def test_loads_offline_in_transformers_and_answers(monkeypatch):
