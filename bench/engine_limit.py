@@ -101,17 +101,21 @@ def measure_costs(cfg) -> EngineCosts:
     """In a child process: an offline engine with Loom's settings, nothing else on the CPU."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
+    bind = cfg.worker_cpu_binds[0] if cfg.worker_cpu_binds else ""
     child = ctx.Process(target=_measure, args=(out, cfg.model, cfg.dtype, cfg.max_model_len, cfg.block_size,
-                                               cfg.kv_cache_gib))
+                                               cfg.kv_cache_gib, bind))
     child.start()  # not a pool: vLLM's engine starts processes of its own
     costs = out.get()
     child.join()
     return costs
 
 
-def _measure(out, model: str, dtype: str, max_model_len: int, block_size: int, kv_cache_gib: int) -> None:
+def _measure(out, model: str, dtype: str, max_model_len: int, block_size: int, kv_cache_gib: int,
+             bind: str) -> None:
     os.dup2(2, 1)  # vLLM logs to stdout: keep this process's stdout for the figures
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+    if bind:  # the cores Loom binds its engine to
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, block_size=block_size,
@@ -201,7 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=13)
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cfg = load()
+    cfg = runtime.pin_controller(load())  # as `loom serve` starts it here; the engine measured alike
     costs = measure_costs(cfg)
     workloads = {name: workload(name, args.jobs, args.seed) for name in ("five", "mix")}  # bench.peers' questions
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")

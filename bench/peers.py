@@ -187,6 +187,7 @@ def run_loom_side(cfg, tok, workloads: dict, levels: list[int]) -> list[dict]:
     from cluster.app import app_builder
 
     rows = []
+    cfg = runtime.pin_controller(cfg)  # as `loom serve` starts it here
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})

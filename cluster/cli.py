@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 
@@ -40,6 +41,8 @@ def cmd_run(args) -> int:
         from orchestrator import tracing
         tracing.setup(ConsoleSpanExporter())
     attached = args.address is not None  # a running cluster's engines: used, not stopped
+    if not attached:
+        cfg = runtime.pin_controller(cfg)
     ray.init(address=args.address, num_cpus=None if attached else args.cpus, include_dashboard=False,
              log_to_driver=False, namespace="loom")
     try:
@@ -72,6 +75,8 @@ def cmd_serve(args) -> int:
     from cluster.app import app_builder
 
     cfg = load(args.config)
+    if not os.environ.get("RAY_ADDRESS"):  # Ray starts here: its processes off the engines' cores
+        cfg = runtime.pin_controller(cfg)
     ray.init(namespace="loom", include_dashboard=args.dashboard)
     signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
     try:

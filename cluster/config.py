@@ -30,6 +30,12 @@ class LoomConfig:
     # per worker, the CPU cores of its engine (VLLM_CPU_OMP_THREADS_BIND, e.g. ["0", "1"]); empty:
     # several CPU engines split this machine's cores evenly, one engine lets vLLM choose
     worker_cpu_binds: list = field(default_factory=list)
+    # CPU engines on the machine where Loom starts Ray: cores kept for Loom's own processes (Ray,
+    # the controller, the coordinator, the workers' Python side), the engines bound to the rest,
+    # when each engine still gets a core and no binds are given (cluster/runtime.py:
+    # pin_controller). Measured in bench.peers here: an engine that shares its cores with them
+    # decodes 10-20% slower; 0 keeps none
+    controller_cpus: int = 1
     worker_num_gpus: float = 0.0
     worker_num_cpus: float = 0.0
     max_model_len: int = 1024
@@ -107,6 +113,8 @@ class LoomConfig:
             raise ConfigError("num_workers must be >= 1")
         if self.worker_cpu_binds and len(self.worker_cpu_binds) != self.num_workers:
             raise ConfigError(f"worker_cpu_binds has {len(self.worker_cpu_binds)} entries for {self.num_workers} workers")
+        if self.controller_cpus < 0:
+            raise ConfigError(f"controller_cpus must be >= 0, not {self.controller_cpus!r}")
         if not Path(self.model).exists() and "/" not in self.model.strip("/"):
             raise ConfigError(f"model {self.model!r} is neither a directory nor a hub id")
         if self.store_max_records < 1:

@@ -6,7 +6,7 @@ ingress replica and every driver (``loom run``, a Ray Job) shares the same ones.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import ray
 
@@ -34,6 +34,38 @@ def cpu_binds(cfg: LoomConfig) -> list[str]:
     if cfg.num_workers == 1 or cfg.worker_num_gpus > 0 or len(cores) < cfg.num_workers:
         return [""] * cfg.num_workers
     return [",".join(map(str, cores[i::cfg.num_workers])) for i in range(cfg.num_workers)]
+
+
+@dataclass(frozen=True)
+class CoreSplit:
+    """This machine's cores: those kept for Loom's own processes, and each engine's bind."""
+    controller: list[int]
+    engines: list[str]
+
+
+def core_split(cfg: LoomConfig, cores: list[int]) -> CoreSplit | None:
+    """The first ``controller_cpus`` of ``cores`` for Loom's processes and the rest split evenly
+    among the CPU engines; None when there is nothing to split (GPU engines, binds given, none
+    kept, or fewer cores left than engines)."""
+    if cfg.worker_num_gpus > 0 or cfg.worker_cpu_binds or not cfg.controller_cpus:
+        return None
+    kept, rest = cores[:cfg.controller_cpus], cores[cfg.controller_cpus:]
+    if len(rest) < cfg.num_workers:
+        return None
+    n = cfg.num_workers
+    return CoreSplit(kept, [",".join(map(str, rest[i::n])) for i in range(n)])
+
+
+def pin_controller(cfg: LoomConfig) -> LoomConfig:
+    """Called by a process about to start a local Ray cluster: binds it, so every process Ray
+    starts, to the kept cores (core_split), and returns the config binding the engines to the
+    rest; the config unchanged when there is nothing to split. Ray's processes inherit the
+    binding; the engines' compute threads bind themselves (VLLM_CPU_OMP_THREADS_BIND)."""
+    split = core_split(cfg, sorted(os.sched_getaffinity(0)))
+    if split is None:
+        return cfg
+    os.sched_setaffinity(0, split.controller)
+    return replace(cfg, worker_cpu_binds=split.engines)
 
 
 def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:

@@ -1,6 +1,10 @@
 """Config decisions that change what runs: when KV transfer is on, and what is refused."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +47,38 @@ def test_an_unknown_model_name_is_named():
 def test_a_chunk_token_cap_out_of_range_is_named(bad):
     with pytest.raises(ConfigError, match="stream_max_tokens"):
         load(overrides={"stream_max_tokens": bad})
+
+
+def test_a_negative_controller_core_count_is_named():
+    with pytest.raises(ConfigError, match="controller_cpus"):
+        load(overrides={"controller_cpus": -1})
+
+
+@pytest.mark.parametrize("overrides,cores,controller,engines", [
+    ({}, [0, 1], [0], ["1"]),  # this machine: Loom on core 0, the engine's threads on core 1
+    ({"num_workers": 2, "controller_cpus": 2}, list(range(8)), [0, 1], ["2,4,6", "3,5,7"]),
+    ({"num_workers": 2}, [0, 1], None, None),  # an engine per core: nothing to keep
+    ({"worker_num_gpus": 1.0}, [0, 1], None, None),  # GPU engines
+    ({"worker_cpu_binds": ["0-1"]}, [0, 1], None, None),  # binds given: they are used as they are
+    ({"controller_cpus": 0}, [0, 1], None, None),
+])
+def test_cpu_engines_leave_loom_its_cores_when_there_are_enough(overrides, cores, controller, engines):
+    from cluster.runtime import core_split
+
+    split = core_split(load(overrides=overrides), cores)
+    assert (split.controller, split.engines) == (controller, engines) if controller else split is None
+
+
+def test_pinning_binds_this_process_and_the_engines_to_the_split():
+    """In a child process (this one stays unbound): the cores it may run on after pin_controller,
+    and the engines' binds in the config it returns."""
+    code = ("import json, os; from cluster.config import load; from cluster import runtime\n"
+            "cfg = runtime.pin_controller(load())\n"
+            "print(json.dumps([sorted(os.sched_getaffinity(0)), cfg.worker_cpu_binds]))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    affinity, binds = json.loads(out.stdout.strip().splitlines()[-1])
+    from cluster.runtime import core_split
+
+    cores = sorted(os.sched_getaffinity(0))
+    split = core_split(load(), cores)
+    assert (affinity, binds) == ((split.controller, split.engines) if split else (cores, []))
