@@ -207,7 +207,7 @@ class RayEngineClient:
         raise AssertionError("unreachable")
 
     async def _place(self, ids: list[int]) -> Placement:
-        await self.refresh_loads()
+        await self.refresh_loads(wait=not self.placer.reported())
         while not self.placer.live():  # every worker down: wait for the first one back
             pending = [t for t in self.reviving.values() if _running_here(t)]
             if not pending:
@@ -233,7 +233,7 @@ class RayEngineClient:
             try:
                 return await self._stream(call, progress, req, out, relay)
             finally:
-                self.placer.finished(len(out))
+                self.placer.finished(placement.worker, len(out))
                 progress.ended = time.time()
                 progress.prefix = progress.prefix or _origin(placement, progress, len(ids), why)
                 tracing.set_attrs(span, gen_ai__usage__output_tokens=len(out),
@@ -292,24 +292,27 @@ class RayEngineClient:
             return
         log.error("worker %s did not come back in %.0f s", worker, REVIVE_TIMEOUT_S)
 
-    async def refresh_loads(self) -> None:
+    async def refresh_loads(self, wait: bool = True) -> None:
         """Each engine's load, if the last reports are older than LOAD_REFRESH_S; concurrent
-        callers share one refresh."""
+        callers share one refresh. ``wait=False`` only starts it: a placement that has a report
+        of every live worker uses those (and what it sent since) rather than wait a round trip."""
         if time.monotonic() - self._loads_at < LOAD_REFRESH_S:
             return
         if not _running_here(self._refresh):
             self._refresh = asyncio.ensure_future(self._fetch_loads())
-        await asyncio.shield(self._refresh)
+        if wait:
+            await asyncio.shield(self._refresh)
 
     async def _fetch_loads(self) -> None:
         names = [n for n in self.workers if n not in self.placer.down]
+        sent = {n: self.placer.sent.get(n, 0) for n in names}  # what each report counts
         loads = await asyncio.gather(*(asyncio.wait_for(self.workers[n].load.remote(), LOAD_TIMEOUT_S)
                                        for n in names), return_exceptions=True)
         for name, load in zip(names, loads):
             if isinstance(load, RayActorError):
                 self._lost(name)
             elif not isinstance(load, BaseException):
-                self.placer.report(name, load)
+                self.placer.report(name, load, sent[name])
         self._loads_at = time.monotonic()
 
     async def _stream(self, call: Decode, progress: Progress, req: GenRequest, out: list[int],

@@ -4,7 +4,8 @@ The whole policy, in one place. For each candidate worker ``w`` and a request of
 tokens that is expected to generate ``T`` tokens:
 
     held_w      leading prompt tokens ``w`` holds (the KV index: what the engine reported)
-    a_w         requests in ``w``'s engine now (its last load report + what we sent since)
+    a_w         requests in ``w``'s engine now (its last load report + what we started there
+                since, less what ended)
     cost_w  =   (1 + a_w) * (P - held_w) * prefill_w          prefill of the miss; the a_w
                                                               running requests stall meanwhile
               + T * step_w(a_w + 1)                           this request's decode
@@ -83,7 +84,8 @@ class Placer:
     index: PrefixHoldings
     profiles: dict[str, EngineProfile]
     loads: dict[str, EngineLoad] = field(default_factory=dict)
-    sent: dict[str, int] = field(default_factory=dict)  # requests started since the worker's last report
+    # requests started minus requests ended since the worker's last report was asked for
+    sent: dict[str, int] = field(default_factory=dict)
     expected_tokens: float = 64.0  # mean output length so far (T)
     placed: int = 0
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
@@ -125,7 +127,7 @@ class Placer:
                 + a * t * (step_after - prof.step_s(a)))
 
     def active(self, worker: str) -> int:
-        return self.loads.get(worker, EngineLoad()).active + self.sent.get(worker, 0)
+        return max(0, self.loads.get(worker, EngineLoad()).active + self.sent.get(worker, 0))
 
     def _reason(self, best: str, held: dict[str, int], costs: dict[str, float], pull_costs: dict[str, float]) -> str:
         most = max(held.values())
@@ -141,14 +143,23 @@ class Placer:
         return (f"pulls {held[source] - held[best]} prompt tokens from {source}: cheaper than recomputing them "
                 f"here or waiting on {source} ({self.active(source)} active)")
 
-    def report(self, worker: str, load: EngineLoad) -> None:
-        """A fresh load report from ``worker``'s engine: it counts what we sent before it."""
+    def report(self, worker: str, load: EngineLoad, sent_before: int | None = None) -> None:
+        """A fresh load report from ``worker``'s engine, asked for when ``sent_before`` of our
+        requests had started (less those ended) since its last report (None: all of them): it
+        counts those, not the ones started or ended while it was on its way."""
         self.loads[worker] = load
-        self.sent[worker] = 0
+        sent = self.sent.get(worker, 0)
+        self.sent[worker] = 0 if sent_before is None else max(0, sent - sent_before)
+
+    def reported(self) -> bool:
+        """Every live worker has reported its load at least once."""
+        return all(w in self.loads for w in self.live())
 
     def started(self, worker: str) -> None:
         self.sent[worker] = self.sent.get(worker, 0) + 1
 
-    def finished(self, generated: int) -> None:
+    def finished(self, worker: str, generated: int) -> None:
+        """A request we started on ``worker`` has ended, having generated ``generated`` tokens."""
+        self.sent[worker] = self.sent.get(worker, 0) - 1
         self.placed += 1
         self.expected_tokens += (generated - self.expected_tokens) / min(self.placed, 100)
