@@ -11,7 +11,9 @@
 
 3. Splits each node's time as the engine client saw it, from the worker's own request log:
    the wait before the worker took the request, the engine's time to first token, its seconds
-   per decoded token (against the measured step) and the wait after the engine finished.
+   per decoded token (against the measured step) and the wait after the engine finished; and
+   each job's orchestration overhead: its wall time minus the engine's time (the worker's own
+   timestamps) on the critical path.
 
 Prints the costs, per-workload figures (mean wall, mean limit, efficiency, the sequential
 limit: every token at batch 1, and the split) and the machine.
@@ -82,10 +84,30 @@ def limit_s(dag: ThreadDAG, costs: EngineCosts) -> float:
         lengths = [t.tokens for t in threads]
         for i, t in enumerate(threads):
             node_s[t.id] += thread_seconds(lengths, i, costs)
+    return longest_path_s(dag, node_s)
+
+
+def longest_path_s(dag: ThreadDAG, node_s: dict[int, float]) -> float:
+    """The DAG's longest path, each node weighing its seconds (none: 0)."""
     best: dict[int, float] = {}
     for i in dag.topological_order():
-        best[i] = max((best[p] for p in dag.predecessors(i)), default=0.0) + node_s[i]
+        best[i] = max((best[p] for p in dag.predecessors(i)), default=0.0) + node_s.get(i, 0.0)
     return max(best.values(), default=0.0)
+
+
+def overhead_s(record, log: dict[str, dict]) -> float:
+    """Loom's orchestration overhead in a job: its wall time minus the engine's time on the
+    critical path, each request's engine time from the worker's own timestamps (taken, to
+    finished)."""
+    dag = ThreadDAG.from_dict(record.dag)
+    engine = {n.id: e["finished_at"] - e["submitted"] for n in dag.nodes
+              if (e := log.get(request_id(record.id, n.id, n.prompt_tokens))) is not None}
+    return (record.finished - record.started) - longest_path_s(dag, engine)
+
+
+def request_id(job_id: str, node_id: int, prompt_tokens: int) -> str:
+    """The engine request a node ran as (its first attempt): engine_client.RayEngineClient."""
+    return f"{job_id}-n{node_id}-{prompt_tokens}"
 
 
 def sequential_limit_s(dag: ThreadDAG, costs: EngineCosts, prompt_tokens: int) -> float:
@@ -150,6 +172,8 @@ class JobFigures:
     mean_sequential_limit_s: float
     parallel_efficiency: float  # limit / wall, over all jobs
     limit_speedup: float  # sequential limit / limit: what forking can buy on this engine
+    mean_overhead_s: float  # wall minus the engine's time on the critical path (overhead_s)
+    overhead_share: float  # of the wall time, over all jobs
 
 
 @dataclass
@@ -168,14 +192,16 @@ async def run_jobs(service, questions: list[task.Question]) -> list:
     return [await service.run(JobRequest(prompt=q.prompt)) for q in questions]
 
 
-def figures(name: str, records: list, costs: EngineCosts) -> JobFigures:
+def figures(name: str, records: list, costs: EngineCosts, log: dict[str, dict]) -> JobFigures:
     walls = [r.finished - r.started for r in records]
     dags = [ThreadDAG.from_dict(r.dag) for r in records]
     limits = [limit_s(d, costs) for d in dags]
     seq = [sequential_limit_s(d, costs, r.result["prompt_tokens"]) for d, r in zip(dags, records)]
+    over = [overhead_s(r, log) for r in records]
     n = len(records)
     return JobFigures(name, n, round(sum(walls) / n, 3), round(sum(limits) / n, 3), round(sum(seq) / n, 3),
-                      round(sum(limits) / sum(walls), 3), round(sum(seq) / sum(limits), 3))
+                      round(sum(limits) / sum(walls), 3), round(sum(seq) / sum(limits), 3),
+                      round(sum(over) / n, 4), round(sum(over) / sum(walls), 3))
 
 
 def splits(records: list, log: dict[str, dict]) -> list[NodeSplit]:
@@ -183,7 +209,7 @@ def splits(records: list, log: dict[str, dict]) -> list[NodeSplit]:
     rows: dict[str, list[tuple[float, ...]]] = {}
     for r in records:
         for n in r.dag["nodes"]:
-            e = log.get(f"{r.id}-n{n['id']}-{n['prompt_tokens']}")
+            e = log.get(request_id(r.id, n["id"], n["prompt_tokens"]))
             if e is None or n["tokens"] < 2:
                 continue
             rows.setdefault(n["kind"], []).append((
@@ -217,7 +243,7 @@ def main(argv=None) -> int:
         for name, qs in workloads.items():
             records = asyncio.run(run_jobs(service, qs))
             log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
-            rows.append({**asdict(figures(name, records, costs)),
+            rows.append({**asdict(figures(name, records, costs, log)),
                          "split": [asdict(s) for s in splits(records, log)]})
     finally:
         runtime.shutdown_actors(cfg)

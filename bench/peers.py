@@ -34,11 +34,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from bench.common import latency_figures, machine, run_concurrently
 from bench.parallel_vs_sequential import question_with
+from bench.peers_plot import plot
 from models import task
 from orchestrator.job import extract_answer
 from orchestrator.plan.formats import get_format
@@ -218,6 +220,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--port", type=int, default=8731)
     p.add_argument("--out", default="", help="also write the rows here (JSON)")
+    p.add_argument("--plot", default="", help="also plot them here (PNG: bench/peers_plot.py)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = load(overrides={"num_workers": 1, "port": args.port + 1})
@@ -236,6 +239,8 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+    if args.plot:
+        plot(rows, machine(), Path(args.plot))
     return 0
 
 

@@ -1,7 +1,9 @@
 """The engine-limit model of bench/engine_limit.py, on hand-built DAGs."""
+from types import SimpleNamespace
+
 import pytest
 
-from bench.engine_limit import EngineCosts, limit_s, sequential_limit_s, thread_seconds
+from bench.engine_limit import EngineCosts, limit_s, overhead_s, request_id, sequential_limit_s, thread_seconds
 from orchestrator.plan.dag import ThreadDAG
 
 COSTS = EngineCosts({1: 1.0, 2: 1.2, 4: 1.6}, prefill_s_per_token=0.01)
@@ -38,3 +40,15 @@ def test_the_limit_is_the_longest_path_with_prefills_and_shrinking_batches():
 
 def test_the_sequential_limit_decodes_every_token_at_batch_1():
     assert sequential_limit_s(fork_dag(), COSTS, prompt_tokens=20) == pytest.approx(20 * 0.01 + 25 * 1.0)
+
+
+def test_the_overhead_is_the_wall_time_past_the_engine_on_the_critical_path():
+    """Engine times from the worker's log: 1.0 (first segment), 0.3 and 0.5 (threads), 0.4 (the
+    segment after the join); the job took 2.5 s: 2.5 - (1.0 + 0.5 + 0.4) of it was Loom's."""
+    dag = fork_dag()
+    seconds = {0: 1.0, 1: 0.3, 2: 0.5, 4: 0.4}
+    assert [n.kind for n in dag.nodes] == ["segment", "thread", "thread", "join", "segment"]
+    log = {request_id("j", n.id, n.prompt_tokens): {"submitted": 10.0, "finished_at": 10.0 + seconds[n.id]}
+           for n in dag.nodes if n.id in seconds}
+    record = SimpleNamespace(id="j", dag=dag.to_dict(), started=100.0, finished=102.5)
+    assert overhead_s(record, log) == pytest.approx(2.5 - 1.9)
