@@ -33,7 +33,12 @@ def cpu_binds(cfg: LoomConfig) -> list[str]:
     cores = sorted(os.sched_getaffinity(0))
     if cfg.num_workers == 1 or cfg.worker_num_gpus > 0 or len(cores) < cfg.num_workers:
         return [""] * cfg.num_workers
-    return [",".join(map(str, cores[i::cfg.num_workers])) for i in range(cfg.num_workers)]
+    return even_split(cores, cfg.num_workers)
+
+
+def even_split(cores: list[int], n: int) -> list[str]:
+    """``cores`` dealt out to ``n`` engines in turn, each as a VLLM_CPU_OMP_THREADS_BIND list."""
+    return [",".join(map(str, cores[i::n])) for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,7 @@ def core_split(cfg: LoomConfig, cores: list[int]) -> CoreSplit | None:
     kept, rest = cores[:cfg.controller_cpus], cores[cfg.controller_cpus:]
     if len(rest) < cfg.num_workers:
         return None
-    n = cfg.num_workers
-    return CoreSplit(kept, [",".join(map(str, rest[i::n])) for i in range(n)])
+    return CoreSplit(kept, even_split(rest, cfg.num_workers))
 
 
 def pin_controller(cfg: LoomConfig) -> LoomConfig:
