@@ -63,7 +63,6 @@ class JobContext:
     emit: Callable[[str], None] | None = None
     prompt_len: int = 0
     main_ids: list[int] = field(default_factory=list)
-    ended: list[asyncio.Task] = field(default_factory=list)  # threads' end reports, done before the job closes
 
 
 class JobRunner:
@@ -109,7 +108,6 @@ class JobRunner:
         except Exception as e:  # noqa: BLE001 - a worker or engine failure: the job says so, never vanishes
             record.status, record.error = "failed", f"{type(e).__name__}: {e}"
         finally:
-            await asyncio.gather(*ctx.ended, return_exceptions=True)
             record.usage = await self.budget.close_job(record.id)
             record.dag = ctx.dag.to_dict()
             record.finished = time.time()
@@ -238,8 +236,8 @@ class JobRunner:
             with tracing.span("loom.thread", loom__thread__index=outline.id, loom__node=node.id,
                               loom__depth=node.depth):
                 ids, finish = await self.run_lane(ctx, sub, first=node)
-        finally:  # its slot is given back while the join goes on; the job closes after it
-            ctx.ended.append(asyncio.ensure_future(self.budget.end_thread(ctx.record.id)))
+        finally:
+            await self.budget.end_thread(ctx.record.id)
         return ThreadOutcome(outline, header, ids[len(base):], finish)
 
     def join_ids(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[ThreadOutcome]) -> list[int]:
