@@ -207,7 +207,7 @@ class RayEngineClient:
         raise AssertionError("unreachable")
 
     async def _place(self, ids: list[int]) -> Placement:
-        await self.refresh_loads(wait=not self.placer.reported())
+        await self.refresh_loads()
         while not self.placer.live():  # every worker down: wait for the first one back
             pending = [t for t in self.reviving.values() if _running_here(t)]
             if not pending:
@@ -292,16 +292,14 @@ class RayEngineClient:
             return
         log.error("worker %s did not come back in %.0f s", worker, REVIVE_TIMEOUT_S)
 
-    async def refresh_loads(self, wait: bool = True) -> None:
+    async def refresh_loads(self) -> None:
         """Each engine's load, if the last reports are older than LOAD_REFRESH_S; concurrent
-        callers share one refresh. ``wait=False`` only starts it: a placement that has a report
-        of every live worker uses those (and what it sent since) rather than wait a round trip."""
+        callers share one refresh."""
         if time.monotonic() - self._loads_at < LOAD_REFRESH_S:
             return
         if not _running_here(self._refresh):
             self._refresh = asyncio.ensure_future(self._fetch_loads())
-        if wait:
-            await asyncio.shield(self._refresh)
+        await asyncio.shield(self._refresh)
 
     async def _fetch_loads(self) -> None:
         names = [n for n in self.workers if n not in self.placer.down]

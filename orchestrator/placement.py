@@ -151,10 +151,6 @@ class Placer:
         sent = self.sent.get(worker, 0)
         self.sent[worker] = 0 if sent_before is None else max(0, sent - sent_before)
 
-    def reported(self) -> bool:
-        """Every live worker has reported its load at least once."""
-        return all(w in self.loads for w in self.live())
-
     def started(self, worker: str) -> None:
         self.sent[worker] = self.sent.get(worker, 0) + 1
 

@@ -85,7 +85,8 @@ async def test_the_coordinator_killed_mid_jobs_is_rebuilt_and_budgets_hold(servi
     records = await jobs
     assert [r.status for r in records] == ["done"] * 4, [r.error for r in records]
     assert [r.result["text"] for r in records] == reference
-    assert all(r.usage["tokens"] == r.result["total_tokens"] for r in records)  # every token charged once
+    assert all(r.usage["tokens"] == r.result["total_tokens"] for r in records), \
+        [(r.usage["tokens"], r.result["total_tokens"], r.usage["per_thread"]) for r in records]  # charged once
     assert await coordinator.pid.remote() != pid
     view = await coordinator.cluster.remote()
     assert view["jobs"] == 0 and view["threads_in_flight"] == 0  # the rebuilt ledger closed out clean
@@ -113,7 +114,8 @@ def test_a_redis_outage_refuses_new_work_with_503_and_loses_nothing(serve_url, l
             time.sleep(4)
             redis_server.start()  # same port and directory: the AOF brings back what was written
             final = {i: final_record(client, i) for i in ids}
-        assert {rec["status"] for rec in final.values()} == {"done"}, final
+        assert {rec["status"] for rec in final.values()} == {"done"}, \
+            {i: (rec["status"], rec.get("error"), rec.get("notes")) for i, rec in final.items()}
     finally:
         serve.delete("loom-blip")
 

@@ -74,8 +74,7 @@ def test_requests_sent_since_the_last_report_count_as_load_until_the_next():
 
 
 def test_a_report_counts_only_what_was_sent_before_it_was_asked_for():
-    """The placement does not wait for a refresh: requests sent while a report is on its way
-    are not in it, and still count as load after it."""
+    """Requests sent while a report is on its way are not in it, and still count as load after it."""
     p = placer({}, {"w0": 0, "w1": 0})
     p.started("w0")
     asked_at = p.sent["w0"]  # the refresh asks now; two more go out before the answer
@@ -92,14 +91,6 @@ def test_a_request_that_ended_since_the_last_report_no_longer_counts():
     assert p.place(PROMPT).worker == "w1"
     p.finished("w0", 64)
     assert p.active("w0") == 0 and p.place(PROMPT).worker == "w0"
-
-
-def test_a_placement_waits_for_loads_only_until_every_live_worker_has_reported():
-    p = Placer(["w0", "w1"], Holdings({}), {"w0": CPU, "w1": CPU})
-    p.report("w0", EngineLoad())
-    assert not p.reported()
-    p.down.add("w1")  # a lost worker is not waited for
-    assert p.reported()
 
 
 def test_expected_output_follows_what_requests_generated():
