@@ -87,17 +87,28 @@ class JobUsage:
     in_flight: int = 0
     per_thread: dict[str, int] = field(default_factory=dict)
     leased: dict[str, int] = field(default_factory=dict)  # node -> tokens granted, not yet reported used
+    reports: dict[str, int] = field(default_factory=dict)  # node -> usage reports charged (numbered by the driver)
     exhausted: str = ""
 
     @property
     def remaining(self) -> int:
         return self.budget.max_total_tokens - self.tokens
 
-    def spend(self, node: str, used: int) -> None:
-        """Tokens a thread reports used: charged, and taken off what it had leased."""
+    def spend(self, node: str, used: int, report: int = 0) -> None:
+        """Tokens a thread reports used: charged, and taken off what it had leased. ``report``
+        numbers the node's reports (0: unnumbered): one already charged is not charged again
+        (a call Ray retried on a restarted coordinator that the driver's restored account holds)."""
+        if report and report <= self.reports.get(node, 0):
+            return
+        if report:
+            self.reports[node] = report
         self.tokens += used
         self.per_thread[node] = self.per_thread.get(node, 0) + used
         self.leased[node] = max(0, self.leased.get(node, 0) - used)
+
+    def next_report(self, node: str) -> int:
+        """The number of the node's next usage report."""
+        return self.reports.get(node, 0) + 1
 
 
 @dataclass(frozen=True)
@@ -165,14 +176,15 @@ class Ledger:
         job = self._job(job_id)
         job.in_flight = max(0, job.in_flight - 1)
 
-    def lease(self, job_id: str, node: str, used: int, want: int, now: float) -> Lease:
+    def lease(self, job_id: str, node: str, used: int, want: int, now: float, report: int = 0) -> Lease:
         """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
         is neither used nor leased to other threads (at most an even share of it per thread in
         flight), and returns what it now holds. None, with the reason, once the job is
         exhausted: its deadline passed, or the thread has used its lease and none is left to
-        grant (a thread asking ahead, with some of its lease left, just gets none for now)."""
+        grant (a thread asking ahead, with some of its lease left, just gets none for now).
+        ``report`` numbers the usage report (JobUsage.spend)."""
         job = self._job(job_id)
-        job.spend(node, used)
+        job.spend(node, used, report)
         free = job.remaining - sum(job.leased.values())
         if free <= 0 and job.leased[node] == 0:  # it needs tokens; none are left
             self._exhaust(job, f"token budget exhausted ({job.tokens} used, {job.remaining - free} leased, "
@@ -184,12 +196,12 @@ class Ledger:
         job.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
         return Lease(job.leased[node])
 
-    def settle(self, job_id: str, node: str, used: int, now: float) -> str:
+    def settle(self, job_id: str, node: str, used: int, now: float, report: int = 0) -> str:
         """A request has ended: its last ``used`` tokens are charged and its lease given back.
         Returns why the job must stop ("" if it may go on): it has used every token, or its
-        deadline passed."""
+        deadline passed. ``report`` numbers the usage report (JobUsage.spend)."""
         job = self._job(job_id)
-        job.spend(node, used)
+        job.spend(node, used, report)
         job.leased.pop(node, None)
         if job.remaining <= 0:
             self._exhaust(job, f"token budget exhausted ({job.tokens}/{job.budget.max_total_tokens})")

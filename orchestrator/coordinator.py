@@ -42,11 +42,11 @@ class Coordinator:
     def end_thread(self, job_id: str) -> None:
         self.ledger.end_thread(job_id)
 
-    def lease(self, job_id: str, node: str, used: int, want: int, now: float) -> Lease:
-        return self.ledger.lease(job_id, node, used, want, now)
+    def lease(self, job_id: str, node: str, used: int, want: int, now: float, report: int = 0) -> Lease:
+        return self.ledger.lease(job_id, node, used, want, now, report)
 
-    def settle(self, job_id: str, node: str, used: int, now: float) -> str:
-        return self.ledger.settle(job_id, node, used, now)
+    def settle(self, job_id: str, node: str, used: int, now: float, report: int = 0) -> str:
+        return self.ledger.settle(job_id, node, used, now, report)
 
     def cluster(self) -> dict:
         return self.ledger.cluster()

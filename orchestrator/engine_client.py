@@ -139,19 +139,21 @@ class RayBudgetClient:
 
     async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease:
         account = self.accounts[job_id]
-        account.spend(node, used)
+        report = account.next_report(node)  # numbered: Ray may retry it after our restore
+        account.spend(node, used, report)
         now = time.time()  # restored with these tokens used: report none, only ask for the lease
-        grant = await self._call("lease", job_id, node, used, want, now, again=(node, 0, want, now))
+        grant = await self._call("lease", job_id, node, used, want, now, report, again=(node, 0, want, now))
         account.leased[node] = grant.tokens
         account.exhausted = grant.stop
         return grant
 
     async def settle(self, job_id: str, node: str, used: int) -> str:
         account = self.accounts[job_id]
-        account.spend(node, used)
+        report = account.next_report(node)
+        account.spend(node, used, report)
         account.leased.pop(node, None)
         now = time.time()  # restored: settled; only ask whether the job must stop
-        account.exhausted = await self._call("settle", job_id, node, used, now, again=(node, 0, now))
+        account.exhausted = await self._call("settle", job_id, node, used, now, report, again=(node, 0, now))
         return account.exhausted
 
 

@@ -127,3 +127,18 @@ def test_a_request_that_ends_on_the_last_token_of_the_budget_stops_the_job():
     assert led.settle("j", "n1", 0, 1.0) == ""
     assert led.settle("j", "n0", 60, 1.0) == "token budget exhausted (60/60)"
     assert ledger(deadline_s=10).settle("j", "n0", 5, 11.0) == "deadline of 10s passed"
+
+
+def test_a_numbered_report_is_charged_once():
+    """A report Ray retries on a restarted coordinator, after the driver gave back an account
+    that already holds it, is not charged again; the next report is."""
+    led = ledger(max_total_tokens=100)
+    led.start_threads("j", 1)
+    led.lease("j", "n1", 0, 64, 0.0, report=1)
+    led.lease("j", "n1", 22, 64, 0.0, report=2)
+    fresh = Ledger(max_threads_in_flight=8)
+    fresh.restore("j", led.jobs["j"])
+    fresh.lease("j", "n1", 22, 64, 0.0, report=2)  # the retried call
+    assert fresh.remaining("j") == 78
+    fresh.settle("j", "n1", 5, 0.0, report=3)
+    assert fresh.remaining("j") == 73 and fresh.jobs["j"].per_thread == {"n1": 27}
