@@ -1,7 +1,8 @@
 """The compute budget: a ledger per job and one for the cluster. Plain Python, no Ray.
 
-The coordinator actor (coordinator.py) wraps one ``Ledger``; every decision is made here so
-that the policy is tested deterministically (time is passed in, never read).
+The coordinator actor (coordinator.py) wraps one ``Ledger``, and each job's driver keeps an exact
+copy of its jobs' accounts (``JobUsage``) that answers leases and settles the same way; every
+decision is made here so that the policy is tested deterministically (time is passed in, never read).
 - admit_fork: width w <= N from the job's max width and the cluster's free thread slots;
   the N - w others run in later waves, never dropped. A fork past max depth, max fork
   rounds, or without tokens for every thread is refused: the model goes on sequentially.
@@ -87,28 +88,87 @@ class JobUsage:
     in_flight: int = 0
     per_thread: dict[str, int] = field(default_factory=dict)
     leased: dict[str, int] = field(default_factory=dict)  # node -> tokens granted, not yet reported used
-    reports: dict[str, int] = field(default_factory=dict)  # node -> usage reports charged (numbered by the driver)
+    calls: int = 0  # the driver's calls applied (BudgetCall.seq)
     exhausted: str = ""
 
     @property
     def remaining(self) -> int:
         return self.budget.max_total_tokens - self.tokens
 
-    def spend(self, node: str, used: int, report: int = 0) -> None:
-        """Tokens a thread reports used: charged, and taken off what it had leased. ``report``
-        numbers the node's reports (0: unnumbered): one already charged is not charged again
-        (a call Ray retried on a restarted coordinator that the driver's restored account holds)."""
-        if report and report <= self.reports.get(node, 0):
-            return
-        if report:
-            self.reports[node] = report
+    def spend(self, node: str, used: int) -> None:
+        """Tokens a thread reports used: charged, and taken off what it had leased."""
         self.tokens += used
         self.per_thread[node] = self.per_thread.get(node, 0) + used
         self.leased[node] = max(0, self.leased.get(node, 0) - used)
 
-    def next_report(self, node: str) -> int:
-        """The number of the node's next usage report."""
-        return self.reports.get(node, 0) + 1
+    def apply(self, call: BudgetCall) -> Lease | str | None:
+        """A driver's call, in its order: a lease's grant, a settle's verdict, or None (threads
+        counted, or a call this account already holds: Ray retried it on a restarted coordinator
+        that the driver's restore had already brought up to date)."""
+        if call.seq <= self.calls:
+            return None
+        self.calls = call.seq
+        if call.kind == "lease":
+            return self.lease(call.node, call.used, call.want, call.now)
+        if call.kind == "settle":
+            return self.settle(call.node, call.used, call.now)
+        if call.kind != "threads":
+            raise BudgetError(f"unknown budget call {call.kind!r}")
+        self.in_flight = max(0, self.in_flight + call.threads)
+        return None
+
+    def lease(self, node: str, used: int, want: int, now: float) -> Lease:
+        """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
+        is neither used nor leased to other threads (at most an even share of it per thread in
+        flight), and returns what it now holds. None, with the reason, once the job is
+        exhausted: its deadline passed, or the thread has used its lease and none is left to
+        grant (a thread asking ahead, with some of its lease left, just gets none for now)."""
+        self.spend(node, used)
+        free = self.remaining - sum(self.leased.values())
+        if free <= 0 and self.leased.setdefault(node, 0) == 0:  # it needs tokens; none are left
+            self.exhaust(f"token budget exhausted ({self.tokens} used, {self.remaining - free} leased, "
+                         f"of {self.budget.max_total_tokens})")
+        self.check_deadline(now)
+        if self.exhausted:
+            return Lease(0, self.exhausted)
+        share = -(-free // max(1, self.in_flight))  # an even share of what is left per running thread
+        self.leased[node] = self.leased.get(node, 0) + max(0, min(want, share))  # none now, while it still has some
+        return Lease(self.leased[node])
+
+    def settle(self, node: str, used: int, now: float) -> str:
+        """A request has ended: its last ``used`` tokens are charged and its lease given back.
+        Returns why the job must stop ("" if it may go on): it has used every token, or its
+        deadline passed."""
+        self.spend(node, used)
+        self.leased.pop(node, None)
+        if self.remaining <= 0:
+            self.exhaust(f"token budget exhausted ({self.tokens}/{self.budget.max_total_tokens})")
+        self.check_deadline(now)
+        return self.exhausted
+
+    def exhaust(self, why: str) -> None:
+        self.exhausted = self.exhausted or why
+
+    def check_deadline(self, now: float) -> None:
+        if now - self.opened_at > self.budget.deadline_s:
+            self.exhaust(f"deadline of {self.budget.deadline_s}s passed")
+
+
+@dataclass(frozen=True)
+class BudgetCall:
+    """A call on a job's account that its driver has answered from its own copy, sent for the
+    coordinator's ledger to apply in the same order. ``seq`` numbers the job's calls (0 for
+    ``open_job``): one the account already holds is skipped."""
+
+    job_id: str
+    seq: int
+    kind: str  # "open_job", "lease", "settle", or "threads" (started: > 0, one ended: -1)
+    now: float
+    node: str = ""
+    used: int = 0
+    want: int = 0
+    threads: int = 0
+    budget: JobBudget | None = None  # open_job
 
 
 @dataclass(frozen=True)
@@ -176,45 +236,28 @@ class Ledger:
         job = self._job(job_id)
         job.in_flight = max(0, job.in_flight - 1)
 
-    def lease(self, job_id: str, node: str, used: int, want: int, now: float, report: int = 0) -> Lease:
-        """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
-        is neither used nor leased to other threads (at most an even share of it per thread in
-        flight), and returns what it now holds. None, with the reason, once the job is
-        exhausted: its deadline passed, or the thread has used its lease and none is left to
-        grant (a thread asking ahead, with some of its lease left, just gets none for now).
-        ``report`` numbers the usage report (JobUsage.spend)."""
-        job = self._job(job_id)
-        job.spend(node, used, report)
-        free = job.remaining - sum(job.leased.values())
-        if free <= 0 and job.leased[node] == 0:  # it needs tokens; none are left
-            self._exhaust(job, f"token budget exhausted ({job.tokens} used, {job.remaining - free} leased, "
-                               f"of {job.budget.max_total_tokens})")
-        self._check_deadline(job, now)
-        if job.exhausted:
-            return Lease(0, job.exhausted)
-        share = -(-free // max(1, job.in_flight))  # an even share of what is left per running thread
-        job.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
-        return Lease(job.leased[node])
+    def lease(self, job_id: str, node: str, used: int, want: int, now: float) -> Lease:
+        """JobUsage.lease on the job's account."""
+        return self._job(job_id).lease(node, used, want, now)
 
-    def settle(self, job_id: str, node: str, used: int, now: float, report: int = 0) -> str:
-        """A request has ended: its last ``used`` tokens are charged and its lease given back.
-        Returns why the job must stop ("" if it may go on): it has used every token, or its
-        deadline passed. ``report`` numbers the usage report (JobUsage.spend)."""
-        job = self._job(job_id)
-        job.spend(node, used, report)
-        job.leased.pop(node, None)
-        if job.remaining <= 0:
-            self._exhaust(job, f"token budget exhausted ({job.tokens}/{job.budget.max_total_tokens})")
-        self._check_deadline(job, now)
-        return job.exhausted
+    def settle(self, job_id: str, node: str, used: int, now: float) -> str:
+        """JobUsage.settle on the job's account."""
+        return self._job(job_id).settle(node, used, now)
 
-    @staticmethod
-    def _exhaust(job: JobUsage, why: str) -> None:
-        job.exhausted = job.exhausted or why
-
-    def _check_deadline(self, job: JobUsage, now: float) -> None:
-        if now - job.opened_at > job.budget.deadline_s:
-            self._exhaust(job, f"deadline of {job.budget.deadline_s}s passed")
+    def apply(self, calls: list[BudgetCall]) -> list[str]:
+        """A driver's calls, in its order (each already answered by its copy of the account): per
+        call "" or why it was not applied (the ledger does not know the job: restarted)."""
+        errors = []
+        for call in calls:
+            if call.kind == "open_job":
+                self.open_job(call.job_id, call.budget, call.now)
+            elif call.job_id in self.jobs:
+                self.jobs[call.job_id].apply(call)
+            else:
+                errors.append(f"job {call.job_id!r} is not open in the ledger")
+                continue
+            errors.append("")
+        return errors
 
     def remaining(self, job_id: str) -> int:
         return self._job(job_id).remaining

@@ -1,8 +1,10 @@
 """The coordinator: one Ray actor holding the cluster's budget ledger (rebuilt after a restart).
 
-Every job opens an account here; forks are admitted, tokens leased and charged, and threads counted
-through it, so the cluster-wide cap on threads in flight holds across all replicas of the
-ingress. The policy itself lives in ``orchestrator.budget.Ledger`` (plain, unit-tested).
+Every job opens an account here and forks are admitted through it, so the cluster-wide cap on
+threads in flight holds across all replicas of the ingress. Tokens are leased and charged, and
+threads counted, by each job's driver on its own exact copy of the account; the driver sends each
+such call here too, in order, and this ledger comes to the same answers (RayBudgetClient). The
+policy itself lives in ``orchestrator.budget`` (plain, unit-tested).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import os
 
 import ray
 
-from orchestrator.budget import Admission, JobBudget, JobUsage, Lease, Ledger
+from orchestrator.budget import Admission, BudgetCall, JobUsage, Ledger
 
 COORDINATOR_NAME = "loom-coordinator"
 NAMESPACE = "loom"
@@ -23,9 +25,6 @@ class Coordinator:
     def __init__(self, max_threads_in_flight: int = 64):
         self.ledger = Ledger(max_threads_in_flight)
 
-    def open_job(self, job_id: str, budget: JobBudget, now: float) -> None:
-        self.ledger.open_job(job_id, budget, now)
-
     def close_job(self, job_id: str) -> dict:
         return self.ledger.close_job(job_id)
 
@@ -36,17 +35,8 @@ class Coordinator:
     def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
         return self.ledger.admit_fork(job_id, n, depth, now)
 
-    def start_threads(self, job_id: str, k: int) -> None:
-        self.ledger.start_threads(job_id, k)
-
-    def end_thread(self, job_id: str) -> None:
-        self.ledger.end_thread(job_id)
-
-    def lease(self, job_id: str, node: str, used: int, want: int, now: float, report: int = 0) -> Lease:
-        return self.ledger.lease(job_id, node, used, want, now, report)
-
-    def settle(self, job_id: str, node: str, used: int, now: float, report: int = 0) -> str:
-        return self.ledger.settle(job_id, node, used, now, report)
+    def apply(self, calls: list[BudgetCall]) -> list[str]:
+        return self.ledger.apply(calls)
 
     def cluster(self) -> dict:
         return self.ledger.cluster()

@@ -17,7 +17,7 @@ from typing import Protocol
 from ray.exceptions import RayActorError
 
 from orchestrator import tracing
-from orchestrator.budget import Admission, BudgetError, JobBudget, JobUsage, Lease, Ledger
+from orchestrator.budget import Admission, BudgetCall, BudgetError, JobBudget, JobUsage, Lease, Ledger
 from orchestrator.generation import (
     PULLED_KEY,
     Decode,
@@ -90,71 +90,102 @@ class LocalBudgetClient:
 class RayBudgetClient:
     """The coordinator actor (orchestrator/coordinator.py) behind ``BudgetClient``.
 
-    It keeps its own copy of each open job's account (tokens, forks, threads in flight), updated
-    with every call: when the coordinator has restarted and no longer knows a job, the client
-    gives all its accounts back (``restore``) and repeats the call, so budgets and the
-    cluster-wide thread count survive the restart."""
+    Only one driver spends a job's tokens, so the driver keeps an exact copy of each open job's
+    account and answers leases and settles itself, with the ledger's own policy
+    (``JobUsage.apply``); those calls, like opening a job and counting its threads, are numbered
+    and sent to the coordinator without waiting, the calls of one pass of the event loop as one
+    batch. Ray runs one caller's calls to an actor in the order they were sent, so the
+    coordinator's ledger applies the same calls in the same order, comes to the same answers, and
+    has them all before the driver's next admission, the one call that waits (it needs the
+    cluster's free thread slots). When the coordinator has restarted and no longer knows a job,
+    the client gives all its accounts back (``restore``): budgets and the cluster-wide thread
+    count survive the restart, and a call Ray retries after the restore is skipped by its number."""
 
     def __init__(self, handle):
         self.handle = handle
         self.accounts: dict[str, JobUsage] = {}
-
-    async def _call(self, method: str, job_id: str, *args, again: tuple | None = None):
-        """The coordinator's answer; after a restart, our accounts are given back first and the
-        call is made ``again`` (its arguments for the restored ledger; None: the restored account
-        already holds the call's effect, as our copy is updated before the call)."""
-        try:
-            return await getattr(self.handle, method).remote(job_id, *args)
-        except BudgetError as e:  # raised in the coordinator: it does not know the job
-            if job_id not in self.accounts or "is not open" not in str(e):
-                raise
-        await self.handle.restore.remote(dict(self.accounts))
-        return None if again is None else await getattr(self.handle, method).remote(job_id, *again)
+        self.outbox: list[BudgetCall] = []  # posted, not yet sent
+        self.sent: dict[str, set[asyncio.Task]] = {}  # per job: batches sent, not yet applied
+        self.missed: set[str] = set()  # jobs with a batch the coordinator may not have applied
 
     async def open_job(self, job_id: str, budget: JobBudget) -> None:
         now = time.time()
         self.accounts[job_id] = JobUsage(budget, now)
-        await self._call("open_job", job_id, budget, now)  # restored: opened
+        self._post(BudgetCall(job_id, 0, "open_job", now, budget=budget))
 
     async def close_job(self, job_id: str) -> dict:
-        """The job's usage; our own copy where a restarted coordinator never saw the job again."""
+        """The job's usage, once the coordinator has every call; our own copy where it may have
+        missed one, or restarted and never saw the job again."""
+        self._flush()
+        await asyncio.gather(*self.sent.pop(job_id, set()))
         account = self.accounts.pop(job_id, None)
         usage = await self.handle.close_job.remote(job_id)
-        return usage or (Ledger.usage_dict(account) if account else {})
+        if account is not None and (not usage or job_id in self.missed):
+            usage = Ledger.usage_dict(account)
+        self.missed.discard(job_id)
+        return usage
 
     async def admit_fork(self, job_id: str, n: int, depth: int) -> Admission:
+        self._flush()  # the coordinator applies what was posted first
         now = time.time()
-        adm = await self._call("admit_fork", job_id, n, depth, now, again=(n, depth, now))
+        try:
+            adm = await self.handle.admit_fork.remote(job_id, n, depth, now)
+        except BudgetError as e:  # raised in the coordinator: it does not know the job
+            if job_id not in self.accounts or "is not open" not in str(e):
+                raise
+            await self._restore()
+            adm = await self.handle.admit_fork.remote(job_id, n, depth, now)
         self.accounts[job_id].forks += adm.admitted
         return adm
 
     async def start_threads(self, job_id: str, k: int) -> None:
-        self.accounts[job_id].in_flight += k
-        await self._call("start_threads", job_id, k)
+        self._mirror(job_id, "threads", threads=k)
 
     async def end_thread(self, job_id: str) -> None:
-        account = self.accounts[job_id]
-        account.in_flight = max(0, account.in_flight - 1)
-        await self._call("end_thread", job_id)
+        self._mirror(job_id, "threads", threads=-1)
 
     async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease:
-        account = self.accounts[job_id]
-        report = account.next_report(node)  # numbered: Ray may retry it after our restore
-        account.spend(node, used, report)
-        now = time.time()  # restored with these tokens used: report none, only ask for the lease
-        grant = await self._call("lease", job_id, node, used, want, now, report, again=(node, 0, want, now))
-        account.leased[node] = grant.tokens
-        account.exhausted = grant.stop
-        return grant
+        return self._mirror(job_id, "lease", node=node, used=used, want=want)
 
     async def settle(self, job_id: str, node: str, used: int) -> str:
+        return self._mirror(job_id, "settle", node=node, used=used)
+
+    def _mirror(self, job_id: str, kind: str, **fields):
+        """The call applied to our copy of the account (its answer returned), then posted."""
         account = self.accounts[job_id]
-        report = account.next_report(node)
-        account.spend(node, used, report)
-        account.leased.pop(node, None)
-        now = time.time()  # restored: settled; only ask whether the job must stop
-        account.exhausted = await self._call("settle", job_id, node, used, now, report, again=(node, 0, now))
-        return account.exhausted
+        call = BudgetCall(job_id, account.calls + 1, kind, time.time(), **fields)
+        answer = account.apply(call)
+        self._post(call)
+        return answer
+
+    def _post(self, call: BudgetCall) -> None:
+        self.outbox.append(call)
+        if len(self.outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Sends what was posted, as one call."""
+        calls, self.outbox = self.outbox, []
+        if not calls:
+            return
+        task = asyncio.ensure_future(self._applied(self.handle.apply.remote(calls), calls))
+        for job_id in {c.job_id for c in calls}:
+            pending = self.sent.setdefault(job_id, set())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    async def _applied(self, ref, calls: list[BudgetCall]) -> None:
+        try:
+            errors = await ref
+        except Exception:  # nobody waits on a batch: logged, and its jobs' usage comes from our copies
+            log.exception("the coordinator did not apply %d budget calls", len(calls))
+            self.missed.update(c.job_id for c in calls)
+            return
+        if any(errors):  # a restarted coordinator: our accounts already hold these calls
+            await self._restore()
+
+    async def _restore(self) -> None:
+        await self.handle.restore.remote(dict(self.accounts))
 
 
 class RayEngineClient:
@@ -209,7 +240,8 @@ class RayEngineClient:
         raise AssertionError("unreachable")
 
     async def _place(self, ids: list[int]) -> Placement:
-        await self.refresh_loads()
+        if len(self.placer.live()) != 1:  # with one live worker there is no choice to make
+            await self.refresh_loads()
         while not self.placer.live():  # every worker down: wait for the first one back
             pending = [t for t in self.reviving.values() if _running_here(t)]
             if not pending:
@@ -337,9 +369,10 @@ class RayEngineClient:
                 progress.cached_tokens = max(progress.cached_tokens, chunk.cached_tokens)
                 relay.send(chunk.token_ids)
                 await lease.spend(len(chunk.token_ids))
-                if chunk.finished:
+                if chunk.finished:  # not waiting for the stream's end to be signalled: a round trip
                     result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
                     progress.prefix = self._pulled(chunk.kv_params, progress)
+                    break
         result.token_ids = out
         return result
 

@@ -2,6 +2,7 @@
 ends), and for any condition."""
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -30,3 +31,13 @@ def wait_until(cond, timeout: float, every: float = 0.05) -> None:
             return
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+async def until(cond, timeout: float, what: str) -> float:
+    """Seconds until ``await cond()`` is true; fails the test, naming ``what``, if not within ``timeout``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if await cond():
+            return time.monotonic() - t0
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout} s")

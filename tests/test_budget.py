@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.budget import BudgetError, JobBudget, Lease, Ledger
+from orchestrator.budget import BudgetCall, BudgetError, JobBudget, JobUsage, Lease, Ledger
 
 
 def ledger(**budget):
@@ -129,16 +129,28 @@ def test_a_request_that_ends_on_the_last_token_of_the_budget_stops_the_job():
     assert ledger(deadline_s=10).settle("j", "n0", 5, 11.0) == "deadline of 10s passed"
 
 
-def test_a_numbered_report_is_charged_once():
-    """A report Ray retries on a restarted coordinator, after the driver gave back an account
-    that already holds it, is not charged again; the next report is."""
-    led = ledger(max_total_tokens=100)
-    led.start_threads("j", 1)
-    led.lease("j", "n1", 0, 64, 0.0, report=1)
-    led.lease("j", "n1", 22, 64, 0.0, report=2)
-    fresh = Ledger(max_threads_in_flight=8)
-    fresh.restore("j", led.jobs["j"])
-    fresh.lease("j", "n1", 22, 64, 0.0, report=2)  # the retried call
-    assert fresh.remaining("j") == 78
-    fresh.settle("j", "n1", 5, 0.0, report=3)
-    assert fresh.remaining("j") == 73 and fresh.jobs["j"].per_thread == {"n1": 27}
+def test_a_drivers_calls_applied_in_order_give_the_drivers_answers_and_a_retried_one_is_skipped():
+    """The driver answers from its copy (JobUsage.apply) and the ledger applies the same numbered
+    calls; one Ray retries on a restarted ledger that the driver's restore already brought up to
+    date is skipped, and the next one is applied."""
+    copy = JobUsage(JobBudget(max_total_tokens=100), opened_at=0.0)
+    calls = [BudgetCall("j", 1, "threads", 0.0, threads=2), BudgetCall("j", 2, "lease", 0.0, node="n1", want=64),
+             BudgetCall("j", 3, "lease", 0.0, node="n2", want=64),
+             BudgetCall("j", 4, "settle", 0.0, node="n1", used=22), BudgetCall("j", 5, "threads", 0.0, threads=-1)]
+    answers = [copy.apply(c) for c in calls]
+    assert answers == [None, Lease(50), Lease(25), "", None]  # n2: a share of the 50 n1 does not hold
+    led = Ledger(max_threads_in_flight=8)
+    assert led.apply([BudgetCall("j", 0, "open_job", 0.0, budget=copy.budget), *calls]) == [""] * 6
+    assert led.usage("j") == Ledger.usage_dict(copy) and led.in_flight == 1
+    fresh = Ledger(max_threads_in_flight=8)  # restarted: knows no job until the driver restores
+    assert fresh.apply(calls[-1:]) == ["job 'j' is not open in the ledger"]
+    fresh.restore("j", copy)
+    fresh.apply(calls[-2:])  # retried by Ray after the restore
+    assert fresh.remaining("j") == 78 and fresh.in_flight == 1
+    fresh.apply([BudgetCall("j", 6, "settle", 0.0, node="n2", used=5)])
+    assert fresh.remaining("j") == 73 and fresh.jobs["j"].per_thread == {"n1": 22, "n2": 5}
+
+
+def test_an_unknown_budget_call_is_named():
+    with pytest.raises(BudgetError, match="unknown budget call 'grant'"):
+        JobUsage(JobBudget(), 0.0).apply(BudgetCall("j", 1, "grant", 0.0))

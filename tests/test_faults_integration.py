@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 import ray
-from polling import final_record
+from polling import final_record, until
 from redis_server import redis_server  # noqa: F401  (fixture)
 
 from models.task import Question, Term
@@ -25,15 +25,6 @@ RECOVERY_BOUND_S = 240  # a killed worker's engine is back (restarted, loaded, m
 
 async def run_all(service, questions):
     return await asyncio.gather(*(service.run(JobRequest(prompt=q.prompt)) for q in questions))
-
-
-async def until(cond, timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if await cond():
-            return time.monotonic() - t0
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout} s")
 
 
 async def test_a_worker_killed_mid_thread_loses_no_job_and_comes_back(service, runner):
