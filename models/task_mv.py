@@ -15,7 +15,8 @@ For ``Q: 345*67+89+12*3`` the product ``a 345*67`` works in its path:
   (the tens digit's partial product, shifted), so the conclusion only adds;
 - the conclusion ``a:<a1>+<a2>=<a>`` (a colon, so ``a=`` stays a unique key), then, after
   ``</Parallel>``, the path's result ``a=<a>``;
-and the outer block's conclusion holds the running total, one line per term, as in task.py.
+and the outer block's conclusion holds the running total, one line per term, as in task.py,
+then ``A=`` and the total forwards (``A=023555``), which ``A: 23555`` copies.
 Values are reversed and zero-padded to six digits (5 * 999 * 99 < 10**6). Multiverse writes
 ``Let's think in parallel.`` before each block; this model does not (it would only cost tokens).
 """
@@ -107,7 +108,10 @@ def _path_samples(context: str, outlines: list[Outline], bodies: list[str]) -> t
 
 
 def sum_lines(values: list[int]) -> str:
-    return task.sum_lines(values, rev)
+    """task.py's running total, then ``A=`` and the total written forwards, zero-padded: the
+    reversal happens next to the last total, and the answer line only copies it forwards
+    without the leading zeros."""
+    return task.sum_lines(values, rev) + f"\nA={str(sum(values)).rjust(WIDTH, '0')}"
 
 
 def term_lines(q: Question, inline: bool) -> Work:

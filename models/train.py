@@ -44,12 +44,14 @@ class Recipe:
     product_p: float = 0.0  # > 0: each term is a product with this probability (else: uniform count)
     digit_weights: str = ""  # draw weights of 1..3 digits per term ("": uniform)
     sum_loss_weight: float = 1.0  # loss weight of the running-total lines' tokens (the copies)
+    copy_loss_weight: float = 1.0  # loss weight of the terms copied from the question and the outlines
     init: str = ""  # a saved model to start from ("": random weights)
     task: str = "threadweaver"  # the plan format of the traces: threadweaver (models/task.py) or multiverse
     two_digit_p: float = 0.5  # multiverse: a product's multiplier has two digits with this probability
     max_len: int = 1024  # the model's max positions
     autocast: str = ""  # "bfloat16": bf16 autocast (fast only on CPUs with bf16 units); "": float32
     threads: int = 2
+    compile: bool = False  # torch.compile the forward (dynamic shapes): about 16% more tokens/s here
 
 
 def model_config(r: Recipe, vocab: int, tok):
@@ -83,7 +85,10 @@ def question(r: Recipe, rng: random.Random) -> task.Question:
     return task.random_question(rng, ints(r.term_weights), r.product_p or None, ints(r.digit_weights))
 
 
-SUM_LINE = re.compile(r"[a-e][=:]\d+\+\d+=\d+")  # running totals, and Multiverse's nested conclusions
+# running totals, Multiverse's nested conclusions and its forward total
+SUM_LINE = re.compile(r"[a-e][=:]\d+\+\d+=\d+|A=\d+")
+# a term copied from the question or from an outline: ``b 89``, ``a 345*67``, ``a1 345*7``
+COPY = re.compile(r"\b[a-e]\d? \d+(?:\*\d+)?")
 
 
 @dataclass
@@ -93,11 +98,14 @@ class Example:
     weights: list[float]  # per-token loss weight
 
 
-def encode(tok, context: str, completion: str, sum_weight: float) -> Example:
+def encode(tok, context: str, completion: str, sum_weight: float, copy_weight: float = 1.0) -> Example:
     ctx = tok.encode(context).ids  # starts with <s>
     comp = tok.encode(completion, add_special_tokens=False)
-    spans = [m.span() for m in SUM_LINE.finditer(completion)]
-    weights = [sum_weight if any(a <= start < b for a, b in spans) else 1.0 for start, _ in comp.offsets]
+    by_char = [1.0] * len(completion)
+    for pattern, w in ((COPY, copy_weight), (SUM_LINE, sum_weight)):
+        for m in pattern.finditer(completion):
+            by_char[m.start():m.end()] = [w] * (m.end() - m.start())
+    weights = [by_char[start] for start, _ in comp.offsets]
     return Example(ctx + comp.ids, [IGNORE] * len(ctx) + comp.ids, [0.0] * len(ctx) + weights)
 
 
@@ -112,7 +120,7 @@ def batches(tok, r: Recipe, rng: random.Random):
         pool = []
         while len(pool) < r.batch * 16:
             for ctx, comp in examples(question(r, rng), r, rng):
-                pool.append(encode(tok, ctx, comp, r.sum_loss_weight))
+                pool.append(encode(tok, ctx, comp, r.sum_loss_weight, r.copy_loss_weight))
         pool.sort(key=lambda e: len(e.ids))
         chunks = [pool[i:i + r.batch] for i in range(0, len(pool), r.batch)]
         rng.shuffle(chunks)
@@ -153,6 +161,7 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
     model = LlamaForCausalLM.from_pretrained(r.init) if r.init else LlamaForCausalLM(model_config(r, vocab, tok))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"params {n_params / 1e6:.2f}M", flush=True)
+    forward = torch.compile(model, dynamic=True) if r.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay, betas=(0.9, 0.98))
     start, tokens, step = time.time(), 0, 0
     model.train()
@@ -163,7 +172,7 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, r, elapsed)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.autocast == "bfloat16"):
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = forward(input_ids=ids, attention_mask=mask).logits
         loss = weighted_loss(logits, labels, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -195,13 +204,20 @@ def save(model, tok, out: Path) -> None:
     chartok.save(tok, out, model.config.max_position_embeddings)
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("0", "1", "false", "true"):
+        raise argparse.ArgumentTypeError(f"expected 0, 1, true or false, got {text!r}")
+    return text.lower() in ("1", "true")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("models/loom-arith"))
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="also save every N steps to OUT-stepN (does not change the weights)")
     for name, default in asdict(Recipe()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        kind = _flag if isinstance(default, bool) else type(default)
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     args = vars(p.parse_args(argv))
     out, every = args.pop("out"), args.pop("checkpoint_every")
     train(Recipe(**args), out, every)

@@ -58,7 +58,10 @@ def test_loads_offline_in_transformers_and_writes_a_nested_trace(monkeypatch, mv
     q = task_mv.parse_question("Q: 345*67")  # one product: its nested block is the only one
     ids = tok(q.prompt, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=300, do_sample=False)
-    assert tok.decode(out[0], skip_special_tokens=True) == q.prompt + task_mv.trace(q)
+    text, want = tok.decode(out[0], skip_special_tokens=True), q.prompt + task_mv.trace(q)
+    reasoning = want[:want.index("</Think>") + len("</Think>")]  # the nested block and its total
+    assert text.startswith(reasoning) and "<Outline>2: a2 345*6</Outline>" in text
+    assert re.fullmatch(r"\nA: \d+", text[len(reasoning):])  # the answer's own accuracy: models.evaluate
 
 
 async def test_a_path_forks_again_on_the_engine_and_the_dag_records_depth_2(mv_service):

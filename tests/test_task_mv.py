@@ -44,6 +44,9 @@ def test_a_nested_block_sits_inside_its_own_path_and_its_conclusion_adds_the_par
     assert "<Outline>1.1: a1 345*7</Outline>" in path and "<Outline>1.2: a2 345*6</Outline>" in path
     assert f"a:{task_mv.rev(345 * 7)}+{task_mv.rev(345 * 60)}={task_mv.rev(345 * 67)}" in path
     assert path.endswith(f"a={task_mv.rev(345 * 67)}</Path>\n")
+    total = 345 * 67 + 89 + 36
+    assert t.endswith(f"c={task_mv.rev(36)}+{task_mv.rev(total - 36)}={task_mv.rev(total)}\nA={total:06d}\n"
+                      f"</Conclusion>\n</Parallel>\n</Think>\nA: {total}")
 
 
 def test_each_path_run_alone_writes_what_the_sequential_trace_holds():

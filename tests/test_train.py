@@ -66,3 +66,24 @@ def test_the_learning_rate_anneals_by_the_last_step_or_the_minute_cap_whichever_
     assert train.lr_at(999, r, minutes=1.0) == pytest.approx(5e-5, rel=1e-3)  # by steps
     assert train.lr_at(100, r, minutes=30.0) == pytest.approx(5e-5)  # by the cap
     assert train.lr_at(100, r, minutes=15.0) < train.lr_at(100, r, minutes=1.0)
+
+
+def test_copied_terms_get_the_copy_weight_in_both_formats():
+    from models import task_mv
+
+    tok = chartok.build()
+    q = task_mv.parse_question("Q: 345*67+89+12*3")
+    ex = train.encode(tok, q.prompt, task_mv.trace(q), sum_weight=3.0, copy_weight=2.0)
+    runs = "".join(tok.decode([i]) if w == 2.0 else "|" for i, w in zip(ex.ids, ex.weights))
+    copied = [r for r in runs.split("|") if r]
+    # the term lines, the outlines and the paths' restatements, nested ones included
+    want = ["a 345*67", "b 89", "c 12*3"] + ["a 345*67", "c 12*3"] * 2 + ["a1 345*7", "a2 345*6"] * 2
+    assert sorted(copied) == sorted(want)
+    summed = "".join(tok.decode([i]) for i, w in zip(ex.ids, ex.weights) if w == 3.0)
+    assert summed.endswith(f"A={345 * 67 + 89 + 36:06d}")
+
+
+def test_a_boolean_recipe_flag_takes_0_or_1_and_names_a_bad_value(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--compile", "maybe"])
+    assert "expected 0, 1, true or false, got 'maybe'" in capsys.readouterr().err
