@@ -114,8 +114,12 @@ class JobUsage:
             return self.settle(call.node, call.used, call.now)
         if call.kind != "threads":
             raise BudgetError(f"unknown budget call {call.kind!r}")
-        self.in_flight = max(0, self.in_flight + call.threads)
+        self.count_threads(call.threads)
         return None
+
+    def count_threads(self, n: int) -> None:
+        """``n`` threads started (> 0) or ended (< 0)."""
+        self.in_flight = max(0, self.in_flight + n)
 
     def lease(self, node: str, used: int, want: int, now: float) -> Lease:
         """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
@@ -230,11 +234,10 @@ class Ledger:
         return ""
 
     def start_threads(self, job_id: str, k: int) -> None:
-        self._job(job_id).in_flight += k
+        self._job(job_id).count_threads(k)
 
     def end_thread(self, job_id: str) -> None:
-        job = self._job(job_id)
-        job.in_flight = max(0, job.in_flight - 1)
+        self._job(job_id).count_threads(-1)
 
     def lease(self, job_id: str, node: str, used: int, want: int, now: float) -> Lease:
         """JobUsage.lease on the job's account."""
