@@ -36,6 +36,12 @@ class LoomConfig:
     # pin_controller). Measured here, one engine on 2 cores: bench.peers' mean latency 11% lower
     # at concurrency 1, 18-24% more jobs/s at 32; 0 keeps none
     controller_cpus: int = 1
+    # the niceness of each engine's vLLM engine-core process (its step loop): Ray starts its workers,
+    # and so the engines, at nice 15, below the raylet and GCS (0), which then take the CPU from the
+    # step loop on a loaded machine; null keeps Ray's. Going below 15 needs CAP_SYS_NICE (without
+    # it the engine keeps Ray's and logs so). Measured here, one engine on 2 cores: 5-21% more jobs/s
+    # at concurrency 32, 2-13% lower latency at 1 (docs/architecture.md)
+    engine_core_nice: int | None = 0
     worker_num_gpus: float = 0.0
     worker_num_cpus: float = 0.0
     max_model_len: int = 1024
@@ -83,7 +89,7 @@ class LoomConfig:
                             num_blocks=self.num_kv_blocks or None, kv_transfer=self.transfer_on(),
                             kv_hold_s=self.kv_hold_s, kv_timeout_s=self.kv_timeout_s,
                             stream_interval_s=self.stream_interval_ms / 1000,
-                            stream_max_tokens=self.stream_max_tokens)
+                            stream_max_tokens=self.stream_max_tokens, core_nice=self.engine_core_nice)
 
     def transfer_on(self) -> bool:
         """auto: CPU engines with a peer (one engine has nobody to pull from, and the connector
@@ -115,6 +121,9 @@ class LoomConfig:
             raise ConfigError(f"worker_cpu_binds has {len(self.worker_cpu_binds)} entries for {self.num_workers} workers")
         if self.controller_cpus < 0:
             raise ConfigError(f"controller_cpus must be >= 0, not {self.controller_cpus!r}")
+        if self.engine_core_nice is not None and not (isinstance(self.engine_core_nice, int)
+                                                     and -20 <= self.engine_core_nice <= 19):
+            raise ConfigError(f"engine_core_nice must be null or within -20..19, not {self.engine_core_nice!r}")
         if not Path(self.model).exists() and "/" not in self.model.strip("/"):
             raise ConfigError(f"model {self.model!r} is neither a directory nor a hub id")
         if self.store_max_records < 1:

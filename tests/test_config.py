@@ -54,6 +54,17 @@ def test_a_negative_controller_core_count_is_named():
         load(overrides={"controller_cpus": -1})
 
 
+@pytest.mark.parametrize("bad", [20, -21, "high", 1.5])
+def test_an_engine_core_niceness_out_of_range_is_named(bad):
+    with pytest.raises(ConfigError, match="engine_core_nice must be null or within -20..19"):
+        load(overrides={"engine_core_nice": bad})
+
+
+def test_an_engine_core_niceness_reaches_the_engine_and_null_keeps_rays():
+    assert load().engine().core_nice == 0
+    assert load(overrides={"engine_core_nice": None}).engine().core_nice is None
+
+
 @pytest.mark.parametrize("overrides,cores,controller,engines", [
     ({}, [0, 1], [0], ["1"]),  # this machine: Loom on core 0, the engine's threads on core 1
     ({"num_workers": 2, "controller_cpus": 2}, list(range(8)), [0, 1], ["2,4,6", "3,5,7"]),

@@ -321,6 +321,15 @@ def render_args(values: dict | None = None) -> dict:
 
 
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object", list: "array"}
+
+
+def json_type(hint) -> str | list[str]:
+    """A field's JSON schema type: ``int | None`` is ["integer", "null"]."""
+    kinds = typing.get_args(hint)
+    if type(None) in kinds:
+        return [JSON_TYPES[k] for k in kinds if k is not type(None)] + ["null"]
+    return JSON_TYPES[hint]
+
 # Chart defaults that differ from LoomConfig's on purpose: a path inside the image, a GPU per
 # worker on the GPU group, and Serve listening on the pod's interfaces.
 CHART_DEFAULTS = {"model": "/home/ray/loom/models/loom-arith", "worker_num_gpus": 1, "host": "0.0.0.0"}
@@ -334,7 +343,7 @@ def test_values_schema_and_defaults_follow_loom_config():
     assert loom_schema["additionalProperties"] is False
     hints = typing.get_type_hints(LoomConfig)
     for name in LOOM_FIELDS:
-        assert loom_schema["properties"][name]["type"] == JSON_TYPES[hints[name]], name
+        assert loom_schema["properties"][name]["type"] == json_type(hints[name]), name
     budget_schema = loom_schema["properties"]["budget"]
     assert set(budget_schema["properties"]) == {f.name for f in fields(JobBudget)}
     budget_hints = typing.get_type_hints(JobBudget)

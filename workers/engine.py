@@ -6,6 +6,7 @@ token ids plus its header, which is what makes the prefix cache hit).
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from orchestrator.generation import PULLED_KEY, GenChunk, GenRequest, KVEndpoints
+
+log = logging.getLogger(__name__)
 
 MAX_PULL_REPORTS = 10000  # reports kept for requests that have not finished (aborted ones age out)
 
@@ -36,6 +39,7 @@ class EngineConfig:
     kv_timeout_s: float = 10.0  # every transfer wait (control reply, group rendezvous, send, recv)
     stream_interval_s: float = 0.1  # a worker's streamed chunks: what the engine produced in this long,
     stream_max_tokens: int = 8  # or this many tokens, whichever comes first
+    core_nice: int | None = None  # the niceness of vLLM's engine-core process (None: as Ray started it)
 
 
 class Engine(Protocol):
@@ -82,6 +86,8 @@ class VLLMEngine:
         self.pulls: OrderedDict[str, dict] = OrderedDict()  # request id -> its KV pull's report
         self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger])
         self.tokenizer = self.llm.get_tokenizer()
+        if cfg.core_nice is not None:
+            renice(core_pids(self.llm), cfg.core_nice)
 
     def _stats_logger(self, vllm_config, engine_index: int = 0):
         from vllm.v1.metrics.loggers import StatLoggerBase
@@ -184,6 +190,25 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def core_pids(llm) -> list[int]:
+    """The pids of an AsyncLLM's engine-core processes (none where vLLM runs the core in process)."""
+    manager = getattr(getattr(llm.engine_core, "resources", None), "engine_manager", None)
+    return [p.pid for p in getattr(manager, "processes", [])]
+
+
+def renice(pids: list[int], nice: int) -> None:
+    """Runs each process's main thread (the engine core's step loop) at ``nice``. Ray starts its
+    workers at nice 15 (RAY_worker_niceness) and the engine core inherits it, below the raylet
+    and GCS at 0, which then take the CPU from the step loop on a loaded machine. Going below
+    the current niceness needs CAP_SYS_NICE: without it the engine keeps Ray's, and says so."""
+    for pid in pids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except PermissionError:
+            log.warning("cannot run the engine core (pid %d) at nice %d without CAP_SYS_NICE: it stays at %d",
+                        pid, nice, os.getpriority(os.PRIO_PROCESS, pid))
 
 
 def _kv_transfer(cfg: EngineConfig, host: str, name: str):
