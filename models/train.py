@@ -51,7 +51,8 @@ class Recipe:
     max_len: int = 1024  # the model's max positions
     autocast: str = ""  # "bfloat16": bf16 autocast (fast only on CPUs with bf16 units); "": float32
     threads: int = 2
-    compile: bool = False  # torch.compile the forward (dynamic shapes): about 16% more tokens/s here
+    compile: bool = False  # torch.compile the forward (dynamic shapes): 16% more tokens/s in a short run here,
+    # but loom-arith-mv v2's whole run with it averaged 8.9k tokens/s against v1's 9.5k without
 
 
 def model_config(r: Recipe, vocab: int, tok):

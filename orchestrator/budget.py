@@ -129,14 +129,14 @@ class JobUsage:
         grant (a thread asking ahead, with some of its lease left, just gets none for now)."""
         self.spend(node, used)
         free = self.remaining - sum(self.leased.values())
-        if free <= 0 and self.leased.setdefault(node, 0) == 0:  # it needs tokens; none are left
+        if free <= 0 and self.leased[node] == 0:  # it needs tokens; none are left (spend set its entry)
             self.exhaust(f"token budget exhausted ({self.tokens} used, {self.remaining - free} leased, "
                          f"of {self.budget.max_total_tokens})")
         self.check_deadline(now)
         if self.exhausted:
             return Lease(0, self.exhausted)
         share = -(-free // max(1, self.in_flight))  # an even share of what is left per running thread
-        self.leased[node] = self.leased.get(node, 0) + max(0, min(want, share))  # none now, while it still has some
+        self.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
         return Lease(self.leased[node])
 
     def settle(self, node: str, used: int, now: float) -> str:
