@@ -437,6 +437,14 @@ def test_otel_exporter_settings_reach_every_ray_container():
         assert env["OTEL_TRACES_EXPORTER"] == "none" and "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
 
 
+def test_ray_containers_may_raise_the_engine_core_only_while_engine_core_nice_is_set():
+    """Lowering a niceness (Ray starts workers at 15) needs CAP_SYS_NICE, which containers lack."""
+    for tmpl in pods(rayservice(render())):
+        assert tmpl["spec"]["containers"][0]["securityContext"] == {"capabilities": {"add": ["SYS_NICE"]}}
+    for tmpl in pods(rayservice(render({"loom": {"engine_core_nice": None}}))):
+        assert "securityContext" not in tmpl["spec"]["containers"][0]
+
+
 def test_too_few_gpus_for_the_loom_workers_fails_the_render():
     with pytest.raises(helm.HelmRenderError, match="GPUs"):
         render({"loom": {"num_workers": 4, "worker_num_gpus": 1}, "workers": {"replicas": 1, "gpus": 2}})
