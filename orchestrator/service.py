@@ -57,13 +57,24 @@ class JobService:
 
     async def _run(self, record: JobRecord, emit) -> JobRecord | None:
         try:
-            claimed = await _retrying(lambda: self.store.transition(record.id, ("queued",), "running",
-                                                                     started=time.time()))
+            claimed = await self._claim(record.id)
             if claimed is None:  # another controller took it, or it has ended already
                 return await self.store.get(record.id)
             return await self._execute(claimed, emit)
         finally:
             self.tasks.pop(record.id, None)
+
+    async def _claim(self, job_id: str) -> JobRecord | None:
+        """queued -> running for this controller, or None. The claim is marked by its start time:
+        one the store applied but whose answer was lost with the connection (then retried, and
+        refused, as the job is running) finds the job running with that same time, and so ours."""
+        started = time.time()
+        claimed = await _retrying(lambda: self.store.transition(job_id, ("queued",), "running", started=started))
+        if claimed is None:
+            current = await _retrying(lambda: self.store.get(job_id))
+            if current is not None and current.status == "running" and current.started == started:
+                return current
+        return claimed
 
     async def _execute(self, record: JobRecord, emit) -> JobRecord | None:
         keepalive = asyncio.create_task(self._keepalive(record.id))

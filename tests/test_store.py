@@ -13,7 +13,7 @@ from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 from cluster.config import ConfigError, LoomConfig
 from orchestrator.records import SCHEMA_VERSION, JobRecord, JobRequest
 from orchestrator.service import RESTARTED, JobService
-from orchestrator.store import InProcessJobStore, RedisJobStore
+from orchestrator.store import InProcessJobStore, RedisJobStore, StoreUnavailable
 
 
 @dataclass
@@ -245,6 +245,29 @@ async def test_a_job_accepted_just_before_a_redis_outage_runs_once_it_is_back(re
         assert (await s.get(record.id)).status == "done"
     finally:
         await s.aclose()
+
+
+class LostClaimAnswer(InProcessJobStore):
+    """Applies the first claim (queued -> running), then fails as a connection lost before the
+    answer came back does (Redis killed between the write and the reply)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = 0
+
+    async def transition(self, job_id, from_statuses, to_status, **fields):
+        out = await super().transition(job_id, from_statuses, to_status, **fields)
+        if to_status == "running" and not self.lost:
+            self.lost += 1
+            raise StoreUnavailable("connection lost before the reply")
+        return out
+
+
+async def test_a_claim_the_store_applied_but_never_answered_is_still_run():
+    store, runner = LostClaimAnswer(), StubRunner()
+    done = await asyncio.wait_for(JobService(runner, store).run(JobRequest(prompt="Q: 1+1\n")), 30)
+    assert store.lost == 1 and runner.ran == [done.id]  # the retried claim was refused: the job ran anyway
+    assert (done.status, done.result["answer"]) == ("done", "ok")
 
 
 async def test_the_sweeper_runs_a_queued_job_no_controller_took(backend):
