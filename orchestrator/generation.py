@@ -30,10 +30,9 @@ class GenRequest:
 class GenChunk:
     request_id: str
     token_ids: list[int]
-    text: str
     finished: bool = False
     finish_reason: str | None = None  # stop | length | abort
-    stop_reason: str | None = None  # the stop string that matched
+    stop_reason: str | None = None  # the stop string that ended the request (None: EOS, length, abort)
     prompt_tokens: int = 0
     cached_tokens: int = 0
     first_token_at: float = 0.0  # engine-side wall clock, seconds

