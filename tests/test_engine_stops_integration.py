@@ -43,7 +43,7 @@ async def test_a_tag_stops_by_token_where_text_matching_stops_too(worker):
 
 async def test_a_stop_string_that_is_no_token_is_found_in_the_text(worker):
     ids = ray.get(worker.encode.remote(QUESTION, True))
-    out, last = ended(await request(worker, "stop-newline", ids, ["a 9"]))
+    out, last = ended(await request(worker, "stop-text-only", ids, ["a 9"]))
     text = ray.get(worker.decode.remote(out))
     assert last.finish_reason == "stop" and last.stop_reason == "a 9"
     assert text.endswith("a 9") and text.count("a 9") == 1

@@ -143,12 +143,14 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         stops = self.stop_tokens(req.stop)
+        stop_by = ({"stop_token_ids": list(stops), "detokenize": False} if stops is not None
+                   else {"stop": req.stop or None})
         params = SamplingParams(
             max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
             output_kind=RequestOutputKind.DELTA, ignore_eos=req.ignore_eos,
             skip_special_tokens=False, spaces_between_special_tokens=False,
             extra_args={"kv_transfer_params": dict(req.kv_params)} if req.kv_params else None,
-            **({"stop_token_ids": list(stops), "detokenize": False} if stops is not None else {"stop": req.stop or None}),
+            **stop_by,
         )
         first = 0.0
         async for out in self.llm.generate(TokensPrompt(prompt_token_ids=req.prompt_ids),
