@@ -137,7 +137,7 @@ class JobUsage:
             return Lease(0, self.exhausted)
         share = -(-free // max(1, self.in_flight))  # an even share of what is left per running thread
         self.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
-        return Lease(self.leased[node])
+        return Lease(self.leased[node], until=self.opened_at + self.budget.deadline_s)
 
     def settle(self, node: str, used: int, now: float) -> str:
         """A request has ended: its last ``used`` tokens are charged and its lease given back.
@@ -182,6 +182,8 @@ class Lease:
 
     tokens: int
     stop: str = ""
+    # when the job's deadline passes (the ledger's clock, epoch seconds): said with the grant, not part of it
+    until: float = field(default=math.inf, compare=False)
 
 
 class Ledger:

@@ -31,7 +31,7 @@ from orchestrator.generation import (
     WorkerInfo,
 )
 from orchestrator.kv_events import KVEventSubscriber, SharedIndex
-from orchestrator.lease import ThreadLease
+from orchestrator.lease import BudgetExhausted, ThreadLease
 from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placer
 
@@ -349,32 +349,45 @@ class RayEngineClient:
 
     async def _stream(self, call: Decode, progress: Progress, req: GenRequest, out: list[int],
                       relay: _Relay) -> Decoded:
+        """Streams the request on its lease. A request nobody streams to, whose first lease
+        covers all its tokens, goes quiet (its first tokens and its end), stopped here at the job's
+        deadline. Cancelled (by a sibling or the job, out of budget, or a failure), it is aborted
+        on its worker, and what the engine made for it is charged."""
         handle = self.workers[progress.placement.worker]
-        try:
-            return await self._consume(call, progress, handle, req, out, relay)
-        except BaseException:  # cancelled by a sibling or the job, out of budget, or a failure
-            with contextlib.suppress(RayActorError):  # a dead worker has nothing left to abort
-                await asyncio.shield(handle.abort.remote(req.request_id))
-            raise
+        first = call.max_tokens if call.on_tokens is None else None
+        async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}", first=first) as lease:
+            req.quiet = first is not None and await lease.covers(call.max_tokens)
+            limit = asyncio.timeout(lease.seconds_left() if req.quiet else None)
+            try:
+                async with limit:
+                    return await self._consume(progress, handle, req, out, relay, lease)
+            except BaseException:
+                await self._abort(handle, req.request_id, progress, lease)
+                if not limit.expired():
+                    raise
+            raise BudgetExhausted(await lease.settle())
 
-    async def _consume(self, call: Decode, progress: Progress, handle, req: GenRequest, out: list[int],
-                       relay: _Relay) -> Decoded:
-        result = Decoded([], "length")
-        async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}") as lease:
-            async for ref in handle.generate.options(num_returns="streaming").remote(req):
-                chunk = await ref
-                out += chunk.token_ids
-                progress.tokens += len(chunk.token_ids)
-                progress.first_token = progress.first_token or (time.time() if chunk.token_ids else 0.0)
-                progress.cached_tokens = max(progress.cached_tokens, chunk.cached_tokens)
-                relay.send(chunk.token_ids)
-                await lease.spend(len(chunk.token_ids))
-                if chunk.finished:  # not waiting for the stream's end to be signalled: a round trip
-                    result = Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
-                    progress.prefix = self._pulled(chunk.kv_params, progress)
-                    break
-        result.token_ids = out
-        return result
+    async def _abort(self, handle, request_id: str, progress: Progress, lease: ThreadLease) -> None:
+        with contextlib.suppress(RayActorError):  # a dead worker has nothing left to abort
+            made = await asyncio.shield(handle.abort.remote(request_id))
+            if made > progress.tokens:  # held back by a quiet stream
+                lease.charge(made - progress.tokens)
+                progress.tokens = made
+
+    async def _consume(self, progress: Progress, handle, req: GenRequest, out: list[int], relay: _Relay,
+                       lease: ThreadLease) -> Decoded:
+        async for ref in handle.generate.options(num_returns="streaming").remote(req):
+            chunk = await ref
+            out += chunk.token_ids
+            progress.tokens += len(chunk.token_ids)
+            progress.first_token = progress.first_token or (time.time() if chunk.token_ids else 0.0)
+            progress.cached_tokens = max(progress.cached_tokens, chunk.cached_tokens)
+            relay.send(chunk.token_ids)
+            await lease.spend(len(chunk.token_ids))
+            if chunk.finished:  # not waiting for the stream's end to be signalled: a round trip
+                progress.prefix = self._pulled(chunk.kv_params, progress)
+                return Decoded(out, _finish(chunk.finish_reason, chunk.stop_reason), chunk.stop_reason)
+        return Decoded(out, "length")
 
 
 def _origin(placement: Placement, progress: Progress, prompt: int, why: str) -> PrefixOrigin:

@@ -24,6 +24,7 @@ class GenRequest:
     trace: dict = field(default_factory=dict)  # W3C carrier of the caller's span
     ignore_eos: bool = False  # the worker's start-up profile decodes a fixed number of tokens
     kv_params: dict | None = None  # vLLM kv_transfer_params: hold blocks for a peer, or pull from one
+    quiet: bool = False  # the caller needs only the first tokens and the end (stream_batch.held)
 
 
 @dataclass

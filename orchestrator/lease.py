@@ -6,17 +6,23 @@ The next lease is asked for in the background once fewer than ``low`` tokens are
 stream does not wait on the coordinator while there are tokens to spend; it waits only when a
 chunk takes it past what it was granted. A refused lease stops the thread (``BudgetExhausted``);
 the tokens already streamed stay charged, exactly, when the lease is settled.
+
+A lease whose first grant covers the whole request (``covers``) can never overshoot, so the
+request need not stream its tokens as they come (GenRequest.quiet): the engine client then stops
+it at the job's deadline itself (``seconds_left``), which no renewal is there to see.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Protocol, Self
 
 from orchestrator.budget import Lease
 
 LEASE_TOKENS = 64  # asked for at a time
 LEASE_LOW = 24  # the next lease is asked for once fewer than this are left
+DEADLINE_SLACK_S = 0.005
 
 
 class BudgetExhausted(Exception):
@@ -30,17 +36,21 @@ class LeaseSource(Protocol):
 
 class ThreadLease:
     def __init__(self, budget: LeaseSource, job_id: str, node: str, size: int = LEASE_TOKENS,
-                 low: int = LEASE_LOW):
+                 low: int = LEASE_LOW, first: int | None = None):
         self.budget = budget
         self.job_id = job_id
         self.node = node
         self.size = size
+        self.first = first or size  # the first lease asked for
         self.low = low
         self.granted = 0  # tokens it may stream in all (used and reported + its lease)
         self.used = 0  # tokens streamed so far
         self.reported = 0  # of which the budget has been told
         self.stop = ""
         self.dry = False  # the last lease asked ahead was refused: ask again only when needed
+        self.covered = False  # the lease holds all the request may stream: it never asks again
+        self.until = float("inf")  # the job's deadline (epoch seconds), from the last grant
+        self.verdict: str | None = None  # settle's answer, once settled
         self._next: asyncio.Task | None = None
 
     async def __aenter__(self) -> Self:
@@ -58,12 +68,29 @@ class ThreadLease:
 
     def start(self) -> None:
         """Asks for the first lease while the request is submitted: the first tokens wait for it."""
-        self._next = asyncio.ensure_future(self._renew())
+        self._next = asyncio.ensure_future(self._renew(self.first))
+
+    async def covers(self, n: int) -> bool:
+        """Waits for the first grant: whether it covers ``n`` tokens, all a request may stream."""
+        if self._next is not None:
+            await self._collect()
+        self.covered = self.granted >= n
+        return self.covered
+
+    def seconds_left(self) -> float:
+        """Until just past the job's deadline, as the last grant told it (just past: a timer on
+        the event loop's clock may fire a little early by the ledger's)."""
+        return max(0.0, self.until - time.time()) + DEADLINE_SLACK_S
+
+    def charge(self, n: int) -> None:
+        """``n`` tokens the engine made that never streamed (a quiet request cancelled): settled
+        with the rest."""
+        self.used += n
 
     async def spend(self, n: int) -> None:
         """``n`` more tokens streamed; BudgetExhausted once they pass a lease that cannot grow."""
         self.used += n
-        if self._next is None and not (self.stop or self.dry) and self.granted - self.used < self.low:
+        if self._next is None and not (self.stop or self.dry or self.covered) and self.granted - self.used < self.low:
             self._next = asyncio.ensure_future(self._renew())
         while self.used > self.granted:
             if self._next is None:
@@ -74,21 +101,24 @@ class ThreadLease:
 
     async def settle(self) -> str:
         """The request has ended: what it used is charged, the rest of its lease given back.
-        Returns why the job must stop ("" if it may go on)."""
+        Returns why the job must stop ("" if it may go on); settled once, later calls repeat it."""
+        if self.verdict is not None:
+            return self.verdict
         if self._next is not None:
             with contextlib.suppress(Exception):  # its grant is given back right after
                 await self._collect()
-        stop = await self.budget.settle(self.job_id, self.node, self.used - self.reported)
+        self.verdict = await self.budget.settle(self.job_id, self.node, self.used - self.reported)
         self.reported = self.used
-        return stop
+        return self.verdict
 
     async def _collect(self) -> None:
         task, self._next = self._next, None
         await task
 
-    async def _renew(self) -> None:
+    async def _renew(self, want: int | None = None) -> None:
         upto = self.used
-        grant = await self.budget.lease(self.job_id, self.node, upto - self.reported, self.size)
+        grant = await self.budget.lease(self.job_id, self.node, upto - self.reported, want or self.size)
+        self.until = grant.until
         self.dry = grant.tokens <= self.granted - upto  # nothing more: ask again only when needed
         limit = upto + grant.tokens  # tokens streamed past the last lease are charged, not granted
         self.reported, self.stop = upto, grant.stop

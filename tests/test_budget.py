@@ -70,6 +70,11 @@ def test_a_lease_given_back_is_granted_again():
     assert led.remaining("j") == 70
 
 
+def test_a_lease_tells_when_the_jobs_deadline_passes():
+    led = ledger(deadline_s=10)  # opened at 0.0
+    assert led.lease("j", "n1", 0, 8, 1.0).until == 10.0
+
+
 def test_a_lease_past_the_deadline_is_refused():
     led = ledger(deadline_s=10)
     assert led.lease("j", "n1", 0, 8, 1.0) == Lease(8)

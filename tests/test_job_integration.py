@@ -29,10 +29,17 @@ async def test_forked_job_answers_and_runs_one_thread_per_product(service):
     assert rec.notes == []
 
 
+def worker_log(runner, rec) -> dict[int, dict]:
+    """Node id -> its engine request as the worker logged it."""
+    log = {r["request_id"]: r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())}
+    nodes = {f"{rec.id}-n{n['id']}-{n['prompt_tokens']}": n["id"] for n in rec.dag["nodes"]}
+    return {nodes[rid]: r for rid, r in log.items() if rid in nodes}
+
+
 async def test_threads_run_concurrently_in_the_engine(service, runner):
     rec = await run(service)
-    log = {r["request_id"]: r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())}
-    spans = [log[f"{rec.id}-n{t['id']}-{t['prompt_tokens']}"] for t in threads(rec)]
+    log = worker_log(runner, rec)
+    spans = [log[t["id"]] for t in threads(rec)]
     latest_first = max(s["first_token_at"] for s in spans)
     earliest_end = min(s["finished_at"] for s in spans)
     assert latest_first < earliest_end  # every thread had produced a token before any finished
@@ -76,6 +83,33 @@ async def test_token_budget_exhaustion_cancels_and_is_recorded(service):
     assert rec.result["finish"] == "budget"
     nodes = rec.dag["nodes"]  # used + leased never passed 60; a node may overshoot by a streamed chunk
     assert sum(n["tokens"] for n in nodes) == rec.usage["tokens"] <= 60 + 8 * len(nodes)
+
+
+async def test_requests_nobody_streams_send_their_first_tokens_and_their_end(service, runner):
+    rec = await run(service)
+    log = worker_log(runner, rec)
+    tokens = {n["id"]: n["tokens"] for n in rec.dag["nodes"] if n["id"] in log}
+    assert len(log) > len(threads(rec)) and all(r["quiet"] and r["chunks"] <= 2 for r in log.values()), log
+    assert {i: r["tokens"] for i, r in log.items()} == tokens
+
+
+async def test_a_streamed_job_streams_its_main_lane_and_its_threads_stay_quiet(service, runner):
+    texts = []
+    rec = await service.run(JobRequest(prompt=QUESTION + "\n"), emit=texts.append)
+    log = worker_log(runner, rec)
+    main = log[rec.dag["nodes"][0]["id"]]
+    assert not main["quiet"] and main["chunks"] > 2  # at most 8 tokens a chunk
+    assert all(log[t["id"]]["quiet"] for t in threads(rec))
+    assert rec.status == "done" and "".join(texts)
+
+
+async def test_a_deadline_stops_a_quiet_request_and_what_its_engine_made_is_charged(service):
+    rec = await run(service, budget={"deadline_s": 0.25})
+    assert rec.status == "cancelled" and rec.result["finish"] == "budget"
+    assert any("deadline of 0.25s passed" in n for n in rec.notes), rec.notes
+    stopped = [n for n in rec.dag["nodes"] if n["finish"] == "budget"]
+    assert stopped and all(n["tokens"] > 1 for n in stopped), stopped  # not only the first streamed token
+    assert sum(n["tokens"] for n in rec.dag["nodes"]) == rec.usage["tokens"]
 
 
 async def test_no_product_question_does_not_fork(service):

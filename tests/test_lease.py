@@ -89,3 +89,34 @@ async def test_as_a_context_it_settles_however_the_request_ends():
             await lease.spend(10)
             raise RuntimeError("engine fell over")
     assert b.ledger.usage("j")["tokens"] == 10 and b.ledger.jobs["j"].leased == {}
+
+
+async def test_a_first_lease_that_covers_the_request_is_its_only_one():
+    b = budget(max_total_tokens=1000, deadline_s=10)
+    async with ThreadLease(b, "j", "n1", first=300) as lease:
+        assert await lease.covers(300)
+        assert 9.9 < lease.seconds_left() < 10.1
+        for _ in range(75):
+            await lease.spend(4)
+    assert b.calls == 2  # the lease and the settle
+    assert b.ledger.usage("j")["tokens"] == 300 and b.ledger.jobs["j"].leased == {}
+
+
+async def test_a_first_lease_covers_a_request_only_within_its_share_of_what_is_left():
+    b = budget(max_total_tokens=500)
+    b.ledger.start_threads("j", 2)
+    one, two = ThreadLease(b, "j", "n1", first=300), ThreadLease(b, "j", "n2", first=300)
+    one.start(), two.start()
+    assert await one.covers(250) and not await two.covers(300)  # 250 of 500 each, then 125 of 250
+    assert (one.granted, two.granted) == (250, 125)
+
+
+async def test_tokens_charged_after_the_stream_are_settled_once_with_the_rest():
+    b = budget(max_total_tokens=1000)
+    with pytest.raises(asyncio.CancelledError):
+        async with ThreadLease(b, "j", "n1", first=500) as lease:
+            await lease.spend(1)
+            lease.charge(40)  # made by the engine, never streamed (a quiet request cancelled)
+            assert await lease.settle() == ""
+            raise asyncio.CancelledError
+    assert b.ledger.usage("j")["tokens"] == 41 and b.calls == 2

@@ -4,6 +4,9 @@ produces within ``interval_s`` go out as one chunk, and a chunk goes out early o
 ``max_tokens`` (so a thread's budget, spent as chunks arrive, overshoots by less than that). The
 first tokens and the last chunk are never held back (time to first token, and the end of a
 thread, which a fork or join waits on).
+
+A request whose caller streams nobody its tokens and has reserved them all (GenRequest.quiet)
+is ``held``: its first tokens, then everything else as one chunk at its end.
 """
 from __future__ import annotations
 
@@ -49,6 +52,23 @@ async def batched(chunks: AsyncIterator[GenChunk], interval_s: float,
         pump.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await pump
+
+
+async def held(chunks: AsyncIterator[GenChunk]) -> AsyncIterator[GenChunk]:
+    """``chunks`` as two: the first with tokens, then the rest with the finished one."""
+    ids: list[int] = []
+    first_sent, last = False, None
+    async for last in chunks:
+        if last.finished:
+            yield replace(last, token_ids=ids + last.token_ids) if ids else last
+            return
+        if first_sent or not last.token_ids:
+            ids += last.token_ids
+        else:
+            first_sent = True
+            yield last
+    if ids:  # the stream ended unfinished: what it made still goes out
+        yield replace(last, token_ids=ids)
 
 
 async def _gather(queue: asyncio.Queue, chunk: GenChunk, deadline: float, max_tokens: int) -> GenChunk:

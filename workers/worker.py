@@ -2,7 +2,9 @@
 
 ``generate`` is an async generator: called with ``.options(num_returns="streaming")`` it
 streams ``GenChunk`` deltas to the caller as the engine produces them (batched by
-``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread.
+``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread; a
+quiet request sends only its first tokens and its end, and ``abort`` tells how many tokens the
+engine made for it.
 Requests run concurrently inside the engine's batch.
 At start-up (``ready``) the worker measures its engine (prefill seconds per token, decode
 step seconds at a few batch sizes) for the placement cost model, and tells where its
@@ -21,7 +23,7 @@ import ray
 from orchestrator import tracing
 from orchestrator.generation import HOLD_KEY, EngineLoad, EngineProfile, GenChunk, GenRequest, KVHold, WorkerInfo
 from workers.engine import EngineConfig
-from workers.stream_batch import batched
+from workers.stream_batch import batched, held
 
 PROFILE_BATCHES = (1, 4, 16)
 PROFILE_DECODE_TOKENS = 32
@@ -39,7 +41,7 @@ class EngineWorker:
         self.host = host
         tracing.setup()  # this process exports its own spans (OTEL_* env), children of the job's
         self.engine = engine or VLLMEngine(cfg, host, name)
-        self.active: set[str] = set()
+        self.active: dict[str, int] = {}  # request id -> tokens its engine made so far
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
         self.log: list[dict] = []  # per finished request: id, times, tokens (bounded)
         self.info: WorkerInfo | None = None
@@ -86,31 +88,40 @@ class EngineWorker:
         return last
 
     async def generate(self, req: GenRequest):
-        self.active.add(req.request_id)
+        self.active[req.request_id] = 0
         submitted = time.time()
         # not made current: an async generator resumes in its caller's context at each yield
         span = tracing.tracer().start_span("loom.engine.generate", context=tracing.extract(req.trace))
         tracing.set_attrs(span, loom__worker=self.name, gen_ai__usage__input_tokens=len(req.prompt_ids))
+        made = self._counted(req.request_id, self.engine.generate(req))
+        out = held(made) if req.quiet else batched(made, self.cfg.stream_interval_s, self.cfg.stream_max_tokens)
+        sent = 0
         try:
-            async for chunk in batched(self.engine.generate(req), self.cfg.stream_interval_s,
-                                         self.cfg.stream_max_tokens):
+            async for chunk in out:
+                sent += 1
                 self.stats["generated_tokens"] += len(chunk.token_ids)
                 if chunk.finished:
-                    self._record(req, chunk, submitted)
+                    self._record(req, chunk, submitted, sent)
                     tracing.set_attrs(span, loom__prefix__cached_tokens=chunk.cached_tokens)
                 yield chunk
         finally:
-            self.active.discard(req.request_id)
+            self.active.pop(req.request_id, None)
             span.end()
 
-    def _record(self, req: GenRequest, chunk: GenChunk, submitted: float) -> None:
+    async def _counted(self, request_id: str, chunks):
+        async for chunk in chunks:
+            self.active[request_id] = self.active.get(request_id, 0) + len(chunk.token_ids)
+            yield chunk
+
+    def _record(self, req: GenRequest, chunk: GenChunk, submitted: float, chunks: int) -> None:
         self.stats["requests"] += 1
         self.stats["prompt_tokens"] += chunk.prompt_tokens
         self.stats["cached_tokens"] += chunk.cached_tokens
         self.log.append({"request_id": req.request_id, "submitted": submitted,
                          "traceparent": req.trace.get("traceparent", ""),
                          "first_token_at": chunk.first_token_at, "finished_at": chunk.finished_at,
-                         "prompt_tokens": chunk.prompt_tokens, "cached_tokens": chunk.cached_tokens})
+                         "prompt_tokens": chunk.prompt_tokens, "cached_tokens": chunk.cached_tokens,
+                         "tokens": self.active.get(req.request_id, 0), "chunks": chunks, "quiet": req.quiet})
         del self.log[:-1000]
 
     async def hold(self, request_id: str, prompt_ids: list[int], tokens: int,
@@ -123,8 +134,11 @@ class EngineWorker:
         held = (last.kv_params or {}).get(HOLD_KEY) if last is not None else None
         return KVHold.from_dict(held) if held else None
 
-    async def abort(self, request_id: str) -> None:
+    async def abort(self, request_id: str) -> int:
+        """Stops the request; returns the tokens its engine made (0 for one already ended)."""
+        made = self.active.get(request_id, 0)
         await self.engine.abort(request_id)
+        return made
 
     async def health(self) -> dict:
         """``state`` ok, or errored with the engine's error (a dead engine takes no requests)."""
