@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 import ray
-from polling import final_record, until
+from polling import final_record, until, wait_until
 from redis_server import redis_server  # noqa: F401  (fixture)
 
 from models.task import Question, Term
@@ -138,8 +138,12 @@ def test_loom_serve_stops_cleanly_on_sigterm(redis_server, tmp_path):  # noqa: F
         _wait_healthy(url, proc)
         with httpx.Client(base_url=url, timeout=30) as client:
             ids = [client.post("/v1/jobs", json={"prompt": q.prompt}).json()["id"] for q in QUESTIONS]
-        # its engine runs in its own session (failed once in ~10 runs here: the message says what ran)
-        assert _session_processes(proc.pid, "EngineCore"), (proc.poll(), _session_processes(proc.pid))
+        # its engine runs in its own session; under the suite's load it was once not there at this point
+        # (cause not known): it is waited for, and the session's processes named if it never shows
+        try:
+            wait_until(lambda: _session_processes(proc.pid, "EngineCore"), timeout=30, every=0.5)
+        except AssertionError:
+            raise AssertionError(f"no engine core: {proc.poll()=}, session: {_session_processes(proc.pid)}")
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
         proc.wait(timeout=120)
