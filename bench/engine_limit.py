@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from bench.common import machine
 from bench.peers import workload
 from models import task
+from orchestrator.generation import request_id
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.records import JobRequest
 
@@ -103,11 +104,6 @@ def overhead_s(record, log: dict[str, dict]) -> float:
     engine = {n.id: e["finished_at"] - e["submitted"] for n in dag.nodes
               if (e := log.get(request_id(record.id, n.id, n.prompt_tokens))) is not None}
     return (record.finished - record.started) - longest_path_s(dag, engine)
-
-
-def request_id(job_id: str, node_id: int, prompt_tokens: int) -> str:
-    """The engine request a node ran as (its first attempt): engine_client.RayEngineClient."""
-    return f"{job_id}-n{node_id}-{prompt_tokens}"
 
 
 def sequential_limit_s(dag: ThreadDAG, costs: EngineCosts, prompt_tokens: int) -> float:

@@ -29,6 +29,7 @@ from orchestrator.generation import (
     Progress,
     PullReport,
     WorkerInfo,
+    request_id,
 )
 from orchestrator.kv_events import KVEventSubscriber, SharedIndex
 from orchestrator.lease import BudgetExhausted, ThreadLease
@@ -252,8 +253,7 @@ class RayEngineClient:
     async def _attempt(self, call: Decode, progress: Progress, placement: Placement, relay: _Relay) -> Decoded:
         ids = call.prompt_ids
         progress.placement, progress.started, progress.prefix = placement, time.time(), None
-        retry = f"-r{len(progress.attempts)}" if progress.attempts else ""
-        rid = f"{call.job_id}-n{call.node_id}-{len(ids)}{retry}"
+        rid = request_id(call.job_id, call.node_id, len(ids), len(progress.attempts))
         hold, why = await self._hold(rid, ids, placement, progress) if placement.source else (None, "")
         req = GenRequest(rid, ids, call.max_tokens, call.stops, call.sampling.temperature, call.sampling.seed,
                          call.sampling.top_p, trace=tracing.inject(),

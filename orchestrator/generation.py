@@ -27,6 +27,12 @@ class GenRequest:
     quiet: bool = False  # the caller needs only the first tokens and the end (stream_batch.held)
 
 
+def request_id(job_id: str, node_id: int, prompt_tokens: int, attempt: int = 0) -> str:
+    """The engine request a DAG node's ``attempt`` runs as (a worker's request log is keyed by it)."""
+    retry = f"-r{attempt}" if attempt else ""
+    return f"{job_id}-n{node_id}-{prompt_tokens}{retry}"
+
+
 @dataclass
 class GenChunk:
     request_id: str

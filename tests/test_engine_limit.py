@@ -3,7 +3,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.engine_limit import EngineCosts, limit_s, overhead_s, request_id, sequential_limit_s, thread_seconds
+from bench.engine_limit import EngineCosts, limit_s, overhead_s, sequential_limit_s, thread_seconds
+from orchestrator.generation import request_id
 from orchestrator.plan.dag import ThreadDAG
 
 COSTS = EngineCosts({1: 1.0, 2: 1.2, 4: 1.6}, prefill_s_per_token=0.01)

@@ -6,6 +6,7 @@ import re
 import pytest
 import ray
 
+from orchestrator.generation import request_id
 from orchestrator.records import JobRequest
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ async def test_forked_job_answers_and_runs_one_thread_per_product(service):
 def worker_log(runner, rec) -> dict[int, dict]:
     """Node id -> its engine request as the worker logged it."""
     log = {r["request_id"]: r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())}
-    nodes = {f"{rec.id}-n{n['id']}-{n['prompt_tokens']}": n["id"] for n in rec.dag["nodes"]}
+    nodes = {request_id(rec.id, n["id"], n["prompt_tokens"]): n["id"] for n in rec.dag["nodes"]}
     return {nodes[rid]: r for rid, r in log.items() if rid in nodes}
 
 
