@@ -51,6 +51,11 @@ class Recipe:
     max_len: int = 1024  # the model's max positions
     autocast: str = ""  # "bfloat16": bf16 autocast (fast only on CPUs with bf16 units); "": float32
     threads: int = 2
+    # pad each batch's length up to a multiple of this (1: to its longest sequence). 64 kept the Multiverse
+    # recipe's stage 2 at 10.0k tokens/s over 8 minutes, where with 1 the run's average fell from 9.4k to 8.3k (and to
+    # 7.6k by 14 minutes): with hundreds of batch lengths the CPU kernels slow down as a run goes on (AMX VM,
+    # 2026-12-02). 1 is the default because the committed models' recipes were trained with it
+    pad_to: int = 1
     compile: bool = False  # torch.compile the forward (dynamic shapes): 16% more tokens/s in a short run here,
     # but loom-arith-mv v2's whole run with it averaged 8.9k tokens/s against v1's 9.5k without
 
@@ -126,7 +131,7 @@ def batches(tok, r: Recipe, rng: random.Random):
         chunks = [pool[i:i + r.batch] for i in range(0, len(pool), r.batch)]
         rng.shuffle(chunks)
         for chunk in chunks:
-            n = max(len(e.ids) for e in chunk)
+            n = -(-max(len(e.ids) for e in chunk) // r.pad_to) * r.pad_to
             ids = torch.tensor([e.ids + [pad] * (n - len(e.ids)) for e in chunk])
             labels = torch.tensor([e.labels + [IGNORE] * (n - len(e.labels)) for e in chunk])
             weights = torch.tensor([e.weights + [0.0] * (n - len(e.weights)) for e in chunk])

@@ -37,6 +37,20 @@ def test_weighted_loss_with_unit_weights_is_the_models_own_loss():
     assert torch.allclose(train.weighted_loss(out.logits, labels, weights), out.loss, atol=1e-5)
 
 
+def test_padded_batches_hold_the_same_examples_at_a_multiple_of_pad_to():
+    """pad_to only adds padding (a few lengths for the CPU kernels to see, not hundreds): the
+    same examples, masked the same, each batch as long as a multiple of it."""
+    tok = chartok.build()
+    plain, padded = (train.batches(tok, train.Recipe(**TINY, pad_to=p), random.Random(3)) for p in (1, 64))
+    for _ in range(8):
+        (ids, labels, weights, mask), (pids, plabels, pweights, pmask) = next(plain), next(padded)
+        n = ids.shape[1]
+        assert pids.shape[1] % 64 == 0 and n <= pids.shape[1] < n + 64
+        assert torch.equal(pids[:, :n], ids) and torch.equal(plabels[:, :n], labels)
+        assert torch.equal(pweights[:, :n], weights) and torch.equal(pmask[:, :n], mask)
+        assert not pmask[:, n:].any() and (plabels[:, n:] == train.IGNORE).all() and not pweights[:, n:].any()
+
+
 def test_product_heavy_draw_reaches_every_product_count():
     rng = random.Random(3)
     qs = [task.random_question(rng, product_p=0.75, digit_weights=[0, 0, 1]) for _ in range(2000)]
