@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         kind = _flag if isinstance(default, bool) else type(default)
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     args = vars(p.parse_args(argv))
+    if args["pad_to"] < 1:
+        p.error(f"--pad-to must be at least 1 (1: no padding beyond the longest sequence), got {args['pad_to']}")
     out, every = args.pop("out"), args.pop("checkpoint_every")
     train(Recipe(**args), out, every)
 

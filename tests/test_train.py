@@ -51,6 +51,12 @@ def test_padded_batches_hold_the_same_examples_at_a_multiple_of_pad_to():
         assert not pmask[:, n:].any() and (plabels[:, n:] == train.IGNORE).all() and not pweights[:, n:].any()
 
 
+def test_a_pad_to_below_1_is_named(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--pad-to", "0"])
+    assert "--pad-to must be at least 1" in capsys.readouterr().err
+
+
 def test_product_heavy_draw_reaches_every_product_count():
     rng = random.Random(3)
     qs = [task.random_question(rng, product_p=0.75, digit_weights=[0, 0, 1]) for _ in range(2000)]
