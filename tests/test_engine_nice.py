@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from processes import engine_cores
 
 from workers.engine import renice
 
@@ -42,7 +43,7 @@ def test_the_engine_core_runs_at_the_configured_niceness_above_rays_workers(runn
     worker = next(iter(runner.engine.workers.values()))
     pid = ray.get(worker.pid.remote())
     ray_nice = os.getpriority(os.PRIO_PROCESS, pid)
-    cores = {n: v for n, v in _children_nice(pid).items() if n.startswith("VLLM::EngineCor")}  # comm: 15 characters
+    cores = {c.pid: c.nice() for c in engine_cores(pid)}
     assert cores, _children_nice(pid)
     may_lower = os.geteuid() == 0
     assert set(cores.values()) == {loom_config.engine_core_nice if may_lower else ray_nice}, (cores, ray_nice)

@@ -10,9 +10,11 @@ import signal
 import time
 
 import httpx
+import psutil
 import pytest
 import ray
 from polling import final_record, until, wait_until
+from processes import engine_cores, session_process
 from redis_server import redis_server  # noqa: F401  (fixture)
 
 from models.task import Question, Term
@@ -138,10 +140,9 @@ def test_loom_serve_stops_cleanly_on_sigterm(redis_server, tmp_path):  # noqa: F
         _wait_healthy(url, proc)
         with httpx.Client(base_url=url, timeout=30) as client:
             ids = [client.post("/v1/jobs", json={"prompt": q.prompt}).json()["id"] for q in QUESTIONS]
-        # its engine runs in its own session; under the suite's load it was once not there at this point
-        # (cause not known): it is waited for, and the session's processes named if it never shows
+        # its engine core runs in its own session, a child of the worker actor (processes.engine_cores)
         try:
-            wait_until(lambda: _session_processes(proc.pid, "EngineCore"), timeout=30, every=0.5)
+            wait_until(lambda: _engine_core_of(proc.pid), timeout=30, every=0.5)
         except AssertionError:
             raise AssertionError(f"no engine core: {proc.poll()=}, session: {_session_processes(proc.pid)}")
         proc.send_signal(signal.SIGTERM)
@@ -173,14 +174,20 @@ def _wait_healthy(url: str, proc, timeout: float = 300.0) -> None:
     raise AssertionError("loom serve did not become healthy")
 
 
-def _session_processes(sid: int, name: str = "") -> list:
-    import psutil
+def _engine_core_of(sid: int) -> bool:
+    worker = session_process(sid, "ray::WorkerActor")
+    try:
+        return worker is not None and bool(engine_cores(worker.pid))
+    except psutil.Error:  # the worker ended between the two looks
+        return False
 
+
+def _session_processes(sid: int) -> list:
     found = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
-            if os.getsid(p.pid) == sid and name in cmd and p.status() != psutil.STATUS_ZOMBIE:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
                 found.append(f"{p.pid} {cmd[:60]}")
         except (ProcessLookupError, psutil.Error):
             continue
