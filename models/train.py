@@ -45,6 +45,7 @@ class Recipe:
     digit_weights: str = ""  # draw weights of 1..3 digits per term ("": uniform)
     sum_loss_weight: float = 1.0  # loss weight of the running-total lines' tokens (the copies)
     copy_loss_weight: float = 1.0  # loss weight of the terms copied from the question and the outlines
+    answer_loss_weight: float = 1.0  # loss weight of the answer line ``A: 23555`` (a copy of the total, zeros dropped)
     init: str = ""  # a saved model to start from ("": random weights)
     task: str = "threadweaver"  # the plan format of the traces: threadweaver (models/task.py) or multiverse
     two_digit_p: float = 0.5  # multiverse: a product's multiplier has two digits with this probability
@@ -56,8 +57,9 @@ class Recipe:
     # 7.6k by 14 minutes): with hundreds of batch lengths the CPU kernels slow down as a run goes on (AMX VM,
     # 2026-12-02). 1 is the default because the committed models' recipes were trained with it
     pad_to: int = 1
-    compile: bool = False  # torch.compile the forward (dynamic shapes): 16% more tokens/s in a short run here,
-    # but loom-arith-mv v2's whole run with it averaged 8.9k tokens/s against v1's 9.5k without
+    compile: bool = False  # torch.compile the forward (dynamic shapes). With pad_to 64, 12.3k tokens/s against 10.2k
+    # eager over 4 minutes (Multiverse task, bf16, no AMX, 2026-12-02); with pad_to 1 loom-arith-mv v2's whole run
+    # averaged 8.9k tokens/s against v1's 9.5k eager
 
 
 def model_config(r: Recipe, vocab: int, tok):
@@ -95,6 +97,7 @@ def question(r: Recipe, rng: random.Random) -> task.Question:
 SUM_LINE = re.compile(r"[a-e][=:]\d+\+\d+=\d+|A=\d+")
 # a term copied from the question or from an outline: ``b 89``, ``a 345*67``, ``a1 345*7``
 COPY = re.compile(r"\b[a-e]\d? \d+(?:\*\d+)?")
+ANSWER = re.compile(r"A: \d+")
 
 
 @dataclass
@@ -104,11 +107,12 @@ class Example:
     weights: list[float]  # per-token loss weight
 
 
-def encode(tok, context: str, completion: str, sum_weight: float, copy_weight: float = 1.0) -> Example:
+def encode(tok, context: str, completion: str, sum_weight: float, copy_weight: float = 1.0,
+           answer_weight: float = 1.0) -> Example:
     ctx = tok.encode(context).ids  # starts with <s>
     comp = tok.encode(completion, add_special_tokens=False)
     by_char = [1.0] * len(completion)
-    for pattern, w in ((COPY, copy_weight), (SUM_LINE, sum_weight)):
+    for pattern, w in ((COPY, copy_weight), (SUM_LINE, sum_weight), (ANSWER, answer_weight)):
         for m in pattern.finditer(completion):
             by_char[m.start():m.end()] = [w] * (m.end() - m.start())
     weights = [by_char[start] for start, _ in comp.offsets]
@@ -126,7 +130,7 @@ def batches(tok, r: Recipe, rng: random.Random):
         pool = []
         while len(pool) < r.batch * 16:
             for ctx, comp in examples(question(r, rng), r, rng):
-                pool.append(encode(tok, ctx, comp, r.sum_loss_weight, r.copy_loss_weight))
+                pool.append(encode(tok, ctx, comp, r.sum_loss_weight, r.copy_loss_weight, r.answer_loss_weight))
         pool.sort(key=lambda e: len(e.ids))
         chunks = [pool[i:i + r.batch] for i in range(0, len(pool), r.batch)]
         rng.shuffle(chunks)
@@ -178,7 +182,9 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, r, elapsed)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=r.autocast == "bfloat16"):
-            logits = forward(input_ids=ids, attention_mask=mask).logits
+            # No attention mask: batches are padded on the right, so causal attention never lets a real
+            # token see a pad, and without a mask SDPA runs its causal kernel (5% more tokens/s in bf16, 20% in float32 here)
+            logits = forward(input_ids=ids).logits
         loss = weighted_loss(logits, labels, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

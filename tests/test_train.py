@@ -37,6 +37,32 @@ def test_weighted_loss_with_unit_weights_is_the_models_own_loss():
     assert torch.allclose(train.weighted_loss(out.logits, labels, weights), out.loss, atol=1e-5)
 
 
+def test_without_a_mask_the_real_tokens_get_the_logits_they_get_with_one():
+    """Training runs without an attention mask: padding is on the right, so causal attention never
+    lets a real token see a pad, and its logits are the masked run's."""
+    from transformers import LlamaForCausalLM
+
+    tok = chartok.build()
+    r = train.Recipe(**TINY, pad_to=64)
+    model = LlamaForCausalLM(train.model_config(r, 128, tok)).eval()
+    ids, _labels, _weights, mask = next(train.batches(tok, r, random.Random(0)))
+    assert not mask.all()  # the batch has padding to get wrong
+    with torch.no_grad():
+        masked, unmasked = model(input_ids=ids, attention_mask=mask).logits, model(input_ids=ids).logits
+    real = mask.bool()
+    assert torch.allclose(masked[real], unmasked[real], atol=1e-5)
+
+
+def test_the_answer_line_gets_the_answer_weight_in_both_formats():
+    from models import task_mv
+
+    tok = chartok.build()
+    for fmt, q in ((task, task.parse_question("Q: 12*3+4*5")), (task_mv, task_mv.parse_question("Q: 345*67+8"))):
+        ex = train.encode(tok, q.prompt, fmt.trace(q), sum_weight=3.0, answer_weight=2.0)
+        weighted = "".join(tok.decode([i]) for i, w in zip(ex.ids, ex.weights) if w == 2.0)
+        assert weighted == f"A: {q.answer}"
+
+
 def test_padded_batches_hold_the_same_examples_at_a_multiple_of_pad_to():
     """pad_to only adds padding (a few lengths for the CPU kernels to see, not hundreds): the
     same examples, masked the same, each batch as long as a multiple of it."""
