@@ -105,9 +105,17 @@ async def test_a_streamed_job_streams_its_main_lane_and_its_threads_stay_quiet(s
 
 
 async def test_a_deadline_stops_a_quiet_request_and_what_its_engine_made_is_charged(service):
-    rec = await run(service, budget={"deadline_s": 0.25})
+    # Five three-digit products: long threads. The deadline falls halfway through the window in
+    # which every thread of an unlimited run was decoding, as this engine runs it (a fixed
+    # deadline could fall before the fork, or as threads began, on a faster or slower machine).
+    question = "Q: 905*9+714*3+220*6+383*7+671*8"
+    free = await run(service, prompt=question)
+    start, ts = next(n for n in free.dag["nodes"] if n["kind"] == "segment")["started"], threads(free)
+    window = (max(t["first_token"] for t in ts), min(t["ended"] for t in ts))
+    deadline = round(sum(window) / 2 - start, 3)
+    rec = await run(service, prompt=question, budget={"deadline_s": deadline})
     assert rec.status == "cancelled" and rec.result["finish"] == "budget"
-    assert any("deadline of 0.25s passed" in n for n in rec.notes), rec.notes
+    assert any(f"deadline of {deadline}s passed" in n for n in rec.notes), rec.notes
     stopped = [n for n in rec.dag["nodes"] if n["finish"] == "budget"]
     assert stopped and all(n["tokens"] > 1 for n in stopped), stopped  # not only the first streamed token
     assert sum(n["tokens"] for n in rec.dag["nodes"]) == rec.usage["tokens"]
