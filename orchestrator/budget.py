@@ -166,7 +166,7 @@ class BudgetCall:
 
     job_id: str
     seq: int
-    kind: str  # "open_job", "lease", "settle", or "threads" (started: > 0, one ended: -1)
+    kind: str  # "open_job", "lease", "settle", "threads" (started: > 0, one ended: -1) or "close_job"
     now: float
     node: str = ""
     used: int = 0
@@ -256,6 +256,8 @@ class Ledger:
         for call in calls:
             if call.kind == "open_job":
                 self.open_job(call.job_id, call.budget, call.now)
+            elif call.kind == "close_job":  # a job this ledger does not know has nothing to close
+                self.close_job(call.job_id)
             elif call.job_id in self.jobs:
                 self.jobs[call.job_id].apply(call)
             else:

@@ -25,9 +25,6 @@ class Coordinator:
     def __init__(self, max_threads_in_flight: int = 64):
         self.ledger = Ledger(max_threads_in_flight)
 
-    def close_job(self, job_id: str) -> dict:
-        return self.ledger.close_job(job_id)
-
     def restore(self, accounts: dict[str, JobUsage]) -> None:
         for job_id, usage in accounts.items():
             self.ledger.restore(job_id, usage)

@@ -98,16 +98,17 @@ class RayBudgetClient:
     batch. Ray runs one caller's calls to an actor in the order they were sent, so the
     coordinator's ledger applies the same calls in the same order, comes to the same answers, and
     has them all before the driver's next admission, the one call that waits (it needs the
-    cluster's free thread slots). When the coordinator has restarted and no longer knows a job,
-    the client gives all its accounts back (``restore``): budgets and the cluster-wide thread
-    count survive the restart, and a call Ray retries after the restore is skipped by its number."""
+    cluster's free thread slots). Closing a job is such a call too: the job's usage is our copy's,
+    and the coordinator drops the account after the job's other calls. When the coordinator has
+    restarted and no longer knows a job, the client gives all its open accounts back
+    (``restore``): budgets and the cluster-wide thread count survive the restart, and a call Ray
+    retries after the restore is skipped by its number."""
 
     def __init__(self, handle):
         self.handle = handle
         self.accounts: dict[str, JobUsage] = {}
         self.outbox: list[BudgetCall] = []  # posted, not yet sent
-        self.sent: dict[str, set[asyncio.Task]] = {}  # per job: batches sent, not yet applied
-        self.missed: set[str] = set()  # jobs with a batch the coordinator may not have applied
+        self.sent: set[asyncio.Task] = set()  # batches sent, not yet applied
 
     async def open_job(self, job_id: str, budget: JobBudget) -> None:
         now = time.time()
@@ -115,16 +116,12 @@ class RayBudgetClient:
         self._post(BudgetCall(job_id, 0, "open_job", now, budget=budget))
 
     async def close_job(self, job_id: str) -> dict:
-        """The job's usage, once the coordinator has every call; our own copy where it may have
-        missed one, or restarted and never saw the job again."""
+        """The job's usage, from our exact copy of its account; the close is sent at once (it
+        would not wait for the next pass of the event loop), not waited for."""
+        account = self.accounts.pop(job_id)
+        self._post(BudgetCall(job_id, account.calls + 1, "close_job", time.time()))
         self._flush()
-        await asyncio.gather(*self.sent.pop(job_id, set()))
-        account = self.accounts.pop(job_id, None)
-        usage = await self.handle.close_job.remote(job_id)
-        if account is not None and (not usage or job_id in self.missed):
-            usage = Ledger.usage_dict(account)
-        self.missed.discard(job_id)
-        return usage
+        return Ledger.usage_dict(account)
 
     async def admit_fork(self, job_id: str, n: int, depth: int) -> Admission:
         self._flush()  # the coordinator applies what was posted first
@@ -170,17 +167,14 @@ class RayBudgetClient:
         if not calls:
             return
         task = asyncio.ensure_future(self._applied(self.handle.apply.remote(calls), calls))
-        for job_id in {c.job_id for c in calls}:
-            pending = self.sent.setdefault(job_id, set())
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        self.sent.add(task)
+        task.add_done_callback(self.sent.discard)
 
     async def _applied(self, ref, calls: list[BudgetCall]) -> None:
         try:
             errors = await ref
-        except Exception:  # nobody waits on a batch: logged, and its jobs' usage comes from our copies
+        except Exception:  # nobody waits on a batch: logged (jobs' usage comes from our copies)
             log.exception("the coordinator did not apply %d budget calls", len(calls))
-            self.missed.update(c.job_id for c in calls)
             return
         if any(errors):  # a restarted coordinator: our accounts already hold these calls
             await self._restore()

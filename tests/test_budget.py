@@ -156,6 +156,18 @@ def test_a_drivers_calls_applied_in_order_give_the_drivers_answers_and_a_retried
     assert fresh.remaining("j") == 73 and fresh.jobs["j"].per_thread == {"n1": 22, "n2": 5}
 
 
+def test_a_close_call_frees_the_jobs_threads_and_is_a_no_op_for_a_job_the_ledger_does_not_know():
+    led = Ledger(max_threads_in_flight=4)
+    open_ = BudgetCall("j", 0, "open_job", 0.0, budget=JobBudget())
+    assert led.apply([open_, BudgetCall("j", 1, "threads", 0.0, threads=3)]) == ["", ""]
+    led.open_job("k", JobBudget(), 0.0)
+    assert led.admit_fork("k", 2, 1, 0.0).width == 1  # one slot of four left
+    assert led.apply([BudgetCall("j", 2, "close_job", 0.0)]) == [""]
+    assert led.cluster() == {"jobs": 1, "threads_in_flight": 0, "max_threads_in_flight": 4}
+    assert led.admit_fork("k", 2, 1, 0.0).width == 2  # j's slots are free again
+    assert Ledger().apply([BudgetCall("gone", 7, "close_job", 0.0)]) == [""]  # restarted, never restored
+
+
 def test_an_unknown_budget_call_is_named():
     with pytest.raises(BudgetError, match="unknown budget call 'grant'"):
         JobUsage(JobBudget(), 0.0).apply(BudgetCall("j", 1, "grant", 0.0))

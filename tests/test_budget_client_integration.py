@@ -1,6 +1,7 @@
 """The driver's budget client against a real coordinator actor (a private one, not the session's):
-calls whose answer the driver knows are sent without waiting, yet the coordinator sees them in
-order, and a coordinator killed with such calls in flight charges every token once."""
+calls whose answer the driver knows are sent without waiting (closing a job too), yet the
+coordinator sees them in order, and a coordinator killed with such calls in flight charges every
+token once."""
 from __future__ import annotations
 
 import asyncio
@@ -34,7 +35,8 @@ async def test_a_settle_sent_unanswered_is_seen_before_the_next_admission(coordi
     assert await client.settle("j", "n1", 10) == "token budget exhausted (100/100)"
     usage = await client.close_job("j")
     assert usage["tokens"] == 100 and usage["per_thread"] == {"n0": 90, "n1": 10}
-    assert usage["exhausted"] == "token budget exhausted (100/100)"  # the coordinator's own verdict
+    assert usage["exhausted"] == "token budget exhausted (100/100)"
+    await until(lambda: _empty(coordinator), 30, "the job closed in the coordinator's ledger")
 
 
 async def test_calls_sent_to_a_killed_coordinator_charge_once_and_free_their_slots(coordinator):
@@ -60,10 +62,13 @@ async def _empty(coordinator) -> bool:
 
 async def test_many_calls_made_at_once_go_out_together_and_all_land(coordinator):
     client = RayBudgetClient(coordinator)
-    await client.open_job("j", JobBudget(max_total_tokens=10_000))
+    await client.open_job("j", JobBudget(max_total_tokens=360, min_thread_tokens=16))
     for i in range(50):  # answered at once: the event loop does not run in between
-        assert (await client.lease("j", f"n{i}", 0, 64)).tokens == 64
+        assert (await client.lease("j", f"n{i}", 0, 7)).tokens == 7
     assert len(client.outbox) == 51  # so they go out as one batch, the job's opening first
     await asyncio.gather(*(client.settle("j", f"n{i}", 7) for i in range(50)))
+    adm = await client.admit_fork("j", 1, 1)  # the coordinator's own count: every settle landed
+    assert not adm.admitted and adm.reason == "10 tokens left: too few for 1 threads"
     usage = await client.close_job("j")
     assert usage["tokens"] == 350 and len(usage["per_thread"]) == 50
+    await until(lambda: _empty(coordinator), 30, "the job closed in the coordinator's ledger")
