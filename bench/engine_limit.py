@@ -11,9 +11,10 @@
 
 3. Splits each node's time as the engine client saw it, from the worker's own request log:
    the wait before the worker took the request, the engine's time to first token, its seconds
-   per decoded token (against the measured step) and the wait after the engine finished; and
-   each job's orchestration overhead: its wall time minus the engine's time (the worker's own
-   timestamps) on the critical path.
+   per decoded token (against the measured step) and the wait after the engine finished; each
+   job's orchestration overhead: its wall time minus the engine's time (the worker's own
+   timestamps) on the critical path; and the job's time outside its requests (gaps: before the
+   first, at each fork and join, after the last).
 
 Prints the costs, per-workload figures (mean wall, mean limit, efficiency, the sequential
 limit: every token at batch 1, and the split) and the machine.
@@ -184,6 +185,33 @@ class NodeSplit:
     after_engine_s: float  # from the engine's last token to the end of the call
 
 
+@dataclass
+class JobGaps:
+    """Mean milliseconds of a job's wall time outside its requests, on the driver's clock."""
+    start_ms: float  # the job's start to its first request's
+    fork_ms: float  # a segment's end at a plan to its block's first thread's start
+    join_ms: float  # a block's last thread's end to the start of the segment after its join
+    end_ms: float  # the job's last request's end to the job's end
+
+
+def gaps_ms(records: list) -> JobGaps:
+    """Each gap's mean over every job (a fork's and a join's over every block)."""
+    kinds: dict[str, list[float]] = {"start": [], "fork": [], "join": [], "end": []}
+    for r in records:
+        dag = ThreadDAG.from_dict(r.dag)
+        ran = [n for n in dag.nodes if n.started]
+        kinds["start"].append(ran[0].started - r.started)
+        kinds["end"].append(r.finished - max(n.ended for n in ran))
+        for join in (n for n in dag.nodes if n.kind == "join"):
+            threads = [dag.nodes[i] for i in dag.predecessors(join.id)]
+            parent = dag.nodes[dag.predecessors(threads[0].id)[0]]
+            kinds["fork"].append(min(t.started for t in threads) - parent.ended)
+            after = [n for n in ran if join.id in dag.predecessors(n.id)]
+            kinds["join"] += [a.started - max(t.ended for t in threads) for a in after]
+    mean = {k: round(1000 * sum(v) / len(v), 2) if v else 0.0 for k, v in kinds.items()}
+    return JobGaps(mean["start"], mean["fork"], mean["join"], mean["end"])
+
+
 async def run_jobs(service, questions: list[task.Question]) -> list:
     return [await service.run(JobRequest(prompt=q.prompt)) for q in questions]
 
@@ -240,7 +268,7 @@ def main(argv=None) -> int:
             records = asyncio.run(run_jobs(service, qs))
             log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
             rows.append({**asdict(figures(name, records, costs, log)),
-                         "split": [asdict(s) for s in splits(records, log)]})
+                         "split": [asdict(s) for s in splits(records, log)], "gaps": asdict(gaps_ms(records))})
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.engine_limit import EngineCosts, limit_s, overhead_s, sequential_limit_s, thread_seconds
+from bench.engine_limit import EngineCosts, JobGaps, gaps_ms, limit_s, overhead_s, sequential_limit_s, thread_seconds
 from orchestrator.generation import request_id
 from orchestrator.plan.dag import ThreadDAG
 
@@ -53,3 +53,16 @@ def test_the_overhead_is_the_wall_time_past_the_engine_on_the_critical_path():
            for n in dag.nodes if n.id in seconds}
     record = SimpleNamespace(id="j", dag=dag.to_dict(), started=100.0, finished=102.5)
     assert overhead_s(record, log) == pytest.approx(2.5 - 1.9)
+
+
+def test_the_gaps_are_the_jobs_time_outside_its_requests():
+    """Driver times: the first segment 100.1-101.0, threads 101.3-101.6 and 101.2-101.8, the
+    segment after the join 102.0-102.4; the job ran 100.0-102.5. The join node never runs."""
+    dag = fork_dag()
+    times = {0: (100.1, 101.0), 1: (101.3, 101.6), 2: (101.2, 101.8), 4: (102.0, 102.4)}
+    for i, (start, end) in times.items():
+        dag.nodes[i].started, dag.nodes[i].ended = start, end
+    record = SimpleNamespace(dag=dag.to_dict(), started=100.0, finished=102.5)
+    gaps = gaps_ms([record])
+    assert gaps == JobGaps(start_ms=pytest.approx(100), fork_ms=pytest.approx(200),
+                           join_ms=pytest.approx(200), end_ms=pytest.approx(100))
