@@ -98,10 +98,14 @@ async def engines(runner, reps: int) -> list[dict]:
 
 
 async def _last(handle, req):
-    last = None
-    async for ref in handle.generate.options(num_returns="streaming").remote(req):
-        last = await ref
-    return last
+    """The request's last chunk, streamed as the engine client streams it."""
+    from orchestrator.stream_client import StreamClient
+
+    stream = StreamClient((await handle.ready.remote()).stream)
+    try:
+        return [c async for c in stream.generate(req)][-1]
+    finally:
+        stream.close()
 
 
 def jobs(runner, service, n: int, concurrencies: list[int], seed: int, repeat: int = 1) -> dict:

@@ -35,6 +35,7 @@ from orchestrator.kv_events import KVEventSubscriber, SharedIndex
 from orchestrator.lease import BudgetExhausted, ThreadLease
 from orchestrator.metrics import LoomMetrics
 from orchestrator.placement import Placer
+from orchestrator.stream_client import StreamClient, WorkerLost
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ class RayBudgetClient:
 class RayEngineClient:
     """Worker actors (workers/worker.py) behind ``EngineClient``: place, stream, charge, abort.
 
+    A request streams over the worker's own socket (stream_client.py), not as a Ray call with a
+    Ray object per chunk; holds, aborts, loads and restarts are Ray calls.
     A worker that dies mid-request (its process, or its engine) is taken out of placement and
     the request is placed again and re-run from its prompt on a live worker (greedy decoding
     gives the same tokens; those already streamed to the caller are not sent twice). The tokens
@@ -202,6 +205,7 @@ class RayEngineClient:
         self.model_name = model_name
         self.metrics = metrics or LoomMetrics()
         self.subscribers: dict[str, KVEventSubscriber] = {}
+        self.streams: dict[str, StreamClient] = {}
         self.reviving: dict[str, asyncio.Task] = {}
         self._loads_at = 0.0
         self._refresh: asyncio.Task | None = None
@@ -218,6 +222,9 @@ class RayEngineClient:
             self.placer.link.bytes_per_token[info.name] = info.kv_bytes_per_token
         self.subscribers[info.name] = sub = KVEventSubscriber(info.name, info.kv, self.shared)
         sub.start()
+        if info.name in self.streams:
+            self.streams[info.name].close()
+        self.streams[info.name] = StreamClient(info.stream)
 
     async def decode(self, call: Decode, progress: Progress) -> Decoded:
         relay = _Relay(call.on_tokens)
@@ -225,7 +232,7 @@ class RayEngineClient:
             placement = await self._place(call.prompt_ids)
             try:
                 return await self._attempt(call, progress, placement, relay)
-            except RayActorError as e:  # the worker died under the request
+            except (RayActorError, WorkerLost) as e:  # the worker died under the request
                 progress.attempts.append({"worker": placement.worker, "tokens": progress.tokens,
                                           "error": f"{type(e).__name__}"})
                 self._lost(placement.worker)
@@ -347,16 +354,16 @@ class RayEngineClient:
         covers all its tokens, goes quiet (its first tokens and its end), stopped here at the job's
         deadline. Cancelled (by a sibling or the job, out of budget, or a failure), it is aborted
         on its worker, and what the engine made for it is charged."""
-        handle = self.workers[progress.placement.worker]
+        worker = progress.placement.worker
         first = call.max_tokens if call.on_tokens is None else None
         async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}", first=first) as lease:
             req.quiet = first is not None and await lease.covers(call.max_tokens)
             limit = asyncio.timeout(lease.seconds_left() if req.quiet else None)
             try:
                 async with limit:
-                    return await self._consume(progress, handle, req, out, relay, lease)
+                    return await self._consume(progress, self.streams[worker], req, out, relay, lease)
             except BaseException:
-                await self._abort(handle, req.request_id, progress, lease)
+                await self._abort(self.workers[worker], req.request_id, progress, lease)
                 if not limit.expired():
                     raise
             raise BudgetExhausted(await lease.settle())
@@ -368,10 +375,9 @@ class RayEngineClient:
                 lease.charge(made - progress.tokens)
                 progress.tokens = made
 
-    async def _consume(self, progress: Progress, handle, req: GenRequest, out: list[int], relay: _Relay,
-                       lease: ThreadLease) -> Decoded:
-        async for ref in handle.generate.options(num_returns="streaming").remote(req):
-            chunk = await ref
+    async def _consume(self, progress: Progress, stream: StreamClient, req: GenRequest, out: list[int],
+                       relay: _Relay, lease: ThreadLease) -> Decoded:
+        async for chunk in stream.generate(req):
             out += chunk.token_ids
             progress.tokens += len(chunk.token_ids)
             progress.first_token = progress.first_token or (time.time() if chunk.token_ids else 0.0)

@@ -131,6 +131,16 @@ class KVEndpoints:
 
 
 @dataclass(frozen=True)
+class StreamEndpoint:
+    """Where a worker serves its engine's requests (orchestrator/wire.py), and the token a
+    connection must present."""
+
+    host: str
+    port: int
+    token: str
+
+
+@dataclass(frozen=True)
 class EngineProfile:
     """An engine's speed, measured by its worker at start-up."""
 
@@ -165,6 +175,7 @@ class WorkerInfo:
 
     name: str
     kv: KVEndpoints
+    stream: StreamEndpoint
     profile: EngineProfile
     block_size: int
     kv_bytes_per_token: int = 0  # KV bytes one token takes in this engine (all layers)

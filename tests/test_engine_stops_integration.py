@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import ray
+from engine_requests import chunks
 
 from orchestrator.generation import GenChunk, GenRequest
 
@@ -14,10 +15,7 @@ QUESTION = "Q: 905*9+14*3+220*6\n"
 
 
 async def request(handle, rid: str, ids: list[int], stop: list[str]) -> list[GenChunk]:
-    chunks = []
-    async for ref in handle.generate.options(num_returns="streaming").remote(GenRequest(rid, ids, 400, stop=stop)):
-        chunks.append(await ref)
-    return chunks
+    return await chunks(handle, GenRequest(rid, ids, 400, stop=stop))
 
 
 def ended(chunks: list[GenChunk]) -> tuple[list[int], GenChunk]:

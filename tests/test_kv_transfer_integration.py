@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 import ray
+from engine_requests import stream
 
 from cluster import runtime
 from cluster.config import load
@@ -27,8 +28,7 @@ FOUR = Question((Term(123, 4), Term(56, 7), Term(809, 3), Term(41, 6)))
 
 async def generate(handle, rid: str, ids: list[int], n: int = 24, kv: dict | None = None):
     tokens, last = [], None
-    async for ref in handle.generate.options(num_returns="streaming").remote(GenRequest(rid, ids, n, kv_params=kv)):
-        last = await ref
+    async for last in stream(handle, GenRequest(rid, ids, n, kv_params=kv)):
         tokens += last.token_ids
     return tokens, last
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from engine_requests import chunks
 from polling import final_record, wait_until
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
@@ -66,8 +67,7 @@ async def test_threads_go_to_their_prefix_unless_the_cost_model_says_otherwise(s
 
 def engine_request(handle, ids, rid):
     async def go():
-        async for ref in handle.generate.options(num_returns="streaming").remote(GenRequest(rid, ids, 1)):
-            await ref
+        await chunks(handle, GenRequest(rid, ids, 1))
     return go()
 
 

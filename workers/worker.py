@@ -1,10 +1,10 @@
 """A Ray actor that owns one engine (one GPU, or the CPU) and streams generations.
 
-``generate`` is an async generator: called with ``.options(num_returns="streaming")`` it
-streams ``GenChunk`` deltas to the caller as the engine produces them (batched by
-``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread; a
+``generate`` is an async generator of ``GenChunk`` deltas as the engine produces them (batched
+by ``stream_interval_s``: stream_batch.py), so the job can spend tokens and cancel mid-thread; a
 quiet request sends only its first tokens and its end, and ``abort`` tells how many tokens the
-engine made for it.
+engine made for it. Drivers reach it over the worker's own socket (stream_server.py, its
+endpoint in ``WorkerInfo``), not as a Ray call; the other methods are Ray calls.
 Requests run concurrently inside the engine's batch.
 At start-up (``ready``) the worker measures its engine (prefill seconds per token, decode
 step seconds at a few batch sizes) for the placement cost model, and tells where its
@@ -24,6 +24,7 @@ from orchestrator import tracing
 from orchestrator.generation import HOLD_KEY, EngineLoad, EngineProfile, GenChunk, GenRequest, KVHold, WorkerInfo
 from workers.engine import EngineConfig
 from workers.stream_batch import batched, held
+from workers.stream_server import StreamServer
 
 PROFILE_BATCHES = (1, 4, 16)
 PROFILE_DECODE_TOKENS = 32
@@ -45,12 +46,15 @@ class EngineWorker:
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
         self.log: list[dict] = []  # per finished request: id, times, tokens (bounded)
         self.info: WorkerInfo | None = None
+        self.server = StreamServer(self.generate, host)
 
     async def ready(self) -> WorkerInfo:
-        """Measures the engine once (the first call), then says what the engine client needs."""
+        """Measures the engine and opens the request stream once (the first call), then says
+        what the engine client needs."""
         if self.info is None:
-            self.info = WorkerInfo(self.name, self.engine.kv_endpoints(), await self.profile(), self.cfg.block_size,
-                                   self.engine.kv_bytes_per_token())
+            profile = await self.profile()
+            self.info = WorkerInfo(self.name, self.engine.kv_endpoints(), await self.server.start(), profile,
+                                   self.cfg.block_size, self.engine.kv_bytes_per_token())
         return self.info
 
     async def profile(self) -> EngineProfile:
@@ -157,6 +161,7 @@ class EngineWorker:
 
     def shutdown(self) -> None:
         """Stops the engine (its core process too); the actor is killed next."""
+        self.server.close()
         self.engine.shutdown()
 
     def pid(self) -> int:
