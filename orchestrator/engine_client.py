@@ -357,7 +357,7 @@ class RayEngineClient:
         worker = progress.placement.worker
         first = call.max_tokens if call.on_tokens is None else None
         async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}", first=first) as lease:
-            req.quiet = first is not None and await lease.covers(call.max_tokens)
+            req.quiet = first is not None and lease.covers(call.max_tokens)
             limit = asyncio.timeout(lease.seconds_left() if req.quiet else None)
             try:
                 async with limit:

@@ -37,7 +37,7 @@ def budget(**b) -> CountingBudget:
 
 async def stream(lease: ThreadLease, tokens: int, chunk: int = 4) -> int:
     """Spends ``tokens`` in chunks as a stream would; returns how many were streamed."""
-    lease.start()
+    await lease.start()
     sent = 0
     try:
         while sent < tokens:
@@ -94,7 +94,7 @@ async def test_as_a_context_it_settles_however_the_request_ends():
 async def test_a_first_lease_that_covers_the_request_is_its_only_one():
     b = budget(max_total_tokens=1000, deadline_s=10)
     async with ThreadLease(b, "j", "n1", first=300) as lease:
-        assert await lease.covers(300)
+        assert lease.covers(300)
         assert 9.9 < lease.seconds_left() < 10.1
         for _ in range(75):
             await lease.spend(4)
@@ -106,8 +106,9 @@ async def test_a_first_lease_covers_a_request_only_within_its_share_of_what_is_l
     b = budget(max_total_tokens=500)
     b.ledger.start_threads("j", 2)
     one, two = ThreadLease(b, "j", "n1", first=300), ThreadLease(b, "j", "n2", first=300)
-    one.start(), two.start()
-    assert await one.covers(250) and not await two.covers(300)  # 250 of 500 each, then 125 of 250
+    await one.start()
+    await two.start()
+    assert one.covers(250) and not two.covers(300)  # 250 of 500 each, then 125 of 250
     assert (one.granted, two.granted) == (250, 125)
 
 
