@@ -6,6 +6,8 @@ decision is made here so that the policy is tested deterministically (time is pa
 - admit_fork: width w <= N from the job's max width and the cluster's free thread slots;
   the N - w others run in later waves, never dropped. A fork past max depth, max fork
   rounds, or without tokens for every thread is refused: the model goes on sequentially.
+  The job's part of that decision is its account's (``JobUsage.admit``), so a driver with a
+  recent count of the cluster's threads admits its forks itself, as the ledger would.
 - lease: a thread decodes on a lease of tokens reserved for it, and comes back only when the
   lease runs low (reporting what it used) or when it ends (``settle``). Tokens used plus tokens
   leased never pass the job's total; once a lease cannot be granted, or the deadline has passed,
@@ -103,8 +105,9 @@ class JobUsage:
 
     def apply(self, call: BudgetCall) -> Lease | str | None:
         """A driver's call, in its order: a lease's grant, a settle's verdict, or None (threads
-        counted, or a call this account already holds: Ray retried it on a restarted coordinator
-        that the driver's restore had already brought up to date)."""
+        counted, a fork the driver admitted counted, or a call this account already holds: Ray
+        retried it on a restarted coordinator that the driver's restore had already brought up
+        to date)."""
         if call.seq <= self.calls:
             return None
         self.calls = call.seq
@@ -112,10 +115,41 @@ class JobUsage:
             return self.lease(call.node, call.used, call.want, call.now)
         if call.kind == "settle":
             return self.settle(call.node, call.used, call.now)
-        if call.kind != "threads":
+        if call.kind == "fork":
+            self.forks += 1
+        elif call.kind == "threads":
+            self.count_threads(call.threads)
+        else:
             raise BudgetError(f"unknown budget call {call.kind!r}")
-        self.count_threads(call.threads)
         return None
+
+    def admit(self, n: int, depth: int, now: float, free: int) -> Admission:
+        """A fork of ``n`` threads at ``depth`` with ``free`` thread slots left in the cluster:
+        refused (width 0, and why), or admitted at width min(n, max_width, free), never below 1,
+        and counted."""
+        refusal = self.refusal(n, depth, now)
+        if refusal:
+            return Admission(0, reason=refusal)
+        b = self.budget
+        width = max(1, min(n, b.max_width, free))
+        per_thread = min(b.max_thread_tokens, self.remaining // n)
+        self.forks += 1
+        reason = "" if width == n else f"narrowed to {width} of {n} (waves)"
+        return Admission(width, per_thread, reason)
+
+    def refusal(self, n: int, depth: int, now: float) -> str:
+        b = self.budget
+        if self.exhausted:
+            return self.exhausted
+        if now - self.opened_at > b.deadline_s:
+            return "deadline passed"
+        if depth > b.max_depth:
+            return f"depth {depth} > max_depth {b.max_depth}"
+        if self.forks >= b.max_fork_rounds:
+            return f"fork rounds {self.forks} reached max_fork_rounds"
+        if self.remaining // max(n, 1) < b.min_thread_tokens:
+            return f"{self.remaining} tokens left: too few for {n} threads"
+        return ""
 
     def count_threads(self, n: int) -> None:
         """``n`` threads started (> 0) or ended (< 0)."""
@@ -166,13 +200,23 @@ class BudgetCall:
 
     job_id: str
     seq: int
-    kind: str  # "open_job", "lease", "settle", "threads" (started: > 0, one ended: -1) or "close_job"
+    kind: str  # "open_job", "lease", "settle", "threads" (started: > 0, one ended: -1), "fork" or "close_job"
     now: float
     node: str = ""
     used: int = 0
     want: int = 0
     threads: int = 0
     budget: JobBudget | None = None  # open_job
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The coordinator's answer to a batch of calls: per call "" or why it was not applied, and
+    the cluster's threads in flight once it was (a driver's view for admitting forks itself)."""
+
+    errors: list[str]
+    threads_in_flight: int
+    max_threads_in_flight: int
 
 
 @dataclass(frozen=True)
@@ -209,31 +253,8 @@ class Ledger:
         return self.usage_dict(usage) if usage else {}
 
     def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
-        job = self._job(job_id)
-        b = job.budget
-        refusal = self._refusal(job, n, depth, now)
-        if refusal:
-            return Admission(0, reason=refusal)
-        free = self.max_threads_in_flight - self.in_flight
-        width = max(1, min(n, b.max_width, free))
-        per_thread = min(b.max_thread_tokens, job.remaining // n)
-        job.forks += 1
-        reason = "" if width == n else f"narrowed to {width} of {n} (waves)"
-        return Admission(width, per_thread, reason)
-
-    def _refusal(self, job: JobUsage, n: int, depth: int, now: float) -> str:
-        b = job.budget
-        if job.exhausted:
-            return job.exhausted
-        if now - job.opened_at > b.deadline_s:
-            return "deadline passed"
-        if depth > b.max_depth:
-            return f"depth {depth} > max_depth {b.max_depth}"
-        if job.forks >= b.max_fork_rounds:
-            return f"fork rounds {job.forks} reached max_fork_rounds"
-        if job.remaining // max(n, 1) < b.min_thread_tokens:
-            return f"{job.remaining} tokens left: too few for {n} threads"
-        return ""
+        """JobUsage.admit on the job's account, with the cluster's free thread slots."""
+        return self._job(job_id).admit(n, depth, now, self.max_threads_in_flight - self.in_flight)
 
     def start_threads(self, job_id: str, k: int) -> None:
         self._job(job_id).count_threads(k)

@@ -1,9 +1,11 @@
 """The coordinator: one Ray actor holding the cluster's budget ledger (rebuilt after a restart).
 
-Every job opens an account here and forks are admitted through it, so the cluster-wide cap on
-threads in flight holds across all replicas of the ingress. Tokens are leased and charged, and
-threads counted, by each job's driver on its own exact copy of the account; the driver sends each
-such call here too, in order, and this ledger comes to the same answers (RayBudgetClient). The
+Every job opens an account here, and the cluster-wide count of threads in flight, across all
+replicas of the ingress and all drivers, is kept here. Tokens are leased and charged, threads
+counted and forks admitted by each job's driver on its own exact copy of the account; the driver
+sends each such call here too, in order, and this ledger comes to the same answers
+(RayBudgetClient). Each batch's answer carries the cluster's count, which a driver admits its
+forks with while it is recent; a driver without a recent count asks here (``admit_fork``). The
 policy itself lives in ``orchestrator.budget`` (plain, unit-tested).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 
 import ray
 
-from orchestrator.budget import Admission, BudgetCall, JobUsage, Ledger
+from orchestrator.budget import Admission, Applied, BudgetCall, JobUsage, Ledger
 
 COORDINATOR_NAME = "loom-coordinator"
 NAMESPACE = "loom"
@@ -32,11 +34,16 @@ class Coordinator:
     def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
         return self.ledger.admit_fork(job_id, n, depth, now)
 
-    def apply(self, calls: list[BudgetCall]) -> list[str]:
-        return self.ledger.apply(calls)
+    def apply(self, calls: list[BudgetCall]) -> Applied:
+        errors = self.ledger.apply(calls)
+        return Applied(errors, self.ledger.in_flight, self.ledger.max_threads_in_flight)
 
     def cluster(self) -> dict:
         return self.ledger.cluster()
+
+    def usage(self, job_id: str) -> dict:
+        """A job's account as this ledger has it (raises BudgetError for a job it does not know)."""
+        return self.ledger.usage(job_id)
 
     def pid(self) -> int:
         return os.getpid()

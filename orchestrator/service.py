@@ -185,12 +185,15 @@ class JobService:
     async def shutdown(self, grace_s: float = 20.0) -> None:
         """Cancels the jobs this controller runs: each is written back failed with STOPPED (and its
         engine requests aborted) within ``grace_s``; what is left then, the sweeper of another
-        controller settles once its lease lapses."""
+        controller settles once its lease lapses. The budget calls their ends sent (each closes
+        its job's account, freeing its thread slots) are waited for too."""
         tasks = list(self.tasks.values()) + list(self._watchers)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.runner.budget.drain(), grace_s)
 
     async def wait(self, job_id: str) -> JobRecord | None:
         task = self.tasks.get(job_id)

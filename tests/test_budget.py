@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.budget import BudgetCall, BudgetError, JobBudget, JobUsage, Lease, Ledger
+from orchestrator.budget import Admission, BudgetCall, BudgetError, JobBudget, JobUsage, Lease, Ledger
 
 
 def ledger(**budget):
@@ -171,3 +171,21 @@ def test_a_close_call_frees_the_jobs_threads_and_is_a_no_op_for_a_job_the_ledger
 def test_an_unknown_budget_call_is_named():
     with pytest.raises(BudgetError, match="unknown budget call 'grant'"):
         JobUsage(JobBudget(), 0.0).apply(BudgetCall("j", 1, "grant", 0.0))
+
+
+def test_a_fork_the_driver_admitted_counts_in_the_ledger_once_and_toward_max_fork_rounds():
+    """A driver admits with its copy (JobUsage.admit, as the ledger would with the same free slots)
+    and sends a numbered "fork" call: the ledger counts it, skips it when Ray retries it, and
+    refuses the round past max_fork_rounds itself."""
+    copy = JobUsage(JobBudget(max_total_tokens=1000, max_fork_rounds=2), opened_at=0.0)
+    led = Ledger(max_threads_in_flight=8)
+    led.open_job("j", copy.budget, 0.0)
+    led.open_job("k", JobBudget(), 0.0)
+    led.start_threads("k", 5)  # another job's threads: 3 slots free
+    assert copy.admit(4, 1, 0.0, free=3) == led.admit_fork("j", 4, 1, 0.0) == Admission(3, 250, "narrowed to 3 of 4 (waves)")
+    led.jobs["j"].forks = 0  # the ledger's admission was only to compare: the driver made this one
+    fork = BudgetCall("j", 1, "fork", 0.0)
+    assert led.apply([fork, fork]) == ["", ""] and led.usage("j")["forks"] == 1  # the retry skipped
+    assert led.admit_fork("j", 2, 1, 0.0).admitted  # the second round
+    assert led.admit_fork("j", 2, 1, 0.0).reason == "fork rounds 2 reached max_fork_rounds"
+    assert copy.admit(2, 1, 0.0, free=8).admitted and not copy.admit(2, 1, 0.0, free=8).admitted

@@ -1,7 +1,8 @@
 """The driver's budget client against a real coordinator actor (a private one, not the session's):
 calls whose answer the driver knows are sent without waiting (closing a job too), yet the
-coordinator sees them in order, and a coordinator killed with such calls in flight charges every
-token once."""
+coordinator sees them in order; a fork is admitted by the driver while its count of the cluster's
+threads is recent and by the coordinator otherwise; and a coordinator killed with calls in
+flight charges every token once."""
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,7 @@ import signal
 import pytest
 from polling import until
 
-from orchestrator.budget import JobBudget
+from orchestrator.budget import Admission, JobBudget
 from orchestrator.engine_client import RayBudgetClient
 
 
@@ -25,7 +26,7 @@ def coordinator(ray_cluster):
 
 
 async def test_a_settle_sent_unanswered_is_seen_before_the_next_admission(coordinator):
-    client = RayBudgetClient(coordinator)
+    client = RayBudgetClient(coordinator, view_max_age_s=0)  # every admission asks the coordinator
     await client.open_job("j", JobBudget(max_total_tokens=100, min_thread_tokens=16))
     await client.lease("j", "n0", 0, 64)
     assert await client.settle("j", "n0", 90) == ""  # answered by the driver's copy
@@ -61,7 +62,7 @@ async def _empty(coordinator) -> bool:
 
 
 async def test_many_calls_made_at_once_go_out_together_and_all_land(coordinator):
-    client = RayBudgetClient(coordinator)
+    client = RayBudgetClient(coordinator, view_max_age_s=0)
     await client.open_job("j", JobBudget(max_total_tokens=360, min_thread_tokens=16))
     for i in range(50):  # answered at once: the event loop does not run in between
         assert (await client.lease("j", f"n{i}", 0, 7)).tokens == 7
@@ -72,3 +73,27 @@ async def test_many_calls_made_at_once_go_out_together_and_all_land(coordinator)
     usage = await client.close_job("j")
     assert usage["tokens"] == 350 and len(usage["per_thread"]) == 50
     await until(lambda: _empty(coordinator), 30, "the job closed in the coordinator's ledger")
+
+
+async def test_a_driver_admits_forks_with_its_recent_view_of_other_drivers_threads(coordinator):
+    """Driver b learns that a has 6 of the 8 slots, and narrows its fork to 2 itself even after
+    a's threads ended (its view is recent, and b does not ask); a driver that asks gets 4. The
+    coordinator counts the fork b admitted."""
+    a, b, asking = RayBudgetClient(coordinator), RayBudgetClient(coordinator), RayBudgetClient(coordinator, 0)
+    await a.open_job("a", JobBudget())
+    await a.start_threads("a", 6)
+    await a.drain()
+    await b.open_job("b", JobBudget(max_total_tokens=1000))
+    await b.drain()
+    assert (b.view.others, b.view.max_threads) == (6, 8)
+    for _ in range(6):
+        await a.end_thread("a")
+    await a.drain()
+    assert await b.admit_fork("b", 4, 1) == Admission(2, 250, "narrowed to 2 of 4 (waves)")
+    await asking.open_job("c", JobBudget())
+    assert (await asking.admit_fork("c", 4, 1)).width == 4  # the coordinator's count: a's threads ended
+    await b.drain()
+    assert (await coordinator.usage.remote("b"))["forks"] == 1 == (await b.close_job("b"))["forks"]
+    for client, job in ((a, "a"), (asking, "c")):
+        await client.close_job(job)
+    await until(lambda: _empty(coordinator), 30, "every job closed in the coordinator's ledger")
