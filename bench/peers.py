@@ -2,7 +2,11 @@
 ``python -m bench.peers --questions 16 --concurrency 1,8``.
 
 Three systems answer the same questions (same model, float32, block size 32, prefix caching,
-eager, greedy), one after the other so that they never share the CPU:
+eager, greedy, and the same split of the machine's cores: the engine's threads on the cores
+``runtime.pin_controller`` gives the engines, everything else on the rest). Both servers are up
+for the whole run and take turns: for each round, workload and concurrency, each system in
+turn, so that this shared VM's drift (its speed moved by up to 50% within minutes on
+2026-12-03) falls on all of them alike; the one not answering is idle.
 
 - ``plain``: vLLM's own OpenAI server (``vllm.entrypoints.openai.api_server``), one completion
   per question: the model writes its threads inline, one after another.
@@ -18,14 +22,16 @@ Every system gets the same prompt ids: the chat template applied to the question
 chat endpoint applies it.
 
 Two workloads: ``mix`` (fresh questions of 2-5 terms, at least two products: every one forks)
-and ``five`` (five three-digit products: long threads). Prints one JSON line per system,
+and ``five`` (five three-digit products: long threads). Prints one JSON line per round, system,
 workload and concurrency: mean/p50/p90 latency, questions per second, exact match, and tokens
-generated, with the machine.
+generated; then, per workload and concurrency, Loom's latency and throughput as ratios of each
+other system's in the same round (``ratios``), with the machine.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -83,6 +89,8 @@ class PlainServer:
         if c.enforce_eager:
             args.append("--enforce-eager")
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(c.kv_cache_gib)}
+        if c.worker_cpu_binds:  # the engine's threads where Loom's run (the rest of vllm on the kept cores)
+            env["VLLM_CPU_OMP_THREADS_BIND"] = c.worker_cpu_binds[0]
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -166,44 +174,57 @@ async def over(url: str, system: str, ask, questions: list[task.Question], concu
         return await measure(system, functools.partial(ask, client), questions, concurrency)
 
 
-def run_vllm_side(cfg, tok, prepare, workloads: dict, levels: list[int], port: int) -> list[dict]:
-    rows = []
-
-    def asker(fn):
-        return lambda client, q: fn(client, tok, prepare(q), cfg.max_model_len)
-
-    with PlainServer(cfg, port) as server:
-        for system, fn in (("plain", plain), ("client", client_side)):
-            for name, qs in workloads.items():
-                for c in levels:
-                    rows.append({"workload": name, **asyncio.run(over(server.url, system, asker(fn), qs, c))})
-                    print(json.dumps(rows[-1]), flush=True)
-    return rows
-
-
-def run_loom_side(cfg, tok, workloads: dict, levels: list[int]) -> list[dict]:
+@contextlib.contextmanager
+def loom_server(cfg):
+    """Loom's Serve app on ``cfg.port`` (``cfg`` as ``runtime.pin_controller`` left it, which
+    ``loom serve`` calls here too); yields its URL."""
     import ray
     from ray import serve
 
     from cluster import runtime
     from cluster.app import app_builder
 
-    rows = []
-    cfg = runtime.pin_controller(cfg)  # as `loom serve` starts it here
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
         serve.run(app_builder(cfg.to_dict()), name="loom", route_prefix="/")
-        url = f"http://127.0.0.1:{cfg.port}"
-        for name, qs in workloads.items():
-            for c in levels:
-                rows.append({"workload": name, **asyncio.run(over(url, "loom", ask_loom, qs, c))})
-                print(json.dumps(rows[-1]), flush=True)
+        yield f"http://127.0.0.1:{cfg.port}"
     finally:
         serve.shutdown()
         runtime.shutdown_actors(cfg)
         ray.shutdown()
+
+
+def run_all(askers: dict, workloads: dict, levels: list[int], rounds: int) -> list[dict]:
+    """Every system in turn at each round, workload and concurrency; ``askers``: system ->
+    (URL, ask(client, question))."""
+    rows = []
+    for r in range(1, rounds + 1):
+        for name, qs in workloads.items():
+            for c in levels:
+                for system, (url, ask) in askers.items():
+                    rows.append({"round": r, "workload": name, **asyncio.run(over(url, system, ask, qs, c))})
+                    print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per workload and concurrency, Loom's mean latency and questions per second over each
+    other system's, one value per round (the systems of a round ran back to back)."""
+    at = {(r["round"], r["workload"], r["concurrency"], r["system"]): r for r in rows}
+    out = []
+    for workload, c in sorted({(w, c) for _, w, c, _ in at}):
+        rounds = sorted({r for r, w, cc, _ in at if (w, cc) == (workload, c)})
+        row = {"workload": workload, "concurrency": c}
+        for other in ("plain", "client"):
+            pairs = [(at[r, workload, c, "loom"], at[r, workload, c, other]) for r in rounds
+                     if (r, workload, c, "loom") in at and (r, workload, c, other) in at]
+            if pairs:
+                row[f"latency_vs_{other}"] = [round(mine["mean_s"] / theirs["mean_s"], 3) for mine, theirs in pairs]
+                row[f"throughput_vs_{other}"] = [round(mine["questions_per_s"] / theirs["questions_per_s"], 3)
+                                                 for mine, theirs in pairs]
+        out.append(row)
+    return out
 
 
 def main(argv=None) -> int:
@@ -217,28 +238,44 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--workloads", default="mix,five")
     p.add_argument("--systems", default="plain,client,loom", help="plain and client run together")
+    p.add_argument("--rounds", type=int, default=1, help="every system at every level, this many times")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--port", type=int, default=8731)
     p.add_argument("--out", default="", help="also write the rows here (JSON)")
     p.add_argument("--plot", default="", help="also plot them here (PNG: bench/peers_plot.py)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cfg = load(overrides={"num_workers": 1, "port": args.port + 1})
+    # Every system on the same split of this machine's cores: the engine's threads on the engine's
+    # cores, all else (vLLM's server and engine core, Ray, Loom, this load generator) on the rest
+    cfg = runtime.pin_controller(load(overrides={"num_workers": 1, "port": args.port + 1}))
     tok = runtime.load_tokenizer(cfg)
     runner = JobRunner(None, None, tok, cfg.max_model_len)  # its prompt ids: the same on every system
     levels = [int(x) for x in args.concurrency.split(",")]
     workloads = {w: workload(w, args.questions, args.seed) for w in args.workloads.split(",")}
     systems = args.systems.split(",")
-    rows = []
-    if "plain" in systems or "client" in systems:
-        rows += run_vllm_side(cfg, tok, lambda q: runner.prepare(JobRequest(messages=messages(q))), workloads,
-                              levels, args.port)
-    if "loom" in systems:
-        rows += run_loom_side(cfg, tok, workloads, levels)
+    unknown = set(systems) - {"plain", "client", "loom"}
+    if unknown:
+        p.error(f"unknown system(s): {', '.join(sorted(unknown))} (plain, client, loom)")
+
+    def on_vllm(fn):
+        return lambda client, q: fn(client, tok, runner.prepare(JobRequest(messages=messages(q))), cfg.max_model_len)
+
+    with contextlib.ExitStack() as up:
+        askers = {}
+        if "plain" in systems or "client" in systems:
+            url = up.enter_context(PlainServer(cfg, args.port)).url
+            askers.update({s: (url, on_vllm(fn)) for s, fn in (("plain", plain), ("client", client_side))
+                           if s in systems})
+        if "loom" in systems:
+            askers["loom"] = (up.enter_context(loom_server(cfg)), ask_loom)
+        rows = run_all(askers, workloads, levels, args.rounds)
+    summary = ratios(rows)
+    for row in summary:
+        print(json.dumps(row))
     print(json.dumps({"machine": machine()}))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "rows": rows}, f, indent=1)
+            json.dump({"machine": machine(), "rows": rows, "ratios": summary}, f, indent=1)
     if args.plot:
         plot(rows, machine(), Path(args.plot))
     return 0

@@ -1,12 +1,13 @@
 """bench.peers' rows as a plot: ``python -m bench.peers_plot docs/bench-peers.json docs/bench-peers.png``.
 
 One column per workload: mean latency (top) and questions per second (bottom) against
-concurrency, one line per system; the machine in the title.
+concurrency, one line per system (the mean of its rounds); the machine in the title.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 SYSTEMS = {"plain": "plain vLLM (threads inline)", "client": "client-side fork/join over vLLM",
@@ -20,6 +21,7 @@ def plot(rows: list[dict], machine: str, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = means(rows)
     workloads = sorted({r["workload"] for r in rows})
     if not workloads:
         raise ValueError("no rows to plot")
@@ -47,6 +49,18 @@ def plot(rows: list[dict], machine: str, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def means(rows: list[dict]) -> list[dict]:
+    """One row per workload, system and concurrency: the mean latency and questions per second of
+    its rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["workload"], r["system"], r["concurrency"]), []).append(r)
+    return [{"workload": w, "system": s, "concurrency": c,
+             "mean_s": statistics.mean(r["mean_s"] for r in rs),
+             "questions_per_s": statistics.mean(r["questions_per_s"] for r in rs)}
+            for (w, s, c), rs in groups.items()]
 
 
 def main(argv=None) -> int:
