@@ -1,8 +1,8 @@
 """The driver's side of a worker's engine stream (orchestrator/wire.py; the worker's side is
 workers/stream_server.py): one connection per worker and event loop, requests multiplexed on it.
 
-A broken connection (the worker's process died, or cannot be reached) fails every request on it
-with ``WorkerLost``, which the engine client treats as it treats a dead Ray actor: the request is
+A broken connection (the worker's process died, or cannot be reached; a worker gone without
+closing it is found by TCP keepalive, wire.keep_alive) fails every request on it with ``WorkerLost``, which the engine client treats as it treats a dead Ray actor: the request is
 placed again. An engine's failure for one request comes back as ``WorkerRequestFailed``.
 """
 from __future__ import annotations
@@ -71,6 +71,7 @@ class StreamClient:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(e.host, e.port), CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError) as err:
             raise WorkerLost(f"cannot reach the worker at {e.host}:{e.port}: {err}") from err
+        wire.keep_alive(writer)
         writer.write(wire.hello(e.token).encode())
         return _Connection(reader, writer, f"{e.host}:{e.port}")
 

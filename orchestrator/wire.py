@@ -9,6 +9,7 @@ different requests interleave; each names its request.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from dataclasses import asdict, dataclass
 
@@ -18,6 +19,9 @@ from orchestrator.generation import GenChunk, GenRequest
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # a frame longer than this is a broken or foreign peer
+# A peer gone without closing (its pod or node lost: no FIN, no RST) is found by TCP keepalive:
+# after this long idle, probes this often, this many unanswered
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 5, 2, 3
 
 
 @dataclass
@@ -65,3 +69,14 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
     if size > MAX_FRAME:
         raise ValueError(f"a frame of {size} bytes (at most {MAX_FRAME})")
     return Frame(**msgpack.unpackb(await reader.readexactly(size), raw=False))
+
+
+def keep_alive(writer: asyncio.StreamWriter) -> None:
+    """Turns on TCP keepalive for the connection, so that a read from a peer that vanished fails
+    within about KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES seconds."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+        if hasattr(socket, name):  # Linux has all three
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

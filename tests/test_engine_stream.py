@@ -148,3 +148,17 @@ async def test_a_connection_without_the_token_or_with_a_bad_frame_gets_nothing(s
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
     writer.close()
     assert engine.closed == []
+
+
+async def test_both_ends_probe_a_silent_peer(served):
+    """TCP keepalive on both ends: a peer that vanishes without closing (its node lost) is found."""
+    import socket
+
+    _, server, client = served
+    assert await tokens(client, GenRequest("x", [1], 1)) == [0]
+    ends = [client.conn.writer.get_extra_info("socket")] + [w.get_extra_info("socket") for w in server.open]
+    assert len(ends) == 2
+    for sock in ends:
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == wire.KEEPALIVE_IDLE_S
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == wire.KEEPALIVE_PROBES

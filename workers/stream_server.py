@@ -49,6 +49,7 @@ class StreamServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         tasks: dict[str, asyncio.Task] = {}
+        wire.keep_alive(writer)  # a driver gone without closing is found, and its requests stopped
         self.open.add(writer)
         try:
             first = await asyncio.wait_for(wire.read_frame(reader), HELLO_TIMEOUT_S)
