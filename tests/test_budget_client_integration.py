@@ -79,7 +79,8 @@ async def test_a_driver_admits_forks_with_its_recent_view_of_other_drivers_threa
     """Driver b learns that a has 6 of the 8 slots, and narrows its fork to 2 itself even after
     a's threads ended (its view is recent, and b does not ask); a driver that asks gets 4. The
     coordinator counts the fork b admitted."""
-    a, b, asking = RayBudgetClient(coordinator), RayBudgetClient(coordinator), RayBudgetClient(coordinator, 0)
+    # b trusts its view for a minute here (1 s by default), so that a slow machine cannot age it
+    a, b, asking = RayBudgetClient(coordinator), RayBudgetClient(coordinator, 60), RayBudgetClient(coordinator, 0)
     await a.open_job("a", JobBudget())
     await a.start_threads("a", 6)
     await a.drain()
