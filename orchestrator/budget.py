@@ -23,6 +23,9 @@ class BudgetError(ValueError):
     pass
 
 
+EXPIRY_GRACE_S = 60.0  # an account this long past its job's deadline belongs to a dead driver
+
+
 # Each field's bounds (inclusive): a budget past them is a mistake, never a wish to run forever.
 LIMITS: dict[str, tuple[float, float]] = {
     "max_total_tokens": (1, 10_000_000), "max_width": (1, 1024), "max_depth": (1, 32),
@@ -243,6 +246,16 @@ class Ledger:
 
     def open_job(self, job_id: str, budget: JobBudget, now: float) -> None:
         self.jobs.setdefault(job_id, JobUsage(budget, now))
+
+    def expire(self, now: float, grace_s: float = EXPIRY_GRACE_S) -> list[str]:
+        """Drops the accounts of jobs ``grace_s`` past their deadline, and their threads with them:
+        no driver runs a job past its deadline, so such an account is one whose driver died
+        before closing it (else its threads would hold the cluster's slots for good). Returns
+        the jobs dropped."""
+        gone = [j for j, u in self.jobs.items() if now - u.opened_at > u.budget.deadline_s + grace_s]
+        for job_id in gone:
+            del self.jobs[job_id]
+        return gone
 
     def restore(self, job_id: str, usage: JobUsage) -> None:
         """Takes back a job's account as its driver kept it (a restarted coordinator starts empty)."""

@@ -10,11 +10,15 @@ policy itself lives in ``orchestrator.budget`` (plain, unit-tested).
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import ray
 
 from orchestrator.budget import Admission, Applied, BudgetCall, JobUsage, Ledger
+
+log = logging.getLogger(__name__)
 
 COORDINATOR_NAME = "loom-coordinator"
 NAMESPACE = "loom"
@@ -32,9 +36,11 @@ class Coordinator:
             self.ledger.restore(job_id, usage)
 
     def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
+        self._expire()
         return self.ledger.admit_fork(job_id, n, depth, now)
 
     def apply(self, calls: list[BudgetCall]) -> Applied:
+        self._expire()
         errors = self.ledger.apply(calls)
         return Applied(errors, self.ledger.in_flight, self.ledger.max_threads_in_flight)
 
@@ -47,6 +53,11 @@ class Coordinator:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def _expire(self) -> None:
+        for job_id in self.ledger.expire(time.time()):
+            log.warning("dropped the budget account of job %s: past its deadline, never closed "
+                        "(its driver died)", job_id)
 
 
 def get_or_create(max_threads_in_flight: int = 64):

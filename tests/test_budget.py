@@ -189,3 +189,15 @@ def test_a_fork_the_driver_admitted_counts_in_the_ledger_once_and_toward_max_for
     assert led.admit_fork("j", 2, 1, 0.0).admitted  # the second round
     assert led.admit_fork("j", 2, 1, 0.0).reason == "fork rounds 2 reached max_fork_rounds"
     assert copy.admit(2, 1, 0.0, free=8).admitted and not copy.admit(2, 1, 0.0, free=8).admitted
+
+
+def test_an_account_a_minute_past_its_deadline_is_dropped_with_its_threads():
+    """A driver that died never closes its jobs: their threads would hold the cluster's slots."""
+    led = Ledger(max_threads_in_flight=4)
+    led.open_job("dead", JobBudget(deadline_s=10), 0.0)
+    led.start_threads("dead", 3)
+    led.open_job("live", JobBudget(deadline_s=100), 0.0)
+    assert led.expire(now=70.0) == []  # 60 s past the deadline, not more
+    assert led.expire(now=70.5) == ["dead"]
+    assert led.cluster() == {"jobs": 1, "threads_in_flight": 0, "max_threads_in_flight": 4}
+    assert led.admit_fork("live", 4, 1, 70.5).width == 4  # its slots are free again
