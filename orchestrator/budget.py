@@ -127,16 +127,21 @@ class JobUsage:
         return None
 
     def admit(self, n: int, depth: int, now: float, free: int) -> Admission:
+        """``admission``, counted when admitted."""
+        adm = self.admission(n, depth, now, free)
+        self.forks += adm.admitted
+        return adm
+
+    def admission(self, n: int, depth: int, now: float, free: int) -> Admission:
         """A fork of ``n`` threads at ``depth`` with ``free`` thread slots left in the cluster:
-        refused (width 0, and why), or admitted at width min(n, max_width, free), never below 1,
-        and counted."""
+        refused (width 0, and why), or admitted at width min(n, max_width, free), never below 1.
+        Nothing is counted (a driver counts it by its "fork" call)."""
         refusal = self.refusal(n, depth, now)
         if refusal:
             return Admission(0, reason=refusal)
         b = self.budget
         width = max(1, min(n, b.max_width, free))
         per_thread = min(b.max_thread_tokens, self.remaining // n)
-        self.forks += 1
         reason = "" if width == n else f"narrowed to {width} of {n} (waves)"
         return Admission(width, per_thread, reason)
 

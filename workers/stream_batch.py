@@ -1,7 +1,8 @@
 """Streamed chunks batched by an interval, as Ray Serve LLM batches its output stream: every
 chunk a worker sends is a frame the engine client must read and account for, on a CPU the
-engine may share, so the tokens an engine produces within ``interval_s`` go out as one chunk, and a chunk goes out early once it holds
-``max_tokens`` (so a thread's budget, spent as chunks arrive, overshoots by less than that). The
+engine may share, so the tokens an engine produces within ``interval_s`` go out as one chunk,
+and a chunk goes out early once it holds ``max_tokens`` (so a thread's budget, spent as chunks
+arrive, overshoots by less than that). The
 first tokens and the last chunk are never held back (time to first token, and the end of a
 thread, which a fork or join waits on).
 

@@ -81,8 +81,8 @@ class StreamServer:
                 await _send(writer, wire.chunk(c))
             if not finished:
                 await _send(writer, wire.Frame("end", req.request_id))
-        except (asyncio.CancelledError, ConnectionError):
-            raise
+        except ConnectionError:
+            return  # the driver went away: its connection's end cancels the rest
         except Exception as e:  # noqa: BLE001 - the engine's failure is the request's answer
             with contextlib.suppress(ConnectionError):
                 await _send(writer, wire.error(req.request_id, e))
