@@ -139,7 +139,8 @@ class VLLMEngine:
         return {"running": s.num_running_reqs, "waiting": s.num_waiting_reqs, "kv_usage": s.kv_cache_usage}
 
     async def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
-        from vllm import SamplingParams, TokensPrompt
+        from vllm import SamplingParams
+        from vllm.inputs.engine import tokens_input
         from vllm.sampling_params import RequestOutputKind
 
         stops = self.stop_tokens(req.stop)
@@ -153,7 +154,9 @@ class VLLMEngine:
             **stop_by,
         )
         first = 0.0
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=req.prompt_ids),
+        # an input already rendered, which vLLM takes on the event loop; a TokensPrompt goes
+        # through its renderer's thread pool first (about 1.3 ms more per request here)
+        async for out in self.llm.generate(tokens_input(req.prompt_ids),
                                            params, req.request_id):
             o = out.outputs[0]
             now = time.time()
