@@ -1,9 +1,12 @@
 """The best wall time the engine allows, and how close Loom gets: ``python -m bench.engine_limit``.
 
-1. Measures the engine's own costs offline (vLLM's ``LLM``, Loom's engine settings, in a
-   child process so that nothing else shares the CPU): the decode step's seconds for 1 to 32
-   sequences (the difference between 68 and 4 generated tokens, over 64) and prefill seconds
-   per prompt token.
+1. Keeps a reference engine beside Loom's (vLLM's offline ``LLM``, Loom's engine settings and
+   binding, in a child process) and measures its costs with Loom's engine idle: prefill seconds
+   per prompt token once, and the decode step's seconds (the difference between 132 and 4
+   generated tokens, over 128; the median of 3) for 1 to 32 sequences at the start and, after
+   each job, at the batch sizes that job's DAG needs. A shared VM's speed drifts by tens of per
+   cent within minutes, so each job is timed with the costs measured right after it (each
+   workload's ``step_1_ms`` gives the spread of the batch-1 step over its jobs).
 2. Runs jobs through Loom one at a time, and for each job's DAG derives the engine's limit:
    a segment decodes at batch 1 after prefilling its uncached prompt tokens (the join's
    re-prefill included); a block's threads decode together, the batch shrinking as threads
@@ -16,8 +19,8 @@
    timestamps) on the critical path; and the job's time outside its requests (gaps: before the
    first, at each fork and join, after the last).
 
-Prints the costs, per-workload figures (mean wall, mean limit, efficiency, the sequential
-limit: every token at batch 1, and the split) and the machine.
+Prints the step against batch size, per round and workload the figures (mean wall, mean limit,
+efficiency, the sequential limit: every token at batch 1, the split) and the machine.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ import json
 import multiprocessing
 import os
 import random
+import statistics
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from bench.common import machine
@@ -39,6 +44,9 @@ from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.records import JobRequest
 
 BATCHES = (1, 2, 4, 8, 16, 32)
+STEP_TOKENS = 128  # a step's cost: the time of this many more decoded tokens, over them
+STEP_REPEATS = 3  # the median of this many
+QUIET_S = 1.2  # vLLM's shared-memory readers busy-wait for 1 s after their last message
 
 
 @dataclass(frozen=True)
@@ -116,22 +124,44 @@ def _prefill(n: Node, costs: EngineCosts) -> float:
     return max(0, n.prompt_tokens - n.cached_tokens) * costs.prefill_s_per_token
 
 
-def measure_costs(cfg) -> EngineCosts:
-    """In a child process: an offline engine with Loom's settings, nothing else on the CPU."""
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    bind = cfg.worker_cpu_binds[0] if cfg.worker_cpu_binds else ""
-    child = ctx.Process(target=_measure, args=(out, cfg.model, cfg.dtype, cfg.max_model_len, cfg.block_size,
-                                               cfg.kv_cache_gib, bind))
-    child.start()  # not a pool: vLLM's engine starts processes of its own
-    costs = out.get()
-    child.join()
-    return costs
+def batch_sizes(dag: ThreadDAG) -> list[int]:
+    """The decode batches ``dag``'s limit needs measured: 1 and each block's width (at most 32;
+    the sizes between are interpolated)."""
+    widths = Counter(tuple(dag.predecessors(n.id)) for n in dag.nodes if n.kind == "thread")
+    return sorted({1, *(min(w, max(BATCHES)) for w in widths.values())})
 
 
-def _measure(out, model: str, dtype: str, max_model_len: int, block_size: int, kv_cache_gib: int,
-             bind: str) -> None:
-    os.dup2(2, 1)  # vLLM logs to stdout: keep this process's stdout for the figures
+class ReferenceEngine:
+    """An offline vLLM engine (``LLM``) with Loom's settings and binding, in a child process,
+    measuring its costs on request: its prefill seconds per token once at start, its decode step
+    at the batch sizes asked for each time. Loom's engine stays loaded and idle meanwhile."""
+
+    def __init__(self, cfg):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, theirs = ctx.Pipe()
+        bind = cfg.worker_cpu_binds[0] if cfg.worker_cpu_binds else ""
+        self.child = ctx.Process(target=_serve_costs, args=(theirs, cfg.model, cfg.dtype, cfg.max_model_len,
+                                                            cfg.block_size, cfg.kv_cache_gib, bind))
+        self.child.start()  # not a pool: vLLM's engine starts processes of its own
+        self.conn.recv()  # loaded
+
+    def costs(self, batches: list[int]) -> EngineCosts:
+        """Measured with neither engine spinning: vLLM's shared-memory readers busy-wait for a
+        second after their last message, so each side waits that out first."""
+        time.sleep(QUIET_S)
+        self.conn.send(batches)
+        costs = self.conn.recv()
+        time.sleep(QUIET_S)
+        return costs
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.child.join()
+
+
+def _serve_costs(conn, model: str, dtype: str, max_model_len: int, block_size: int, kv_cache_gib: int,
+                 bind: str) -> None:
+    os.dup2(2, 1)  # vLLM logs to stdout: keep the bench's stdout for the figures
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     if bind:  # the cores Loom binds its engine to
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
@@ -148,16 +178,24 @@ def _measure(out, model: str, dtype: str, max_model_len: int, block_size: int, k
         llm.generate(batch, params, use_tqdm=False)
         return time.perf_counter() - t0
 
-    step_s = {}
-    for b in BATCHES:
+    def step(b: int) -> float:
         timed(prompts[:b], 4)  # warm-up; the prompts are cached from here on
-        step_s[b] = min((timed(prompts[:b], 68) - timed(prompts[:b], 4)) / 64 for _ in range(3))
+        return statistics.median((timed(prompts[:b], STEP_TOKENS + 4) - timed(prompts[:b], 4)) / STEP_TOKENS
+                                 for _ in range(STEP_REPEATS))
+
     longs = [{"prompt_token_ids": [rng.randrange(5, 100) for _ in range(max_model_len - 64)]} for _ in range(3)]
     shorts = [{"prompt_token_ids": [rng.randrange(5, 100) for _ in range(32)]} for _ in range(3)]
-    long_s = min(timed([p], 1) for p in longs)
-    short_s = min(timed([p], 1) for p in shorts)
-    out.put(EngineCosts(step_s, max(0.0, (long_s - short_s) / (max_model_len - 96))))
+    prefill = max(0.0, (min(timed([p], 1) for p in longs) - min(timed([p], 1) for p in shorts)) / (max_model_len - 96))
+    conn.send("loaded")
+    while (batches := conn.recv()) is not None:
+        conn.send(EngineCosts({b: step(b) for b in batches}, prefill))
     llm.llm_engine.engine_core.shutdown()
+
+
+@dataclass(frozen=True)
+class MeasuredJob:
+    record: object  # the job's JobRecord
+    costs: EngineCosts  # the reference engine's, measured right after the job
 
 
 @dataclass
@@ -171,6 +209,7 @@ class JobFigures:
     limit_speedup: float  # sequential limit / limit: what forking can buy on this engine
     mean_overhead_s: float  # wall minus the engine's time on the critical path (overhead_s)
     overhead_share: float  # of the wall time, over all jobs
+    step_1_ms: list[float]  # the reference step at batch 1 beside these jobs: min, median, max
 
 
 @dataclass
@@ -212,20 +251,31 @@ def gaps_ms(records: list) -> JobGaps:
     return JobGaps(mean["start"], mean["fork"], mean["join"], mean["end"])
 
 
-async def run_jobs(service, questions: list[task.Question]) -> list:
-    return [await service.run(JobRequest(prompt=q.prompt)) for q in questions]
+async def run_measured(service, questions: list[task.Question], ref: ReferenceEngine) -> list[MeasuredJob]:
+    """Each question's job, then the reference engine's costs at the job's batch sizes."""
+    jobs = []
+    for q in questions:
+        record = await service.run(JobRequest(prompt=q.prompt))
+        costs = await asyncio.to_thread(ref.costs, batch_sizes(ThreadDAG.from_dict(record.dag)))
+        jobs.append(MeasuredJob(record, costs))
+    return jobs
 
 
-def figures(name: str, records: list, costs: EngineCosts, log: dict[str, dict]) -> JobFigures:
+def figures(name: str, jobs: list[MeasuredJob], log: dict[str, dict]) -> JobFigures:
+    records = [j.record for j in jobs]
     walls = [r.finished - r.started for r in records]
     dags = [ThreadDAG.from_dict(r.dag) for r in records]
-    limits = [limit_s(d, costs) for d in dags]
-    seq = [sequential_limit_s(d, costs, r.result["prompt_tokens"]) for d, r in zip(dags, records)]
+    limits = [limit_s(d, j.costs) for d, j in zip(dags, jobs)]
+    seq = [sequential_limit_s(d, j.costs, r.result["prompt_tokens"]) for d, j, r in zip(dags, jobs, records)]
     over = [overhead_s(r, log) for r in records]
     n = len(records)
     return JobFigures(name, n, round(sum(walls) / n, 3), round(sum(limits) / n, 3), round(sum(seq) / n, 3),
                       round(sum(limits) / sum(walls), 3), round(sum(seq) / sum(limits), 3),
-                      round(sum(over) / n, 4), round(sum(over) / sum(walls), 3))
+                      round(sum(over) / n, 4), round(sum(over) / sum(walls), 3), spread_ms([j.costs.step(1) for j in jobs]))
+
+
+def spread_ms(seconds: list[float]) -> list[float]:
+    return [round(1000 * x, 2) for x in (min(seconds), statistics.median(seconds), max(seconds))]
 
 
 def splits(records: list, log: dict[str, dict]) -> list[NodeSplit]:
@@ -242,6 +292,18 @@ def splits(records: list, log: dict[str, dict]) -> list[NodeSplit]:
     return [NodeSplit(kind, len(v), *(round(sum(c) / len(v), 5) for c in zip(*v))) for kind, v in rows.items()]
 
 
+def workload_figures(name: str, jobs: list[MeasuredJob], log: dict[str, dict]) -> dict:
+    records = [j.record for j in jobs]
+    return {**asdict(figures(name, jobs, log)), "split": [asdict(s) for s in splits(records, log)],
+            "gaps": asdict(gaps_ms(records))}
+
+
+async def run_rounds(service, workloads: dict[str, list[task.Question]], rounds: int,
+                     ref: ReferenceEngine) -> list[dict[str, list[MeasuredJob]]]:
+    await service.run(JobRequest(prompt=workloads["five"][0].prompt))  # warm-up
+    return [{name: await run_measured(service, qs, ref) for name, qs in workloads.items()} for _ in range(rounds)]
+
+
 def main(argv=None) -> int:
     import ray
 
@@ -252,27 +314,27 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--seed", type=int, default=13)
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cfg = runtime.pin_controller(load())  # as `loom serve` starts it here; the engine measured alike
-    costs = measure_costs(cfg)
+    cfg = runtime.pin_controller(load())  # as `loom serve` starts it here; the reference engine bound alike
     workloads = {name: workload(name, args.jobs, args.seed) for name in ("five", "mix")}  # bench.peers' questions
+    ref = ReferenceEngine(cfg)
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         runner = runtime.make_runner(cfg)
         service = JobService(runner, InProcessJobStore())
-        asyncio.run(run_jobs(service, workloads["five"][:1]))  # warm-up
-        rows = []
-        for name, qs in workloads.items():
-            records = asyncio.run(run_jobs(service, qs))
-            log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
-            rows.append({**asdict(figures(name, records, costs, log)),
-                         "split": [asdict(s) for s in splits(records, log)], "gaps": asdict(gaps_ms(records))})
+        profile = ref.costs(list(BATCHES))
+        rounds = asyncio.run(run_rounds(service, workloads, args.rounds, ref))
+        log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()
-    print(json.dumps({"costs": asdict(costs), "workloads": rows, "machine": machine()}, indent=2))
+        ref.close()
+    print(json.dumps({"step_profile": asdict(profile), "rounds": [
+        {"round": i + 1, "workloads": [workload_figures(name, jobs, log) for name, jobs in r.items()]}
+        for i, r in enumerate(rounds)], "machine": machine()}, indent=2))
     return 0
 
 

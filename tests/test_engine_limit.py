@@ -3,7 +3,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.engine_limit import EngineCosts, JobGaps, gaps_ms, limit_s, overhead_s, sequential_limit_s, thread_seconds
+from bench.engine_limit import (
+    EngineCosts,
+    JobGaps,
+    batch_sizes,
+    gaps_ms,
+    limit_s,
+    overhead_s,
+    sequential_limit_s,
+    thread_seconds,
+)
 from orchestrator.generation import request_id
 from orchestrator.plan.dag import ThreadDAG
 
@@ -66,3 +75,9 @@ def test_the_gaps_are_the_jobs_time_outside_its_requests():
     gaps = gaps_ms([record])
     assert gaps == JobGaps(start_ms=pytest.approx(100), fork_ms=pytest.approx(200),
                            join_ms=pytest.approx(200), end_ms=pytest.approx(100))
+
+
+def test_a_dags_limit_is_measured_at_batch_1_and_at_each_blocks_width():
+    dag = fork_dag()
+    dag.fork(4, [str(i) for i in range(40)], depth=1)  # 40 threads after the last segment
+    assert batch_sizes(fork_dag()) == [1, 2] and batch_sizes(dag) == [1, 2, 32]
