@@ -140,8 +140,10 @@ class ReferenceEngine:
         ctx = multiprocessing.get_context("spawn")
         self.conn, theirs = ctx.Pipe()
         bind = cfg.worker_cpu_binds[0] if cfg.worker_cpu_binds else ""
+        # on a GPU it shares the device with Loom's engine: the memory Loom's leaves, less a margin
+        share = max(0.05, 0.95 - cfg.gpu_memory_utilization)
         self.child = ctx.Process(target=_serve_costs, args=(theirs, cfg.model, cfg.dtype, cfg.max_model_len,
-                                                            cfg.block_size, cfg.kv_cache_gib, bind))
+                                                            cfg.block_size, cfg.kv_cache_gib, bind, share))
         self.child.start()  # not a pool: vLLM's engine starts processes of its own
         self.conn.recv()  # loaded
 
@@ -160,7 +162,7 @@ class ReferenceEngine:
 
 
 def _serve_costs(conn, model: str, dtype: str, max_model_len: int, block_size: int, kv_cache_gib: int,
-                 bind: str) -> None:
+                 bind: str, gpu_share: float) -> None:
     os.dup2(2, 1)  # vLLM logs to stdout: keep the bench's stdout for the figures
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
     if bind:  # the cores Loom binds its engine to
@@ -168,7 +170,8 @@ def _serve_costs(conn, model: str, dtype: str, max_model_len: int, block_size: i
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, block_size=block_size,
-              enable_prefix_caching=True, enforce_eager=True, max_num_seqs=max(BATCHES), seed=0)
+              enable_prefix_caching=True, enforce_eager=True, max_num_seqs=max(BATCHES), seed=0,
+              gpu_memory_utilization=gpu_share)  # CPU: ignored, VLLM_CPU_KVCACHE_SPACE sizes the cache
     rng = random.Random(0)
     prompts = [task.random_question(rng).prompt for _ in range(max(BATCHES))]
 
