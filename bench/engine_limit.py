@@ -33,7 +33,6 @@ import os
 import random
 import statistics
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 from bench.common import machine
@@ -83,18 +82,22 @@ def thread_seconds(lengths: list[int], index: int, costs: EngineCosts) -> float:
 def limit_s(dag: ThreadDAG, costs: EngineCosts) -> float:
     """The engine's best wall time for this DAG: the longest path, each node costing its
     uncached prompt's prefill plus its decode at its block's shrinking batch."""
-    node_s = {n.id: _prefill(n, costs) for n in dag.nodes}
-    blocks: dict[tuple[int, ...], list[Node]] = {}
-    for n in dag.nodes:
-        if n.kind == "thread":
-            blocks.setdefault(tuple(dag.predecessors(n.id)), []).append(n)
-        elif n.kind == "segment":
-            node_s[n.id] += n.tokens * costs.step(1)
-    for threads in blocks.values():
+    node_s = {n.id: _prefill(n, costs) + (n.tokens * costs.step(1) if n.kind == "segment" else 0.0)
+              for n in dag.nodes}
+    for threads in blocks(dag):
         lengths = [t.tokens for t in threads]
         for i, t in enumerate(threads):
             node_s[t.id] += thread_seconds(lengths, i, costs)
     return longest_path_s(dag, node_s)
+
+
+def blocks(dag: ThreadDAG) -> list[list[Node]]:
+    """The DAG's blocks: the threads of each fork (those after the same segment)."""
+    by_parent: dict[tuple[int, ...], list[Node]] = {}
+    for n in dag.nodes:
+        if n.kind == "thread":
+            by_parent.setdefault(tuple(dag.predecessors(n.id)), []).append(n)
+    return list(by_parent.values())
 
 
 def longest_path_s(dag: ThreadDAG, node_s: dict[int, float]) -> float:
@@ -127,8 +130,7 @@ def _prefill(n: Node, costs: EngineCosts) -> float:
 def batch_sizes(dag: ThreadDAG) -> list[int]:
     """The decode batches ``dag``'s limit needs measured: 1 and each block's width (at most 32;
     the sizes between are interpolated)."""
-    widths = Counter(tuple(dag.predecessors(n.id)) for n in dag.nodes if n.kind == "thread")
-    return sorted({1, *(min(w, max(BATCHES)) for w in widths.values())})
+    return sorted({1, *(min(len(threads), max(BATCHES)) for threads in blocks(dag))})
 
 
 class ReferenceEngine:
@@ -156,7 +158,10 @@ class ReferenceEngine:
         time.sleep(QUIET_S)
         return costs
 
-    def close(self) -> None:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.conn.send(None)
         self.child.join()
 
@@ -323,18 +328,17 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = runtime.pin_controller(load())  # as `loom serve` starts it here; the reference engine bound alike
     workloads = {name: workload(name, args.jobs, args.seed) for name in ("five", "mix")}  # bench.peers' questions
-    ref = ReferenceEngine(cfg)
-    ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
-    try:
-        runner = runtime.make_runner(cfg)
-        service = JobService(runner, InProcessJobStore())
-        profile = ref.costs(list(BATCHES))
-        rounds = asyncio.run(run_rounds(service, workloads, args.rounds, ref))
-        log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
-    finally:
-        runtime.shutdown_actors(cfg)
-        ray.shutdown()
-        ref.close()
+    with ReferenceEngine(cfg) as ref:
+        ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
+        try:
+            runner = runtime.make_runner(cfg)
+            service = JobService(runner, InProcessJobStore())
+            profile = ref.costs(list(BATCHES))
+            rounds = asyncio.run(run_rounds(service, workloads, args.rounds, ref))
+            log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
+        finally:
+            runtime.shutdown_actors(cfg)
+            ray.shutdown()
     print(json.dumps({"step_profile": asdict(profile), "rounds": [
         {"round": i + 1, "workloads": [workload_figures(name, jobs, log) for name, jobs in r.items()]}
         for i, r in enumerate(rounds)], "machine": machine()}, indent=2))
