@@ -2,9 +2,8 @@
 chunk a worker sends is a frame the engine client must read and account for, on a CPU the
 engine may share, so the tokens an engine produces within ``interval_s`` go out as one chunk,
 and a chunk goes out early once it holds ``max_tokens`` (so a thread's budget, spent as chunks
-arrive, overshoots by less than that). The
-first tokens and the last chunk are never held back (time to first token, and the end of a
-thread, which a fork or join waits on).
+arrive, overshoots by less than that). The first tokens and the last chunk are never held back
+(time to first token, and the end of a thread, which a fork or join waits on).
 
 A request whose caller streams nobody its tokens and has reserved them all (GenRequest.quiet)
 is ``held``: its first tokens, then everything else as one chunk at its end.
