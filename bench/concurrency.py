@@ -64,8 +64,8 @@ def main(argv=None) -> int:
 
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--concurrency", default="1,8,32")

@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass
 from bench.common import machine
 from bench.peers import workload
 from models import task
-from orchestrator.generation import request_id
+from orchestrator.driver.records import JobRequest
 from orchestrator.plan.dag import Node, ThreadDAG
-from orchestrator.records import JobRequest
+from orchestrator.protocol.generation import request_id
 
 BATCHES = (1, 2, 4, 8, 16, 32)
 STEP_TOKENS = 128  # a step's cost: the time of this many more decoded tokens, over them
@@ -317,8 +317,8 @@ def main(argv=None) -> int:
 
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=10)

@@ -74,7 +74,8 @@ def link(block_bytes: int, reps: int) -> list[dict]:
 
 
 async def engines(runner, reps: int) -> list[dict]:
-    from orchestrator.generation import PULLED_KEY, GenRequest
+    from orchestrator.protocol.generation import GenRequest
+    from orchestrator.protocol.kv import PULLED_KEY
 
     w0, w1 = runner.engine.workers.values()
     rng = random.Random(5)
@@ -99,7 +100,7 @@ async def engines(runner, reps: int) -> list[dict]:
 
 async def _last(handle, req):
     """The request's last chunk, streamed as the engine client streams it."""
-    from orchestrator.stream_client import StreamClient
+    from orchestrator.routing.stream_client import StreamClient
 
     stream = StreamClient((await handle.ready.remote()).stream)
     try:
@@ -160,8 +161,8 @@ def _with_engines(parts: list[str], args) -> dict:
 
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = load(overrides={"num_workers": 2, "worker_prefix": "bench-kv", "kv_transfer": "on"})

@@ -16,7 +16,7 @@ import time
 
 from bench.common import machine
 from models import task
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
 
 
 def question_with(k: int, rng: random.Random) -> task.Question:
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=10)

@@ -48,7 +48,7 @@ from bench.common import latency_figures, machine, run_concurrently
 from bench.parallel_vs_sequential import question_with
 from bench.peers_plot import plot
 from models import task
-from orchestrator.job import extract_answer
+from orchestrator.driver.job import extract_answer
 from orchestrator.plan.formats import get_format
 
 TW = get_format("threadweaver")
@@ -230,8 +230,8 @@ def ratios(rows: list[dict]) -> list[dict]:
 def main(argv=None) -> int:
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.job import JobRunner
-    from orchestrator.records import JobRequest
+    from orchestrator.driver.job import JobRunner
+    from orchestrator.driver.records import JobRequest
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--questions", type=int, default=40)

@@ -23,9 +23,9 @@ import time
 
 from bench.common import machine, run_concurrently
 from models import task
-from orchestrator.generation import Placement
-from orchestrator.placement import Placer
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.segment import Placement
+from orchestrator.routing.placement import Placer
 
 
 def forking_questions(n: int, seed: int) -> list[task.Question]:
@@ -98,8 +98,8 @@ def main(argv=None) -> int:
 
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2)

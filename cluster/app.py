@@ -12,11 +12,11 @@ from ray import serve
 
 from cluster import runtime
 from cluster.config import LoomConfig
-from orchestrator import tracing
-from orchestrator.api import build_app
-from orchestrator.health import Health, assess
-from orchestrator.service import JobService
-from orchestrator.store import InProcessJobStore
+from orchestrator.service.api import build_app
+from orchestrator.service.health import Health, assess
+from orchestrator.service.jobs import JobService
+from orchestrator.service.store import InProcessJobStore
+from orchestrator.telemetry import tracing
 
 HEALTH_TIMEOUT_S = 5.0
 
@@ -26,7 +26,7 @@ def make_store(cfg: LoomConfig):
     both keep finished records ``store_ttl_s`` (the in-process one at most ``store_max_records``)."""
     import os
 
-    from orchestrator.store import RedisJobStore
+    from orchestrator.service.store import RedisJobStore
 
     url = cfg.redis_url or os.environ.get("LOOM_REDIS_URL", "")
     if url:

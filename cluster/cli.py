@@ -14,7 +14,7 @@ import psutil
 
 from cluster.config import ConfigError, load
 from cluster.inputs import InputError, parse_budget, question_body
-from orchestrator.records import RequestError
+from orchestrator.driver.records import RequestError
 
 
 def job_body(args, default_format: str | None = None) -> dict:
@@ -29,16 +29,16 @@ def cmd_run(args) -> int:
     import ray
 
     from cluster import runtime, tree
-    from orchestrator.schema import job_request
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.schema import job_request
+    from orchestrator.service.store import InProcessJobStore
 
     cfg = load(args.config, {"num_workers": args.workers} if args.workers else None)
     request = job_request(job_body(args, cfg.format))
     if args.trace:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
-        from orchestrator import tracing
+        from orchestrator.telemetry import tracing
         tracing.setup(ConsoleSpanExporter())
     attached = args.address is not None  # a running cluster's engines: used, not stopped
     if not attached:

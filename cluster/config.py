@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.budget import JobBudget
+from orchestrator.budget.policy import JobBudget
 from workers.engine import EngineConfig
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the models the project ships

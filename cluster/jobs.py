@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from cluster.inputs import InputError, parse_budget, question_body
-from orchestrator.budget import BudgetError, JobBudget
+from orchestrator.budget.policy import BudgetError, JobBudget
 from orchestrator.plan.formats import FORMATS
 
 DEFAULT_URL = "http://127.0.0.1:8000"

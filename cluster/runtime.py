@@ -11,12 +11,14 @@ from dataclasses import dataclass, replace
 import ray
 
 from cluster.config import LoomConfig
-from orchestrator import coordinator as coord_mod
-from orchestrator.engine_client import RayBudgetClient, RayEngineClient
-from orchestrator.generation import WorkerInfo
-from orchestrator.kv_events import SharedIndex
-from orchestrator.kv_index import KVIndex
-from orchestrator.placement import LinkModel, Placer
+from orchestrator.budget import coordinator as coord_mod
+from orchestrator.budget.replica import RayBudgetClient
+from orchestrator.protocol.engine import WorkerInfo
+from orchestrator.routing.engine_client import RayEngineClient
+from orchestrator.routing.kv_events import SharedIndex
+from orchestrator.routing.kv_index import KVIndex
+from orchestrator.routing.link import LinkModel
+from orchestrator.routing.placement import Placer
 from workers.worker import WorkerActor
 
 
@@ -106,7 +108,7 @@ def make_engine_client(cfg: LoomConfig, budget: RayBudgetClient) -> RayEngineCli
 
 
 def make_runner(cfg: LoomConfig):
-    from orchestrator.job import JobRunner
+    from orchestrator.driver.job import JobRunner
 
     budget = RayBudgetClient(start_coordinator(cfg))
     return JobRunner(make_engine_client(cfg, budget), budget, load_tokenizer(cfg), cfg.max_model_len,

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from models import task, task_mv
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
 
 EVAL_SEED = 20261123  # training draws from seed 1234's stream only
 
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster import runtime
     from cluster.config import load
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=500)

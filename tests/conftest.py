@@ -40,8 +40,8 @@ def runner(ray_cluster, loom_config):
 
 @pytest.fixture
 def service(runner):
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     return JobService(runner, InProcessJobStore())
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from orchestrator.generation import GenChunk, GenRequest
-from orchestrator.stream_client import StreamClient
+from orchestrator.protocol.generation import GenChunk, GenRequest
+from orchestrator.routing.stream_client import StreamClient
 
 
 async def stream(handle, req: GenRequest) -> AsyncIterator[GenChunk]:

@@ -1,6 +1,9 @@
 import pytest
 
-from orchestrator.budget import Admission, BudgetCall, BudgetError, JobBudget, JobUsage, Lease, Ledger
+from orchestrator.budget.account import JobUsage
+from orchestrator.budget.calls import BudgetCall
+from orchestrator.budget.ledger import Ledger
+from orchestrator.budget.policy import Admission, BudgetError, JobBudget, Lease
 
 
 def ledger(**budget):

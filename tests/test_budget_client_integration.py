@@ -12,13 +12,13 @@ import signal
 import pytest
 from polling import until
 
-from orchestrator.budget import Admission, JobBudget
-from orchestrator.engine_client import RayBudgetClient
+from orchestrator.budget.policy import Admission, JobBudget
+from orchestrator.budget.replica import RayBudgetClient
 
 
 @pytest.fixture
 def coordinator(ray_cluster):
-    from orchestrator.coordinator import Coordinator
+    from orchestrator.budget.coordinator import Coordinator
 
     handle = Coordinator.remote(8)
     yield handle

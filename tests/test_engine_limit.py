@@ -13,8 +13,8 @@ from bench.engine_limit import (
     sequential_limit_s,
     thread_seconds,
 )
-from orchestrator.generation import request_id
 from orchestrator.plan.dag import ThreadDAG
+from orchestrator.protocol.generation import request_id
 
 COSTS = EngineCosts({1: 1.0, 2: 1.2, 4: 1.6}, prefill_s_per_token=0.01)
 

@@ -8,7 +8,7 @@ import pytest
 import ray
 from engine_requests import chunks
 
-from orchestrator.generation import GenChunk, GenRequest
+from orchestrator.protocol.generation import GenChunk, GenRequest
 
 pytestmark = pytest.mark.integration
 QUESTION = "Q: 905*9+14*3+220*6\n"

@@ -11,9 +11,9 @@ import struct
 
 import pytest
 
-from orchestrator import wire
-from orchestrator.generation import GenChunk, GenRequest
-from orchestrator.stream_client import StreamClient, WorkerLost, WorkerRequestFailed
+from orchestrator.protocol import wire
+from orchestrator.protocol.generation import GenChunk, GenRequest
+from orchestrator.routing.stream_client import StreamClient, WorkerLost, WorkerRequestFailed
 from workers.stream_server import StreamServer
 
 

@@ -18,7 +18,7 @@ from processes import engine_cores, session_process
 from redis_server import redis_server  # noqa: F401  (fixture)
 
 from models.task import Question, Term
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
 
 pytestmark = pytest.mark.integration
 QUESTIONS = [Question((Term(300 + 71 * i, 7), Term(45 + i, 8), Term(999 - i, 9), Term(12, 3))) for i in range(6)]
@@ -124,7 +124,7 @@ def test_loom_serve_stops_cleanly_on_sigterm(redis_server, tmp_path):  # noqa: F
 
     import yaml
 
-    from orchestrator.store import RedisJobStore
+    from orchestrator.service.store import RedisJobStore
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,7 +1,7 @@
 """/healthz's verdict from what the workers and the coordinator answered (orchestrator/health.py)."""
 import pytest
 
-from orchestrator.health import assess
+from orchestrator.service.health import assess
 
 OK, DEAD = {"state": "ok"}, {"state": "dead", "error": "ActorDiedError"}
 

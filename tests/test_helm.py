@@ -25,7 +25,7 @@ import yaml
 
 from cluster.config import ConfigError, LoomConfig
 from cluster.helm_values import chart_values
-from orchestrator.budget import JobBudget
+from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.formats import FORMATS
 
 ROOT = Path(__file__).resolve().parent.parent

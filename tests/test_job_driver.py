@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from orchestrator.budget import Ledger
-from orchestrator.engine_client import LocalBudgetClient
-from orchestrator.generation import Decode, Decoded, Placement, Progress
-from orchestrator.job import JobRunner
-from orchestrator.lease import ThreadLease
-from orchestrator.metrics import NullMetrics
+from orchestrator.budget.lease import ThreadLease
+from orchestrator.budget.ledger import Ledger
+from orchestrator.budget.local import LocalBudgetClient
+from orchestrator.driver.job import JobRunner
+from orchestrator.driver.records import JobRecord, JobRequest
 from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
-from orchestrator.records import JobRecord, JobRequest
+from orchestrator.protocol.segment import Decode, Decoded, Placement, Progress
+from orchestrator.telemetry.metrics import NullMetrics
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "loom-arith"
 PROMPT = "Q: 1+2+3\n"

@@ -6,8 +6,8 @@ import re
 import pytest
 import ray
 
-from orchestrator.generation import request_id
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.generation import request_id
 
 pytestmark = pytest.mark.integration
 QUESTION = "Q: 905*9+14*3+220*6+3+71*0"

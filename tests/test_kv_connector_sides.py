@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from orchestrator.generation import HOLD_KEY, PULL_KEY, KVHold
+from orchestrator.protocol.kv import HOLD_KEY, PULL_KEY, KVHold
 from workers.kv.messages import Connect, Pull, Release, Reply, decode, encode
 from workers.kv.scheduler_side import HolderAddress, SchedulerSide
 from workers.kv.worker_side import BlockPages, Holds

@@ -12,9 +12,9 @@ from polling import wait_until
 from vllm.config import KVEventsConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, EventPublisherFactory, KVEventBatch
 
-from orchestrator.generation import KVEndpoints
-from orchestrator.kv_events import KVEventSubscriber, SharedIndex, decode_batch
-from orchestrator.kv_index import KVIndex, block_keys
+from orchestrator.protocol.engine import KVEndpoints
+from orchestrator.routing.kv_events import KVEventSubscriber, SharedIndex, decode_batch
+from orchestrator.routing.kv_index import KVIndex, block_keys
 
 B = 4
 

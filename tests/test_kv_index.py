@@ -1,7 +1,7 @@
 """The KV index (orchestrator/kv_index.py): what each engine reported, keyed the same everywhere."""
 from __future__ import annotations
 
-from orchestrator.kv_index import AllBlocksCleared, BlockRemoved, BlockStored, KVIndex, block_keys
+from orchestrator.routing.kv_index import AllBlocksCleared, BlockRemoved, BlockStored, KVIndex, block_keys
 
 B = 4  # tokens per block in these tests
 PROMPT = list(range(100, 114))  # 3 full blocks + 2 tokens

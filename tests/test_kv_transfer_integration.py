@@ -17,9 +17,10 @@ from engine_requests import stream
 from cluster import runtime
 from cluster.config import load
 from models.task import Question, Term, trace
-from orchestrator.generation import PULLED_KEY, GenRequest, PullReport
-from orchestrator.placement import LinkModel
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.generation import GenRequest
+from orchestrator.protocol.kv import PULLED_KEY, PullReport
+from orchestrator.routing.link import LinkModel
 
 pytestmark = pytest.mark.integration
 BLOCK = 32

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from orchestrator.budget import JobBudget, Ledger
-from orchestrator.engine_client import LocalBudgetClient
-from orchestrator.lease import LEASE_TOKENS, BudgetExhausted, ThreadLease
+from orchestrator.budget.lease import LEASE_TOKENS, BudgetExhausted, ThreadLease
+from orchestrator.budget.ledger import Ledger
+from orchestrator.budget.local import LocalBudgetClient
+from orchestrator.budget.policy import JobBudget
 
 
 class CountingBudget(LocalBudgetClient):

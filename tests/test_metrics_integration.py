@@ -9,7 +9,7 @@ import httpx
 import pytest
 from conftest import METRICS_PORT
 
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
 
 pytestmark = pytest.mark.integration
 

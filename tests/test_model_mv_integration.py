@@ -12,7 +12,7 @@ import pytest
 from cluster.config import load
 from models import task_mv
 from models.evaluate import evaluate, questions, summarize
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +30,8 @@ def mv_config():
 @pytest.fixture(scope="module")
 def mv_service(ray_cluster, mv_config):
     from cluster import runtime
-    from orchestrator.service import JobService
-    from orchestrator.store import InProcessJobStore
+    from orchestrator.service.jobs import JobService
+    from orchestrator.service.store import InProcessJobStore
 
     runner = runtime.make_runner(mv_config)
     yield JobService(runner, InProcessJobStore())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.generation import EngineLoad, EngineProfile
-from orchestrator.placement import LinkModel, Placer
+from orchestrator.protocol.engine import EngineLoad, EngineProfile
+from orchestrator.routing.link import LinkModel
+from orchestrator.routing.placement import Placer
 
 CPU = EngineProfile(prefill_s_per_token=1.1e-4, decode_step_s={1: 0.0046, 4: 0.0056, 16: 0.0073})
 # A GPU-like engine: a batch of up to 16 is nearly free, past it the step grows.

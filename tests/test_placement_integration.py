@@ -16,8 +16,8 @@ from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 from cluster import runtime
 from cluster.config import load
 from models.task import Question, Term, trace
-from orchestrator.generation import GenRequest
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.generation import GenRequest
 
 pytestmark = pytest.mark.integration
 FORKING = [Question((Term(100 + 37 * i, 1 + i % 9), Term(20 + i, 7), Term(5 + 3 * i, 4 + i % 5))) for i in range(16)]

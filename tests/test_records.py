@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.records import JobRecord, JobRequest
+from orchestrator.driver.records import JobRecord, JobRequest
 
 
 def test_record_round_trips_through_msgpack():

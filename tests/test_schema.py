@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from orchestrator.records import JobRequest, RequestError
-from orchestrator.schema import chat_request, decode_json, job_request
+from orchestrator.driver.records import JobRequest, RequestError
+from orchestrator.service.schema import chat_request, decode_json, job_request
 
 GOOD = {"prompt": "Q: 1*2+3*4\n"}
 CHAT = {"messages": [{"role": "user", "content": "1*2+3*4"}]}

@@ -11,9 +11,9 @@ import pytest
 from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 from cluster.config import ConfigError, LoomConfig
-from orchestrator.records import SCHEMA_VERSION, JobRecord, JobRequest
-from orchestrator.service import RESTARTED, JobService
-from orchestrator.store import InProcessJobStore, RedisJobStore, StoreUnavailable
+from orchestrator.driver.records import SCHEMA_VERSION, JobRecord, JobRequest
+from orchestrator.service.jobs import RESTARTED, JobService
+from orchestrator.service.store import InProcessJobStore, RedisJobStore, StoreUnavailable
 
 
 @dataclass

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from orchestrator.generation import GenChunk
+from orchestrator.protocol.generation import GenChunk
 from workers.stream_batch import batched, held
 
 

@@ -5,8 +5,8 @@ import pytest
 import ray
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from orchestrator import tracing
-from orchestrator.records import JobRequest
+from orchestrator.driver.records import JobRequest
+from orchestrator.telemetry import tracing
 
 pytestmark = pytest.mark.integration
 

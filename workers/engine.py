@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.generation import PULLED_KEY, GenChunk, GenRequest, KVEndpoints
+from orchestrator.protocol.engine import KVEndpoints
+from orchestrator.protocol.generation import GenChunk, GenRequest
+from orchestrator.protocol.kv import PULLED_KEY
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from orchestrator.generation import GenChunk
+from orchestrator.protocol.generation import GenChunk
 
 _END = object()
 

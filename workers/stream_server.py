@@ -14,8 +14,9 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 
-from orchestrator import wire
-from orchestrator.generation import GenChunk, GenRequest, StreamEndpoint
+from orchestrator.protocol import wire
+from orchestrator.protocol.engine import StreamEndpoint
+from orchestrator.protocol.generation import GenChunk, GenRequest
 
 log = logging.getLogger(__name__)
 

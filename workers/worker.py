@@ -20,8 +20,10 @@ import time
 
 import ray
 
-from orchestrator import tracing
-from orchestrator.generation import HOLD_KEY, EngineLoad, EngineProfile, GenChunk, GenRequest, KVHold, WorkerInfo
+from orchestrator.protocol.engine import EngineLoad, EngineProfile, WorkerInfo
+from orchestrator.protocol.generation import GenChunk, GenRequest
+from orchestrator.protocol.kv import HOLD_KEY, KVHold
+from orchestrator.telemetry import tracing
 from workers.engine import EngineConfig
 from workers.stream_batch import batched, held
 from workers.stream_server import StreamServer

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.generation import HOLD_KEY, PULL_KEY, KVHold
+from orchestrator.protocol.kv import HOLD_KEY, PULL_KEY, KVHold
 
 
 @dataclass

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 import torch
 
-from orchestrator.generation import KVHold, PullReport
+from orchestrator.protocol.kv import KVHold, PullReport
 from workers.kv.messages import Connect, Pull, Release, Reply
 from workers.kv.scheduler_side import PullSpec, StepPlan
 from workers.kv.transport import PairGroups, SideChannel, TransferError, backend_for, notify, request

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from orchestrator import wire
-from orchestrator.generation import GenChunk, GenRequest, StreamEndpoint
+from orchestrator.protocol import wire
+from orchestrator.protocol.engine import StreamEndpoint
+from orchestrator.protocol.generation import GenChunk, GenRequest
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -16,7 +16,10 @@ import time
 
 import ray
 
-from orchestrator.budget import Admission, Applied, BudgetCall, JobUsage, Ledger
+from orchestrator.budget.account import JobUsage
+from orchestrator.budget.calls import Applied, BudgetCall
+from orchestrator.budget.ledger import Ledger
+from orchestrator.budget.policy import Admission
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.budget import BudgetError, JobBudget
+from orchestrator.budget.policy import BudgetError, JobBudget
+from orchestrator.driver.records import JobRequest, RequestError
 from orchestrator.plan.formats import FORMATS
-from orchestrator.records import JobRequest, RequestError
 
 MAX_SEED = 2**63 - 1
 MAX_STOP = 4  # stop strings per request, as OpenAI's API

@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from orchestrator.records import SCHEMA_VERSION, STATUSES, JobRecord
+from orchestrator.driver.records import SCHEMA_VERSION, STATUSES, JobRecord
 
 TERMINAL = ("done", "failed", "cancelled")
 

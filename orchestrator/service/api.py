@@ -20,13 +20,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator import tracing
-from orchestrator.health import Health
-from orchestrator.job import extract_answer
-from orchestrator.records import RequestError
-from orchestrator.schema import chat_request, decode_json, job_request
-from orchestrator.service import JobService
-from orchestrator.store import StoreUnavailable
+from orchestrator.driver.job import extract_answer
+from orchestrator.driver.records import RequestError
+from orchestrator.service.health import Health
+from orchestrator.service.jobs import JobService
+from orchestrator.service.schema import chat_request, decode_json, job_request
+from orchestrator.service.store import StoreUnavailable
+from orchestrator.telemetry import tracing
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1 << 20

@@ -21,7 +21,7 @@ import contextlib
 import time
 from typing import Protocol, Self
 
-from orchestrator.budget import Lease
+from orchestrator.budget.policy import Lease
 
 LEASE_TOKENS = 64  # asked for at a time
 LEASE_LOW = 24  # the next lease is asked for once fewer than this are left

@@ -18,15 +18,15 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
-from orchestrator import tracing
-from orchestrator.budget import Admission, JobBudget
-from orchestrator.engine_client import BudgetClient, EngineClient
-from orchestrator.generation import Decode, Progress, Sampling
-from orchestrator.lease import BudgetExhausted
-from orchestrator.metrics import LoomMetrics
+from orchestrator.budget.lease import BudgetExhausted
+from orchestrator.budget.ops import BudgetClient
+from orchestrator.budget.policy import Admission, JobBudget
+from orchestrator.driver.records import JobRecord, JobRequest, RequestError
 from orchestrator.plan.dag import Node, ThreadDAG
 from orchestrator.plan.formats import Outline, Plan, PlanFormat, ThreadResult, get_format
-from orchestrator.records import JobRecord, JobRequest, RequestError
+from orchestrator.protocol.segment import Decode, EngineClient, Progress, Sampling
+from orchestrator.telemetry import tracing
+from orchestrator.telemetry.metrics import LoomMetrics
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import msgpack
 
-from orchestrator.generation import GenChunk, GenRequest
+from orchestrator.protocol.generation import GenChunk, GenRequest
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # a frame longer than this is a broken or foreign peer

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.records import JobRecord, JobRequest
-from orchestrator.store import TERMINAL, StoreUnavailable
+from orchestrator.driver.records import JobRecord, JobRequest
+from orchestrator.service.store import TERMINAL, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

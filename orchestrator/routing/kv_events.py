@@ -16,8 +16,8 @@ import threading
 import msgpack
 import zmq
 
-from orchestrator.generation import KVEndpoints
-from orchestrator.kv_index import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, KVIndex
+from orchestrator.protocol.engine import KVEndpoints
+from orchestrator.routing.kv_index import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, KVIndex
 
 log = logging.getLogger(__name__)
 END_SEQ = (-1).to_bytes(8, "big", signed=True)  # the publisher's end-of-replay marker

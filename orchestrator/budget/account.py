@@ -1,0 +1,125 @@
+"""One job's account: tokens used and leased, threads in flight, forks; the policy that admits
+forks, grants token leases and settles them. Time is passed in, never read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.budget.calls import BudgetCall
+from orchestrator.budget.policy import Admission, BudgetError, JobBudget, Lease
+
+
+@dataclass
+class JobUsage:
+    budget: JobBudget
+    opened_at: float
+    tokens: int = 0
+    forks: int = 0
+    in_flight: int = 0
+    per_thread: dict[str, int] = field(default_factory=dict)
+    leased: dict[str, int] = field(default_factory=dict)  # node -> tokens granted, not yet reported used
+    calls: int = 0  # the driver's calls applied (BudgetCall.seq)
+    exhausted: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return self.budget.max_total_tokens - self.tokens
+
+    def spend(self, node: str, used: int) -> None:
+        """Tokens a thread reports used: charged, and taken off what it had leased."""
+        self.tokens += used
+        self.per_thread[node] = self.per_thread.get(node, 0) + used
+        self.leased[node] = max(0, self.leased.get(node, 0) - used)
+
+    def apply(self, call: BudgetCall) -> Lease | str | None:
+        """A driver's call, in its order: a lease's grant, a settle's verdict, or None (threads
+        counted, a fork the driver admitted counted, or a call this account already holds: Ray
+        retried it on a restarted coordinator that the driver's restore had already brought up
+        to date)."""
+        if call.seq <= self.calls:
+            return None
+        self.calls = call.seq
+        if call.kind == "lease":
+            return self.lease(call.node, call.used, call.want, call.now)
+        if call.kind == "settle":
+            return self.settle(call.node, call.used, call.now)
+        if call.kind == "fork":
+            self.forks += 1
+        elif call.kind == "threads":
+            self.count_threads(call.threads)
+        else:
+            raise BudgetError(f"unknown budget call {call.kind!r}")
+        return None
+
+    def admit(self, n: int, depth: int, now: float, free: int) -> Admission:
+        """``admission``, counted when admitted."""
+        adm = self.admission(n, depth, now, free)
+        self.forks += adm.admitted
+        return adm
+
+    def admission(self, n: int, depth: int, now: float, free: int) -> Admission:
+        """A fork of ``n`` threads at ``depth`` with ``free`` thread slots left in the cluster:
+        refused (width 0, and why), or admitted at width min(n, max_width, free), never below 1.
+        Nothing is counted (a driver counts it by its "fork" call)."""
+        refusal = self.refusal(n, depth, now)
+        if refusal:
+            return Admission(0, reason=refusal)
+        b = self.budget
+        width = max(1, min(n, b.max_width, free))
+        per_thread = min(b.max_thread_tokens, self.remaining // n)
+        reason = "" if width == n else f"narrowed to {width} of {n} (waves)"
+        return Admission(width, per_thread, reason)
+
+    def refusal(self, n: int, depth: int, now: float) -> str:
+        b = self.budget
+        if self.exhausted:
+            return self.exhausted
+        if now - self.opened_at > b.deadline_s:
+            return "deadline passed"
+        if depth > b.max_depth:
+            return f"depth {depth} > max_depth {b.max_depth}"
+        if self.forks >= b.max_fork_rounds:
+            return f"fork rounds {self.forks} reached max_fork_rounds"
+        if self.remaining // max(n, 1) < b.min_thread_tokens:
+            return f"{self.remaining} tokens left: too few for {n} threads"
+        return ""
+
+    def count_threads(self, n: int) -> None:
+        """``n`` threads started (> 0) or ended (< 0)."""
+        self.in_flight = max(0, self.in_flight + n)
+
+    def lease(self, node: str, used: int, want: int, now: float) -> Lease:
+        """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
+        is neither used nor leased to other threads (at most an even share of it per thread in
+        flight), and returns what it now holds. None, with the reason, once the job is
+        exhausted: its deadline passed, or the thread has used its lease and none is left to
+        grant (a thread asking ahead, with some of its lease left, just gets none for now)."""
+        self.spend(node, used)
+        free = self.remaining - sum(self.leased.values())
+        if free <= 0 and self.leased[node] == 0:  # it needs tokens; none are left (spend set its entry)
+            self.exhaust(f"token budget exhausted ({self.tokens} used, {self.remaining - free} leased, "
+                         f"of {self.budget.max_total_tokens})")
+        self.check_deadline(now)
+        if self.exhausted:
+            return Lease(0, self.exhausted)
+        share = -(-free // max(1, self.in_flight))  # an even share of what is left per running thread
+        self.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
+        return Lease(self.leased[node], until=self.opened_at + self.budget.deadline_s)
+
+    def settle(self, node: str, used: int, now: float) -> str:
+        """A request has ended: its last ``used`` tokens are charged and its lease given back.
+        Returns why the job must stop ("" if it may go on): it has used every token, or its
+        deadline passed."""
+        self.spend(node, used)
+        self.leased.pop(node, None)
+        if self.remaining <= 0:
+            self.exhaust(f"token budget exhausted ({self.tokens}/{self.budget.max_total_tokens})")
+        self.check_deadline(now)
+        return self.exhausted
+
+    def exhaust(self, why: str) -> None:
+        self.exhausted = self.exhausted or why
+
+    def check_deadline(self, now: float) -> None:
+        if now - self.opened_at > self.budget.deadline_s:
+            self.exhaust(f"deadline of {self.budget.deadline_s}s passed")

@@ -1,0 +1,66 @@
+"""A worker's engine as the driver side sees it: where it publishes KV events and serves
+requests, how fast it is (measured at start-up), how loaded it is now.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KVEndpoints:
+    """Where a worker's engine publishes its KV events."""
+
+    publish: str  # tcp://host:port (PUB)
+    replay: str  # tcp://host:port (ROUTER)
+
+
+@dataclass(frozen=True)
+class StreamEndpoint:
+    """Where a worker serves its engine's requests (orchestrator/wire.py), and the token a
+    connection must present."""
+
+    host: str
+    port: int
+    token: str
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """An engine's speed, measured by its worker at start-up."""
+
+    prefill_s_per_token: float
+    decode_step_s: dict[int, float]  # batch size -> seconds per decode step (measured points)
+
+    def step_s(self, batch: int) -> float:
+        """Seconds per decode step at ``batch``: linear between the measured points, and on the
+        last segment's slope beyond them."""
+        sizes = sorted(self.decode_step_s)
+        if len(sizes) == 1:
+            return self.decode_step_s[sizes[0]]
+        i = min(max(bisect.bisect_left(sizes, batch), 1), len(sizes) - 1)
+        b0, b1 = sizes[i - 1], sizes[i]
+        s0, s1 = self.decode_step_s[b0], self.decode_step_s[b1]
+        return max(s0 + (s1 - s0) * (batch - b0) / (b1 - b0), 0.0)
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """An engine's load, as its worker reports it."""
+
+    active: int = 0  # requests in the engine (running or waiting)
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0  # fraction of KV blocks in use
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker tells the engine client once its engine is up."""
+
+    name: str
+    kv: KVEndpoints
+    stream: StreamEndpoint
+    profile: EngineProfile
+    block_size: int
+    kv_bytes_per_token: int = 0  # KV bytes one token takes in this engine (all layers)
