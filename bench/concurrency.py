@@ -23,7 +23,8 @@ from bench.placement import run_jobs
 
 
 class TimedBudget:
-    """The engine client's budget client, timing each lease and settle (what the coordinator gets)."""
+    """The driver's budget, timing each lease and settle (answered from the driver's copy of the
+    job's account; sent on to the coordinator without waiting)."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -64,6 +65,7 @@ def main(argv=None) -> int:
 
     from cluster import runtime
     from cluster.config import load
+    from orchestrator.budget.replica import ReplicatedBudget
     from orchestrator.service.jobs import JobService
     from orchestrator.service.store import InProcessJobStore
 
@@ -80,10 +82,9 @@ def main(argv=None) -> int:
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         for interval in [float(x) for x in args.stream_interval_ms.split(",")]:
-            cfg = load(overrides={"stream_interval_ms": interval})
-            runner = runtime.make_runner(cfg)
-            runner.engine.budget = budget = TimedBudget(runner.engine.budget)
-            service = JobService(runner, InProcessJobStore())
+            cfg = load(overrides={"engine": {"stream_interval_ms": interval}})
+            budget = TimedBudget(ReplicatedBudget(runtime.start_coordinator(cfg)))
+            service = JobService(runtime.start(cfg, budget=budget).runner, InProcessJobStore())
             try:
                 for c in [int(x) for x in args.concurrency.split(",")]:
                     figures = asyncio.run(run(service, budget, questions, c))

@@ -66,7 +66,7 @@ class EngineCosts:
 
 
 def thread_seconds(lengths: list[int], index: int, costs: EngineCosts) -> float:
-    """Decode time of thread ``index`` in a block whose threads have ``lengths`` tokens and
+    """SegmentRequest time of thread ``index`` in a block whose threads have ``lengths`` tokens and
     start together: the batch is every thread not yet finished."""
     order = sorted(lengths)
     mine, done, t = lengths[index], 0, 0.0
@@ -143,9 +143,10 @@ class ReferenceEngine:
         self.conn, theirs = ctx.Pipe()
         bind = cfg.worker_cpu_binds[0] if cfg.worker_cpu_binds else ""
         # on a GPU it shares the device with Loom's engine: the memory Loom's leaves, less a margin
-        share = max(0.05, 0.95 - cfg.gpu_memory_utilization)
-        self.child = ctx.Process(target=_serve_costs, args=(theirs, cfg.model, cfg.dtype, cfg.max_model_len,
-                                                            cfg.block_size, cfg.kv_cache_gib, bind, share))
+        e = cfg.engine
+        share = max(0.05, 0.95 - e.gpu_memory_utilization)
+        self.child = ctx.Process(target=_serve_costs, args=(theirs, e.model, e.dtype, e.max_model_len,
+                                                            e.block_size, e.kv_cache_gib, bind, share))
         self.child.start()  # not a pool: vLLM's engine starts processes of its own
         self.conn.recv()  # loaded
 
@@ -331,11 +332,11 @@ def main(argv=None) -> int:
     with ReferenceEngine(cfg) as ref:
         ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
         try:
-            runner = runtime.make_runner(cfg)
-            service = JobService(runner, InProcessJobStore())
+            loom = runtime.start(cfg)
+            service = JobService(loom.runner, InProcessJobStore())
             profile = ref.costs(list(BATCHES))
             rounds = asyncio.run(run_rounds(service, workloads, args.rounds, ref))
-            log = {e["request_id"]: e for w in runner.engine.workers.values() for e in ray.get(w.request_log.remote())}
+            log = {e["request_id"]: e for w in loom.pool.handles.values() for e in ray.get(w.request_log.remote())}
         finally:
             runtime.shutdown_actors(cfg)
             ray.shutdown()

@@ -73,11 +73,11 @@ def link(block_bytes: int, reps: int) -> list[dict]:
             for n, b in zip(BLOCK_COUNTS, sizes)]
 
 
-async def engines(runner, reps: int) -> list[dict]:
+async def engines(loom, reps: int) -> list[dict]:
     from orchestrator.protocol.generation import GenRequest
     from orchestrator.protocol.kv import PULLED_KEY
 
-    w0, w1 = runner.engine.workers.values()
+    w0, w1 = loom.pool.handles.values()
     rng = random.Random(5)
     rows = []
     for n in BLOCK_COUNTS:
@@ -109,30 +109,27 @@ async def _last(handle, req):
         stream.close()
 
 
-def jobs(runner, service, n: int, concurrencies: list[int], seed: int, repeat: int = 1) -> dict:
+def jobs(loom, service, n: int, concurrencies: list[int], seed: int, repeat: int = 1) -> dict:
     import ray
 
-    from bench.placement import Timed, figures, forking_questions, run_jobs
+    from bench.placement import figures, forking_questions, run_jobs
 
-    placer, link = runner.engine.placer, runner.engine.placer.link
+    placer, link = loom.placer, loom.placer.link
     out = {}
     for conc in concurrencies:
         for rep, mode in [(r, m) for r in range(repeat) for m in ("on", "off")]:  # alternating
-            placer.link = link if mode == "on" else None
-            for h in runner.engine.workers.values():
+            placer.set_link(link if mode == "on" else None)
+            for h in loom.pool.handles.values():
                 ray.get(h.reset_prefix_cache.remote())
             time.sleep(0.5)
-            runner.engine.placer = timed = Timed(placer)
-            try:
-                records, latencies, wall = asyncio.run(run_jobs(service, forking_questions(n, seed), conc))
-            finally:
-                runner.engine.placer = placer
+            placer.decision_s.clear()
+            records, latencies, wall = asyncio.run(run_jobs(service, forking_questions(n, seed), conc))
             threads = [t for r in records for t in r.dag["nodes"] if t["kind"] == "thread"]
-            fig = figures(records, latencies, wall, timed)
+            fig = figures(records, latencies, wall, list(placer.decision_s))
             fig["threads_pulled"] = sum((t["placement"]["prefix"] or {}).get("source") == "pulled" for t in threads)
             fig["kv_bytes_moved"] = sum((t["placement"]["prefix"] or {}).get("bytes", 0) for t in threads)
             out[f"concurrency {conc}, transfer {mode}" + (f", run {rep + 1}" if repeat > 1 else "")] = fig
-    placer.link = link
+    placer.set_link(link)
     return out
 
 
@@ -169,14 +166,14 @@ def _with_engines(parts: list[str], args) -> dict:
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     out: dict = {}
     try:
-        runner = runtime.make_runner(cfg)
+        loom = runtime.start(cfg)
         if "engines" in parts:
-            out["connector_pull"] = asyncio.run(engines(runner, args.reps))
+            out["connector_pull"] = asyncio.run(engines(loom, args.reps))
         if "jobs" in parts:
-            service = JobService(runner, InProcessJobStore())
+            service = JobService(loom.runner, InProcessJobStore())
             concs = [int(c) for c in args.concurrency.split(",")]
-            out["jobs"] = jobs(runner, service, args.jobs, concs, args.seed, args.repeat)
-            out["link_model_learned_gb_per_s"] = round(runner.engine.placer.link.bytes_per_s / 1e9, 3)
+            out["jobs"] = jobs(loom, service, args.jobs, concs, args.seed, args.repeat)
+            out["link_model_learned_gb_per_s"] = round(loom.placer.link.bytes_per_s / 1e9, 3)
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()

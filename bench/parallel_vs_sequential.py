@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     qs = [question_with(args.products, rng) for _ in range(args.jobs)]
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
-        service = JobService(runtime.make_runner(cfg), InProcessJobStore())
+        service = JobService(runtime.start(cfg).runner, InProcessJobStore())
         asyncio.run(run_all(service, qs[:1], "parallel"))  # warm-up
         par, par_wall = asyncio.run(run_all(service, qs, "parallel"))
         seq, seq_wall = asyncio.run(run_all(service, qs, "sequential"))

@@ -81,14 +81,14 @@ class PlainServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self):
-        c = self.cfg
-        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", c.model,
-                "--served-model-name", "plain", "--dtype", c.dtype, "--max-model-len", str(c.max_model_len),
-                "--block-size", str(c.block_size), "--enable-prefix-caching", "--max-num-seqs", str(c.max_num_seqs),
+        c, e = self.cfg, self.cfg.engine
+        args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", e.model,
+                "--served-model-name", "plain", "--dtype", e.dtype, "--max-model-len", str(e.max_model_len),
+                "--block-size", str(e.block_size), "--enable-prefix-caching", "--max-num-seqs", str(e.max_num_seqs),
                 "--port", str(self.port), "--host", "127.0.0.1", "--seed", "0"]
-        if c.enforce_eager:
+        if e.enforce_eager:
             args.append("--enforce-eager")
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(c.kv_cache_gib)}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(e.kv_cache_gib)}
         if c.worker_cpu_binds:  # the engine's threads where Loom's run (the rest of vllm on the kept cores)
             env["VLLM_CPU_OMP_THREADS_BIND"] = c.worker_cpu_binds[0]
         self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     # cores, all else (vLLM's server and engine core, Ray, Loom, this load generator) on the rest
     cfg = runtime.pin_controller(load(overrides={"num_workers": 1, "port": args.port + 1}))
     tok = runtime.load_tokenizer(cfg)
-    runner = JobRunner(None, None, tok, cfg.max_model_len)  # its prompt ids: the same on every system
+    runner = JobRunner(None, None, tok, cfg.engine.max_model_len)  # its prompt ids: the same on every system
     levels = [int(x) for x in args.concurrency.split(",")]
     workloads = {w: workload(w, args.questions, args.seed) for w in args.workloads.split(",")}
     systems = args.systems.split(",")
@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         p.error(f"unknown system(s): {', '.join(sorted(unknown))} (plain, client, loom)")
 
     def on_vllm(fn):
-        return lambda client, q: fn(client, tok, runner.prepare(JobRequest(messages=messages(q))), cfg.max_model_len)
+        return lambda client, q: fn(client, tok, runner.prepare(JobRequest(messages=messages(q))), cfg.engine.max_model_len)
 
     with contextlib.ExitStack() as up:
         askers = {}

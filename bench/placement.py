@@ -6,7 +6,7 @@ the share of thread prompt tokens the engines recomputed (prompt minus vLLM's ca
 threads placed away from the worker holding most of their prompt (and why), and the cost of one
 placement decision, with the machine it ran on. Policies:
 
-- ``cost``: Loom's (orchestrator/placement.py): measured prefill and decode costs, KV index, loads;
+- ``cost``: Loom's (orchestrator/routing/placement.py): measured prefill and decode costs, KV index, loads;
 - ``prefix``: always the worker holding most of the prompt, then the least loaded (what a
   cache-aware router without a cost model does);
 - ``one-worker``: the same jobs on one engine (``--workers 1`` baseline, run separately).
@@ -37,40 +37,25 @@ def forking_questions(n: int, seed: int) -> list[task.Question]:
 class PrefixFirst(Placer):
     """The policy without a cost model: most held tokens, then fewest active requests."""
 
-    def place(self, ids: list[int]) -> Placement:
-        held = self.index.holdings(ids, self.workers)
-        best = max(self.workers, key=lambda w: (held[w], -self.active(w), -self.workers.index(w)))
+    def choose(self, ids: list[int]) -> Placement:
+        live = self.live()
+        held = self.index.matched(ids, live)
+        best = max(live, key=lambda w: (held[w], -self.active(w), -self.workers.index(w)))
         return Placement(best, "holds the most of the prompt", {}, held, self.name)
-
-
-class Timed:
-    """Times every placement decision of the placer it wraps."""
-
-    def __init__(self, placer: Placer):
-        self.placer, self.seconds = placer, []
-
-    def __getattr__(self, name):
-        return getattr(self.placer, name)
-
-    def place(self, ids):
-        t0 = time.perf_counter()
-        try:
-            return self.placer.place(ids)
-        finally:
-            self.seconds.append(time.perf_counter() - t0)
 
 
 async def run_jobs(service, qs, concurrency: int) -> tuple[list, list[float], float]:
     return await run_concurrently(lambda q: service.run(JobRequest(prompt=q.prompt)), qs, concurrency)
 
 
-def figures(records, latencies, wall, timed: Timed) -> dict:
+def figures(records, latencies, wall, decisions: list[float]) -> dict:
+    """A run's figures; ``decisions``: the seconds of its placement decisions."""
     threads = [n for r in records for n in r.dag["nodes"] if n["kind"] == "thread"]
     prompt = sum(t["prompt_tokens"] for t in threads)
     cached = sum(t["cached_tokens"] for t in threads)
-    away = [t for t in threads if t["placement"]["held_tokens"] < max(t["placement"]["held"].values())]
+    away = [t for t in threads if t["placement"]["matched_tokens"] < max(t["placement"]["matched"].values())]
     # prompt tokens some worker held (the index said so) that the chosen engine computed again
-    held_elsewhere = sum(max(0, max(t["placement"]["held"].values()) - t["cached_tokens"]) for t in threads)
+    held_elsewhere = sum(max(0, max(t["placement"]["matched"].values()) - t["cached_tokens"]) for t in threads)
     q = statistics.quantiles(latencies, n=10)
     return {
         "jobs": len(records), "done": sum(r.status == "done" for r in records), "wall_s": round(wall, 2),
@@ -81,8 +66,8 @@ def figures(records, latencies, wall, timed: Timed) -> dict:
         "threads_without_their_prefix": len(away),
         "reasons_without_prefix": sorted({t["placement"]["reason"] for t in away}),
         "workers_used": dict(sorted(_count(t["worker"] for t in threads).items())),
-        "placement_decision_us_mean": round(1e6 * statistics.mean(timed.seconds), 1),
-        "placements": len(timed.seconds),
+        "placement_decision_us_mean": round(1e6 * statistics.mean(decisions), 1),
+        "placements": len(decisions),
     }
 
 
@@ -115,19 +100,17 @@ def main(argv=None) -> int:
     out = {"machine": machine(),
            "workers": args.workers, "concurrency": args.concurrency, "runs": {}}
     try:
-        runner = runtime.make_runner(cfg)
-        service = JobService(runner, InProcessJobStore())
-        cost = runner.engine.placer
-        out["profiles"] = {w: vars(p) for w, p in cost.profiles.items()}
-        asyncio.run(run_jobs(service, forking_questions(4, args.seed + 1), 4))  # warm-up
-        for policy in args.policies.split(","):
-            base = cost if policy == "cost" else PrefixFirst(cost.workers, cost.index, cost.profiles)
-            runner.engine.placer = timed = Timed(base)
-            for h in runner.engine.workers.values():
+        for policy in args.policies.split(","):  # the same workers, a placer of the policy's kind
+            loom = runtime.start(cfg, PrefixFirst if policy == "prefix" else Placer)
+            service = JobService(loom.runner, InProcessJobStore())
+            out["profiles"] = {w: vars(p) for w, p in loom.placer.profiles.items()}
+            asyncio.run(run_jobs(service, forking_questions(4, args.seed + 1), 4))  # warm-up
+            for h in loom.pool.handles.values():
                 ray.get(h.reset_prefix_cache.remote())
             time.sleep(0.5)
+            loom.placer.decision_s.clear()
             records, latencies, wall = asyncio.run(run_jobs(service, qs, args.concurrency))
-            out["runs"][policy] = figures(records, latencies, wall, timed)
+            out["runs"][policy] = figures(records, latencies, wall, list(loom.placer.decision_s))
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()

@@ -26,7 +26,7 @@ def make_store(cfg: LoomConfig):
     both keep finished records ``store_ttl_s`` (the in-process one at most ``store_max_records``)."""
     import os
 
-    from orchestrator.service.store import RedisJobStore
+    from orchestrator.service.redis_store import RedisJobStore
 
     url = cfg.redis_url or os.environ.get("LOOM_REDIS_URL", "")
     if url:
@@ -40,8 +40,8 @@ class LoomIngress:
     async def __init__(self, config: dict):
         self.cfg = LoomConfig.from_dict(config)
         tracing.setup()  # OTEL_TRACES_EXPORTER=otlp|console; off by default
-        self.runner = runtime.make_runner(self.cfg)
-        self.service = JobService(self.runner, make_store(self.cfg))
+        self.loom = runtime.start(self.cfg)
+        self.service = JobService(self.loom.runner, make_store(self.cfg))
         await self.service.recover()  # queued jobs resume; orphaned running ones are marked failed
         self.sweeper = asyncio.create_task(self.service.sweep_forever())  # and later ones too
 
@@ -57,10 +57,10 @@ class LoomIngress:
 
     async def health(self) -> Health:
         """Asks every worker and the coordinator, each within HEALTH_TIMEOUT_S."""
-        workers = self.runner.engine.workers
-        names = list(workers)
-        answers = await asyncio.gather(*(_ask(workers[n].health.remote()) for n in names))
-        coordinator = await _ask(self.runner.budget.handle.cluster.remote())
+        pool = self.loom.pool
+        names = pool.names()
+        answers = await asyncio.gather(*(_ask(pool.handle(n).health.remote()) for n in names))
+        coordinator = await _ask(self.loom.coordinator.cluster.remote())
         if "state" not in coordinator:
             coordinator = {"state": "ok", **coordinator}
         return assess(dict(zip(names, answers)), coordinator, self.cfg.model_name)

@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
              log_to_driver=False, namespace="loom")
     try:
         t0 = time.time()
-        runner = runtime.make_runner(cfg)
+        runner = runtime.start(cfg).runner
         print(f"engines ready in {time.time() - t0:.1f}s", file=sys.stderr)
         record = asyncio.run(JobService(runner, InProcessJobStore()).run(request))
     finally:

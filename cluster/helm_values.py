@@ -22,8 +22,8 @@ def chart_values(path: str | None = None, overrides: dict | None = None) -> dict
     overrides). The bundled model's path on this machine is left out, so the chart's default
     (the image's copy) applies."""
     data = load(path, overrides).to_dict()
-    if data["model"] == DEFAULT_MODEL:
-        del data["model"]
+    if data["engine"]["model"] == DEFAULT_MODEL:
+        del data["engine"]["model"]
     return {"loom": data}
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="YAML config (see cluster/serve_config.yaml)")
     p.add_argument("--model", default=None, help="model path inside the image, or a hub id")
     args = p.parse_args(argv)
-    overrides = {"model": args.model} if args.model else None
+    overrides = {"engine": {"model": args.model}} if args.model else None
     yaml.safe_dump(chart_values(args.config, overrides), sys.stdout, sort_keys=False)
     return 0
 

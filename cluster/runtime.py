@@ -12,13 +12,17 @@ import ray
 
 from cluster.config import LoomConfig
 from orchestrator.budget import coordinator as coord_mod
-from orchestrator.budget.replica import RayBudgetClient
+from orchestrator.budget.ops import BudgetOps
+from orchestrator.budget.replica import ReplicatedBudget
+from orchestrator.driver.job import JobRunner
 from orchestrator.protocol.engine import WorkerInfo
-from orchestrator.routing.engine_client import RayEngineClient
+from orchestrator.routing.engine_client import WorkerEngineClient
 from orchestrator.routing.kv_events import SharedIndex
 from orchestrator.routing.kv_index import KVIndex
+from orchestrator.routing.kv_pulls import KVPulls
 from orchestrator.routing.link import LinkModel
 from orchestrator.routing.placement import Placer
+from orchestrator.routing.pool import WorkerPool
 from workers.worker import WorkerActor
 
 
@@ -81,7 +85,7 @@ def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:
         handles[name] = WorkerActor.options(
             name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
             num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus, max_restarts=-1,  # a new engine
-        ).remote(name, replace(cfg.engine(), cpu_bind=bind))
+        ).remote(name, cfg.worker_engine(bind))
     ray.get([h.counters.remote() for h in handles.values()])  # every engine loaded, then
     return handles, [ray.get(h.ready.remote()) for h in handles.values()]  # measured one at a time
 
@@ -96,23 +100,40 @@ def load_tokenizer(cfg: LoomConfig):
     return AutoTokenizer.from_pretrained(cfg.model)
 
 
-def make_engine_client(cfg: LoomConfig, budget: RayBudgetClient) -> RayEngineClient:
-    """Workers, a KV index fed by their engines' events, and the placer that reads it."""
+@dataclass
+class Loom:
+    """What ``start`` brings up for this process: the job runner over the cluster's workers and
+    coordinator, and the pieces an operator or a bench looks at."""
+
+    runner: JobRunner
+    pool: WorkerPool
+    placer: Placer
+    coordinator: object  # the coordinator actor's handle
+
+
+def start_routing(cfg: LoomConfig, placer_type: type[Placer] = Placer) -> tuple[WorkerPool, Placer]:
+    """The workers (created if missing, shared by every process on the cluster), a KV index fed
+    by their engines' events, and the placer that reads it."""
     handles, infos = start_workers(cfg)
-    shared = SharedIndex(KVIndex(cfg.block_size))
+    index = SharedIndex(KVIndex(cfg.engine.block_size))
     link = LinkModel(bytes_per_s=cfg.kv_link_gbps * 1e9) if cfg.transfer_on() else None
-    client = RayEngineClient(handles, budget, Placer(list(handles), shared, {}, link=link), shared, cfg.model_name)
+    placer = placer_type(list(handles), index, link=link)
+    pool = WorkerPool(handles, placer, index)
     for info in infos:
-        client.watch(info)
-    return client
+        pool.watch(info)
+    return pool, placer
 
 
-def make_runner(cfg: LoomConfig):
-    from orchestrator.driver.job import JobRunner
-
-    budget = RayBudgetClient(start_coordinator(cfg))
-    return JobRunner(make_engine_client(cfg, budget), budget, load_tokenizer(cfg), cfg.max_model_len,
-                     cfg.job_budget(), cfg.model_name)
+def start(cfg: LoomConfig, placer_type: type[Placer] = Placer, budget: BudgetOps | None = None) -> Loom:
+    """The coordinator and the workers, and this process's job runner over them (its budget the
+    driver's replicated accounts, unless given)."""
+    coordinator = start_coordinator(cfg)
+    budget = budget or ReplicatedBudget(coordinator)
+    pool, placer = start_routing(cfg, placer_type)
+    engine = WorkerEngineClient(pool, placer, KVPulls(pool, placer), cfg.model_name)
+    runner = JobRunner(engine, budget, load_tokenizer(cfg), cfg.engine.max_model_len, cfg.job_budget(),
+                       cfg.model_name)
+    return Loom(runner, pool, placer, coordinator)
 
 
 def shutdown_actors(cfg: LoomConfig, coordinator: bool = True, grace_s: float = 15.0) -> None:

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load(args.config)
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
-        service = JobService(runtime.make_runner(cfg), InProcessJobStore())
+        service = JobService(runtime.start(cfg).runner, InProcessJobStore())
         t0 = time.time()
         qs = questions(args.n, args.seed, args.product_p or None, cfg.format)
         outcomes = asyncio.run(evaluate(service, qs, args.concurrency, cfg.format))

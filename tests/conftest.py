@@ -30,12 +30,18 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def runner(ray_cluster, loom_config):
+def loom(ray_cluster, loom_config):
+    """The cluster's coordinator and two workers, and this process's runner, pool and placer."""
     from cluster import runtime
 
-    r = runtime.make_runner(loom_config)
-    yield r
+    started = runtime.start(loom_config)
+    yield started
     runtime.shutdown_actors(loom_config)
+
+
+@pytest.fixture(scope="session")
+def runner(loom):
+    return loom.runner
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from polling import until
 
 from orchestrator.budget.policy import Admission, JobBudget
-from orchestrator.budget.replica import RayBudgetClient
+from orchestrator.budget.replica import ReplicatedBudget
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def coordinator(ray_cluster):
 
 
 async def test_a_settle_sent_unanswered_is_seen_before_the_next_admission(coordinator):
-    client = RayBudgetClient(coordinator, view_max_age_s=0)  # every admission asks the coordinator
+    client = ReplicatedBudget(coordinator, view_max_age_s=0)  # every admission asks the coordinator
     await client.open_job("j", JobBudget(max_total_tokens=100, min_thread_tokens=16))
     await client.lease("j", "n0", 0, 64)
     assert await client.settle("j", "n0", 90) == ""  # answered by the driver's copy
@@ -35,13 +35,13 @@ async def test_a_settle_sent_unanswered_is_seen_before_the_next_admission(coordi
     await client.lease("j", "n1", 0, 64)
     assert await client.settle("j", "n1", 10) == "token budget exhausted (100/100)"
     usage = await client.close_job("j")
-    assert usage["tokens"] == 100 and usage["per_thread"] == {"n0": 90, "n1": 10}
-    assert usage["exhausted"] == "token budget exhausted (100/100)"
+    assert usage.tokens == 100 and usage.per_thread == {"n0": 90, "n1": 10}
+    assert usage.exhausted == "token budget exhausted (100/100)"
     await until(lambda: _empty(coordinator), 30, "the job closed in the coordinator's ledger")
 
 
 async def test_calls_sent_to_a_killed_coordinator_charge_once_and_free_their_slots(coordinator):
-    client = RayBudgetClient(coordinator)
+    client = ReplicatedBudget(coordinator)
     await client.open_job("j", JobBudget(max_total_tokens=1000))
     assert (await client.admit_fork("j", 3, 1)).admitted
     await client.start_threads("j", 3)
@@ -52,7 +52,7 @@ async def test_calls_sent_to_a_killed_coordinator_charge_once_and_free_their_slo
         await client.settle("j", f"n{i}", 20 + i)
         await client.end_thread("j")
     usage = await client.close_job("j")
-    assert usage["tokens"] == 63 and usage["per_thread"] == {"n0": 20, "n1": 21, "n2": 22}
+    assert usage.tokens == 63 and usage.per_thread == {"n0": 20, "n1": 21, "n2": 22}
     await until(lambda: _empty(coordinator), 30, "an empty ledger")
 
 
@@ -62,7 +62,7 @@ async def _empty(coordinator) -> bool:
 
 
 async def test_many_calls_made_at_once_go_out_together_and_all_land(coordinator):
-    client = RayBudgetClient(coordinator, view_max_age_s=0)
+    client = ReplicatedBudget(coordinator, view_max_age_s=0)
     await client.open_job("j", JobBudget(max_total_tokens=360, min_thread_tokens=16))
     for i in range(50):  # answered at once: the event loop does not run in between
         assert (await client.lease("j", f"n{i}", 0, 7)).tokens == 7
@@ -71,7 +71,7 @@ async def test_many_calls_made_at_once_go_out_together_and_all_land(coordinator)
     adm = await client.admit_fork("j", 1, 1)  # the coordinator's own count: every settle landed
     assert not adm.admitted and adm.reason == "10 tokens left: too few for 1 threads"
     usage = await client.close_job("j")
-    assert usage["tokens"] == 350 and len(usage["per_thread"]) == 50
+    assert usage.tokens == 350 and len(usage.per_thread) == 50
     await until(lambda: _empty(coordinator), 30, "the job closed in the coordinator's ledger")
 
 
@@ -80,7 +80,7 @@ async def test_a_driver_admits_forks_with_its_recent_view_of_other_drivers_threa
     a's threads ended (its view is recent, and b does not ask); a driver that asks gets 4. The
     coordinator counts the fork b admitted."""
     # b trusts its view for a minute here (1 s by default), so that a slow machine cannot age it
-    a, b, asking = RayBudgetClient(coordinator), RayBudgetClient(coordinator, 60), RayBudgetClient(coordinator, 0)
+    a, b, asking = ReplicatedBudget(coordinator), ReplicatedBudget(coordinator, 60), ReplicatedBudget(coordinator, 0)
     await a.open_job("a", JobBudget())
     await a.start_threads("a", 6)
     await a.drain()
@@ -94,7 +94,7 @@ async def test_a_driver_admits_forks_with_its_recent_view_of_other_drivers_threa
     await asking.open_job("c", JobBudget())
     assert (await asking.admit_fork("c", 4, 1)).width == 4  # the coordinator's count: a's threads ended
     await b.drain()
-    assert (await coordinator.usage.remote("b"))["forks"] == 1 == (await b.close_job("b"))["forks"]
+    assert (await coordinator.usage.remote("b")).forks == 1 == (await b.close_job("b")).forks
     for client, job in ((a, "a"), (asking, "c")):
         await client.close_job(job)
     await until(lambda: _empty(coordinator), 30, "every job closed in the coordinator's ledger")

@@ -23,30 +23,30 @@ ROOT = Path(__file__).resolve().parent.parent
 ])
 def test_kv_transfer_auto_is_on_only_for_cpu_engines_with_a_peer(workers, gpus, mode, on):
     cfg = load(overrides={"num_workers": workers, "worker_num_gpus": gpus, "kv_transfer": mode})
-    assert cfg.transfer_on() is on and cfg.engine().kv_transfer is on
+    assert cfg.transfer_on() is on and cfg.worker_engine("").kv_connector is on
 
 
 @pytest.mark.parametrize("bad", [-1, 1001])
 def test_a_stream_interval_out_of_range_is_named(bad):
     with pytest.raises(ConfigError, match="stream_interval_ms"):
-        load(overrides={"stream_interval_ms": bad})
+        load(overrides={"engine": {"stream_interval_ms": bad}})
 
 
 def test_a_shipped_model_is_named_by_its_directory_and_the_multiverse_config_loads():
     cfg = load(ROOT / "cluster" / "multiverse.yaml")
     assert cfg.model.endswith("models/loom-arith-mv") and cfg.format == "multiverse"
-    assert cfg.max_model_len == 1536 and cfg.job_budget().max_depth == 2
+    assert cfg.engine.max_model_len == 1536 and cfg.job_budget().max_depth == 2
 
 
 def test_an_unknown_model_name_is_named():
     with pytest.raises(ConfigError, match="no-such-model"):
-        load(overrides={"model": "no-such-model"})
+        load(overrides={"engine": {"model": "no-such-model"}})
 
 
 @pytest.mark.parametrize("bad", [0, 4097])
 def test_a_chunk_token_cap_out_of_range_is_named(bad):
     with pytest.raises(ConfigError, match="stream_max_tokens"):
-        load(overrides={"stream_max_tokens": bad})
+        load(overrides={"engine": {"stream_max_tokens": bad}})
 
 
 def test_a_negative_controller_core_count_is_named():
@@ -56,13 +56,20 @@ def test_a_negative_controller_core_count_is_named():
 
 @pytest.mark.parametrize("bad", [20, -21, "high", 1.5])
 def test_an_engine_core_niceness_out_of_range_is_named(bad):
-    with pytest.raises(ConfigError, match="engine_core_nice must be null or within -20..19"):
-        load(overrides={"engine_core_nice": bad})
+    with pytest.raises(ConfigError, match="core_nice must be null or within -20..19"):
+        load(overrides={"engine": {"core_nice": bad}})
 
 
 def test_an_engine_core_niceness_reaches_the_engine_and_null_keeps_rays():
-    assert load().engine().core_nice == 0
-    assert load(overrides={"engine_core_nice": None}).engine().core_nice is None
+    assert load().worker_engine("").core_nice == 0
+    assert load(overrides={"engine": {"core_nice": None}}).worker_engine("").core_nice is None
+
+
+def test_an_engine_setting_at_the_top_level_is_named_with_where_it_goes():
+    with pytest.raises(ConfigError, match="max_model_len: engine settings, under 'engine:'"):
+        load(overrides={"max_model_len": 2048})
+    with pytest.raises(ConfigError, match="unknown engine key"):
+        load(overrides={"engine": {"cpu_bind": "0"}})  # set per worker by the runtime
 
 
 @pytest.mark.parametrize("overrides,cores,controller,engines", [

@@ -37,13 +37,13 @@ def _children_nice(parent: int) -> dict[str, int]:
 
 
 @pytest.mark.integration
-def test_the_engine_core_runs_at_the_configured_niceness_above_rays_workers(runner, loom_config):
-    """Ray starts the worker at nice 15; its engine core runs at engine_core_nice (0) where this
+def test_the_engine_core_runs_at_the_configured_niceness_above_rays_workers(loom, loom_config):
+    """Ray starts the worker at nice 15; its engine core runs at engine.core_nice (0) where this
     process may lower a niceness (root or CAP_SYS_NICE), else at Ray's."""
-    worker = next(iter(runner.engine.workers.values()))
+    worker = next(iter(loom.pool.handles.values()))
     pid = ray.get(worker.pid.remote())
     ray_nice = os.getpriority(os.PRIO_PROCESS, pid)
     cores = {c.pid: c.nice() for c in engine_cores(pid)}
     assert cores, _children_nice(pid)
     may_lower = os.geteuid() == 0
-    assert set(cores.values()) == {loom_config.engine_core_nice if may_lower else ray_nice}, (cores, ray_nice)
+    assert set(cores.values()) == {loom_config.engine.core_nice if may_lower else ray_nice}, (cores, ray_nice)

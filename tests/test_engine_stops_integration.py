@@ -23,8 +23,8 @@ def ended(chunks: list[GenChunk]) -> tuple[list[int], GenChunk]:
 
 
 @pytest.fixture(scope="module")
-def worker(runner):
-    return next(iter(runner.engine.workers.values()))
+def worker(loom):
+    return next(iter(loom.pool.handles.values()))
 
 
 async def test_a_tag_stops_by_token_where_text_matching_stops_too(worker):
@@ -42,7 +42,7 @@ async def test_a_tag_stops_by_token_where_text_matching_stops_too(worker):
 async def test_a_stop_string_that_is_no_token_is_found_in_the_text(worker):
     ids = ray.get(worker.encode.remote(QUESTION, True))
     out, last = ended(await request(worker, "stop-text-only", ids, ["a 9"]))
-    text = ray.get(worker.decode.remote(out))
+    text = ray.get(worker.detokenize.remote(out))
     assert last.finish_reason == "stop" and last.stop_reason == "a 9"
     assert text.endswith("a 9") and text.count("a 9") == 1
 

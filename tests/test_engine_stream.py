@@ -23,10 +23,12 @@ class ScriptedEngine:
 
     def __init__(self, gap_s: float = 0.001):
         self.gap_s = gap_s
+        self.started: list[str] = []
         self.closed: list[str] = []  # requests whose generator was closed before their end
 
     async def generate(self, req: GenRequest):
         done = False
+        self.started.append(req.request_id)
         try:
             for i in range(req.max_tokens):
                 await asyncio.sleep(self.gap_s)
@@ -49,6 +51,12 @@ async def served():
     yield engine, server, client
     client.close()
     server.close()
+
+
+async def running(engine: ScriptedEngine, n: int) -> None:
+    """Until the engine has started ``n`` requests (each a stream the worker serves)."""
+    while len(engine.started) < n:
+        await asyncio.sleep(0.01)
 
 
 async def tokens(client: StreamClient, req: GenRequest) -> list[int]:
@@ -106,7 +114,7 @@ async def test_a_dead_worker_fails_every_request_on_it_and_then_cannot_be_reache
     engine, server, client = served
     engine.gap_s = 0.05
     streams = [asyncio.ensure_future(tokens(client, GenRequest(f"long{k}", [1], 1000))) for k in range(3)]
-    await asyncio.sleep(0.2)
+    await running(engine, 3)
     server.close()  # the listener and every open connection, as when the process is gone
     for s in streams:
         with pytest.raises(WorkerLost, match="broke"):
@@ -119,7 +127,7 @@ async def test_a_driver_that_goes_away_takes_its_requests_with_it(served):
     engine, _, client = served
     engine.gap_s = 0.05
     streams = [asyncio.ensure_future(tokens(client, GenRequest(f"orphan{k}", [1], 1000))) for k in range(2)]
-    await asyncio.sleep(0.2)
+    await running(engine, 2)
     client.close()
     for _ in range(100):
         if sorted(engine.closed) == ["orphan0", "orphan1"]:

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.plan.formats import APR, MULTIVERSE, THREADWEAVER, Outline, ThreadResult, get_format
+from orchestrator.plan.formats import APR, MULTIVERSE, THREADWEAVER, Outline, ThreadContext, ThreadResult, get_format
 
 TW_BLOCK = ("<Parallel>\n<Outlines>\n<Outline>1: add 2 and 3</Outline>\n<Outline>2: add 4 and 5</Outline>\n"
             "</Outlines>\n<Thread>\n1: 2+3=5</Thread>\n<Thread>\n2: 4+5=9</Thread>\n</Parallel>\n")
@@ -23,7 +23,8 @@ def test_threadweaver_plan_found_at_fork_point():
 def test_thread_prompt_and_join_are_format_exact():
     context = "Q\n" + TW_BLOCK[:TW_BLOCK.index("</Outlines>") + len("</Outlines>")]
     plan = THREADWEAVER.find_plan(context)
-    assert THREADWEAVER.thread_prompt(context, plan.outlines[1]) == context + "\n<Thread>\n2:"
+    assert THREADWEAVER.thread_header(plan.outlines[1]) == "\n<Thread>\n2:"
+    assert THREADWEAVER.thread_context == ThreadContext.SHARED
     joined = THREADWEAVER.render_join(context, plan, [ThreadResult(plan.outlines[0], " 2+3=5"),
                                                       ThreadResult(plan.outlines[1], " 4+5=9")])
     assert joined + "\n</Parallel>\n" == "Q\n" + TW_BLOCK
@@ -64,7 +65,8 @@ def test_apr_spawn_and_rewrite_join():
            "<Start Sub Search 1 at level 1> Moving to Node #0,1\n<End Calling Sub Searches>")
     plan = APR.find_plan(ctx)
     assert [o.id for o in plan.outlines] == ["0", "1"]
-    assert APR.thread_prompt(ctx, plan.outlines[1]) == "<Start Sub Search 1 at level 1> Moving to Node #0,1\n"
+    assert APR.thread_header(plan.outlines[1]) == "<Start Sub Search 1 at level 1> Moving to Node #0,1\n"
+    assert APR.thread_context == ThreadContext.FRESH
     joined = APR.render_join(ctx, plan, [ThreadResult(plan.outlines[0], "Goal Reached 1+2=3"),
                                          ThreadResult(plan.outlines[1], "dead end")])
     assert joined.startswith("Moving to Node #0\n<Sub Searches>\n<Goal Reached in Sub Search 0> Goal Reached 1+2=3")

@@ -103,10 +103,10 @@ def test_chat_honours_openai_sampling_fields(client):
 
 
 def test_prompt_longer_than_the_context_is_refused_by_name(client, loom_config):
-    long = "Q: " + "1+" * loom_config.max_model_len + "1\n"
+    long = "Q: " + "1+" * loom_config.engine.max_model_len + "1\n"
     assert_json_error(client.post("/v1/jobs", json={"prompt": long}), 400, "max_model_len")
     chat = {"messages": [{"role": "user", "content": long}]}
-    assert_json_error(client.post("/v1/chat/completions", json=chat), 400, f"is {loom_config.max_model_len}")
+    assert_json_error(client.post("/v1/chat/completions", json=chat), 400, f"is {loom_config.engine.max_model_len}")
 
 
 def test_usage_counts_the_prompt(client):

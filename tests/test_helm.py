@@ -27,6 +27,7 @@ from cluster.config import ConfigError, LoomConfig
 from cluster.helm_values import chart_values
 from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.formats import FORMATS
+from workers.config import PER_WORKER, EngineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "loom"
@@ -45,8 +46,8 @@ VARIANTS = {
              "enableInTreeAutoscaling": True,
              "workers": {"replicas": 2, "minReplicas": 1, "maxReplicas": 4, "gpus": 2,
                          "rayStartParams": {"num-gpus": 2}},
-             "loom": {"num_workers": 8, "worker_num_gpus": 1, "model": "Qwen/Qwen3-8B", "format": "multiverse",
-                      "budget": {"max_width": 4}},
+             "loom": {"num_workers": 8, "worker_num_gpus": 1, "engine": {"model": "Qwen/Qwen3-8B"},
+                      "format": "multiverse", "budget": {"max_width": 4}},
              "redis": {"auth": {"password": "s3cret-pass"}, "persistence": {"enabled": True, "storageClass": "fast"}},
              "gcsFaultTolerance": {"externalStorageNamespace": "loom-prod"},
              "serve": {"runtimeEnv": {"env_vars": {"VLLM_LOGGING_LEVEL": "INFO"}}},
@@ -262,6 +263,8 @@ def test_a_values_override_with_an_unknown_key_is_rejected(crd_validator):
 # ---- serveConfigV2 and LoomConfig -----------------------------------------------------------
 
 LOOM_FIELDS = {f.name for f in fields(LoomConfig)}
+ENGINE_FIELDS = {f.name for f in fields(EngineConfig)} - set(PER_WORKER)
+NESTED = {"budget": JobBudget, "engine": EngineConfig}  # mappings of their own
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -275,8 +278,8 @@ def test_serve_config_args_are_a_loom_config(variant):
     loom = LoomConfig.from_dict(app["args"])  # what app_builder does with them
     assert cfg["http_options"] == {"host": loom.host, "port": loom.port}
     for key, value in values.get("loom", {}).items():
-        if key == "budget":
-            assert app["args"]["budget"].items() >= value.items()
+        if key in NESTED:
+            assert app["args"][key].items() >= value.items()
         else:
             assert getattr(loom, key) == value
     if "runtimeEnv" in values.get("serve", {}):
@@ -297,8 +300,8 @@ def test_serve_config_yaml_deploys_through_the_chart():
     values["loom"]["worker_num_gpus"] = 0  # as in the file; workers.gpus stays as the chart has it
     args = serve_config(rayservice(render(values)))["applications"][0]["args"]
     for key, value in file_cfg.items():
-        if key == "budget":
-            assert args["budget"].items() >= value.items()
+        if key in NESTED:
+            assert args[key].items() >= value.items(), key
         else:
             assert args[key] == value, key
     loom = LoomConfig.from_dict(args)
@@ -332,31 +335,40 @@ def json_type(hint) -> str | list[str]:
 
 # Chart defaults that differ from LoomConfig's on purpose: a path inside the image, a GPU per
 # worker on the GPU group, and Serve listening on the pod's interfaces.
-CHART_DEFAULTS = {"model": "/home/ray/loom/models/loom-arith", "worker_num_gpus": 1, "host": "0.0.0.0"}
+CHART_DEFAULTS = {"worker_num_gpus": 1, "host": "0.0.0.0"}
+CHART_ENGINE_DEFAULTS = {"model": "/home/ray/loom/models/loom-arith"}
+
+
+def assert_schema_follows(schema: dict, cls: type, names: set[str]) -> None:
+    assert set(schema["properties"]) == names and schema["additionalProperties"] is False, cls
+    hints = typing.get_type_hints(cls)
+    for name in names - set(NESTED):
+        assert schema["properties"][name]["type"] == json_type(hints[name]), name
 
 
 def test_values_schema_and_defaults_follow_loom_config():
     with helm.Chart.load(CHART) as chart:
         schema, values = chart.schema, chart.values
     loom_schema = schema["properties"]["loom"]
-    assert set(loom_schema["properties"]) == LOOM_FIELDS
-    assert loom_schema["additionalProperties"] is False
-    hints = typing.get_type_hints(LoomConfig)
-    for name in LOOM_FIELDS:
-        assert loom_schema["properties"][name]["type"] == json_type(hints[name]), name
+    assert_schema_follows(loom_schema, LoomConfig, LOOM_FIELDS)
+    assert_schema_follows(loom_schema["properties"]["engine"], EngineConfig, ENGINE_FIELDS)
     budget_schema = loom_schema["properties"]["budget"]
     assert set(budget_schema["properties"]) == {f.name for f in fields(JobBudget)}
     budget_hints = typing.get_type_hints(JobBudget)
     for f in fields(JobBudget):
         assert budget_schema["properties"][f.name]["type"] == JSON_TYPES[budget_hints[f.name]], f.name
     assert set(loom_schema["properties"]["format"]["enum"]) == set(FORMATS)
-    # values.yaml: every field, LoomConfig's defaults (bar the chart's own), JobBudget's defaults.
-    assert set(values["loom"]) == LOOM_FIELDS
+    # values.yaml: every field, LoomConfig's and EngineConfig's defaults (bar the chart's own), JobBudget's.
+    assert set(values["loom"]) == LOOM_FIELDS and set(values["loom"]["engine"]) == ENGINE_FIELDS
     defaults = LoomConfig().to_dict()
-    for name in LOOM_FIELDS - set(CHART_DEFAULTS) - {"budget"}:
+    for name in LOOM_FIELDS - set(CHART_DEFAULTS) - set(NESTED):
         assert values["loom"][name] == defaults[name], name
+    for name in ENGINE_FIELDS - set(CHART_ENGINE_DEFAULTS):
+        assert values["loom"]["engine"][name] == defaults["engine"][name], name
     for name, value in CHART_DEFAULTS.items():
         assert values["loom"][name] == value, name
+    for name, value in CHART_ENGINE_DEFAULTS.items():
+        assert values["loom"]["engine"][name] == value, name
     assert values["loom"]["budget"] == asdict(JobBudget())
 
 
@@ -437,11 +449,11 @@ def test_otel_exporter_settings_reach_every_ray_container():
         assert env["OTEL_TRACES_EXPORTER"] == "none" and "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
 
 
-def test_ray_containers_may_raise_the_engine_core_only_while_engine_core_nice_is_set():
+def test_ray_containers_may_raise_the_engine_core_only_while_its_niceness_is_set():
     """Lowering a niceness (Ray starts workers at 15) needs CAP_SYS_NICE, which containers lack."""
     for tmpl in pods(rayservice(render())):
         assert tmpl["spec"]["containers"][0]["securityContext"] == {"capabilities": {"add": ["SYS_NICE"]}}
-    for tmpl in pods(rayservice(render({"loom": {"engine_core_nice": None}}))):
+    for tmpl in pods(rayservice(render({"loom": {"engine": {"core_nice": None}}}))):
         assert "securityContext" not in tmpl["spec"]["containers"][0]
 
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from orchestrator.budget.lease import ThreadLease
 from orchestrator.budget.ledger import Ledger
-from orchestrator.budget.local import LocalBudgetClient
+from orchestrator.budget.local import LocalBudget
 from orchestrator.driver.job import JobRunner
 from orchestrator.driver.records import JobRecord, JobRequest
 from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
-from orchestrator.protocol.segment import Decode, Decoded, Placement, Progress
+from orchestrator.protocol.segment import Finish, Placement, Progress, SegmentRequest, SegmentResult, TokenSpender
 from orchestrator.telemetry.metrics import NullMetrics
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "loom-arith"
@@ -32,13 +31,25 @@ def tok():
     return AutoTokenizer.from_pretrained(str(MODEL))
 
 
-class ScriptedModel:
-    """Stands in for the engines (``EngineClient``); records what it was asked."""
+class Clock:
+    """The budget's clock, moved by hand: time passes only where a test says so."""
 
-    def __init__(self, tok, budget: LocalBudgetClient, documents: list[str], delay: float = 0.0,
-                 fail_on: str | None = None):
-        self.tok, self.budget, self.documents = tok, budget, documents
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedModel:
+    """Stands in for the engines (``EngineClient``); records what it was asked. Each chunk a
+    thread streams moves ``clock`` on by ``thread_chunk_s``."""
+
+    def __init__(self, tok, documents: list[str], delay: float = 0.0,
+                 fail_on: str | None = None, clock: Clock | None = None, thread_chunk_s: float = 0.0):
+        self.tok, self.documents = tok, documents
         self.delay, self.fail_on = delay, fail_on
+        self.clock, self.thread_chunk_s = clock, thread_chunk_s
         self.prompts: list[str] = []
         self.in_flight = self.most_in_flight = self.cancelled = 0
 
@@ -63,34 +74,35 @@ class ScriptedModel:
             lo, hi = (mid, hi) if text[len(text) - mid:] in doc else (lo, mid - 1)
         return lo
 
-    async def decode(self, call: Decode, progress: Progress) -> Decoded:
+    async def generate(self, call: SegmentRequest, lease: TokenSpender, progress: Progress) -> SegmentResult:
         text = self.tok.decode(call.prompt_ids, skip_special_tokens=False).removeprefix(self.tok.bos_token)
         self.prompts.append(text)
         out, stop = self._cut(self.continuation(text), call.stops)
         ids = self.tok.encode(out, add_special_tokens=False) + ([] if stop else [self.tok.eos_token_id])
-        finish = "stop" if stop else "eos"
+        finish = Finish.STOP if stop else Finish.EOS
         if len(ids) > call.max_tokens:
-            ids, finish, stop = ids[:call.max_tokens], "length", None
+            ids, finish, stop = ids[:call.max_tokens], Finish.LENGTH, None
         progress.placement = Placement("scripted")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            async with ThreadLease(self.budget, call.job_id, f"n{call.node_id}") as lease:  # the engine client's own
-                for i in range(0, len(ids), 4):
-                    await asyncio.sleep(self.delay)
-                    if self.fail_on and self.fail_on in text and i >= 4:
-                        raise RuntimeError("engine fell over")
-                    piece = ids[i:i + 4]
-                    progress.tokens += len(piece)
-                    if call.on_tokens:
-                        call.on_tokens(piece)
-                    await lease.spend(len(piece))
+            for i in range(0, len(ids), 4):
+                await asyncio.sleep(self.delay)
+                if self.fail_on and self.fail_on in text and i >= 4:
+                    raise RuntimeError("engine fell over")
+                piece = ids[i:i + 4]
+                if self.clock is not None and "<Thread>" in text[text.rfind("</Outlines>"):]:
+                    self.clock.now += self.thread_chunk_s
+                progress.tokens += len(piece)
+                if call.on_tokens:
+                    call.on_tokens(piece)
+                await lease.spend(len(piece))
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
-        return Decoded(ids, finish, stop)
+        return SegmentResult(ids, finish, stop)
 
     @staticmethod
     def _cut(rest: str, stops: list[str]) -> tuple[str, str | None]:
@@ -101,9 +113,10 @@ class ScriptedModel:
         return rest[:at + len(stop)], stop
 
 
-def run(tok, documents, prompt=PROMPT, delay=0.0, fail_on=None, **request):
-    budget = LocalBudgetClient(Ledger(max_threads_in_flight=64))
-    model = ScriptedModel(tok, budget, documents, delay, fail_on)
+def run(tok, documents, prompt=PROMPT, delay=0.0, fail_on=None, thread_chunk_s=0.0, **request):
+    clock = Clock()
+    budget = LocalBudget(Ledger(max_threads_in_flight=64), clock=clock)
+    model = ScriptedModel(tok, documents, delay, fail_on, clock, thread_chunk_s)
     runner = JobRunner(model, budget, tok, max_model_len=1024, metrics=NullMetrics())
     req = JobRequest(prompt=prompt, **request)
     shown: list[str] = []
@@ -183,9 +196,11 @@ def test_a_refused_inner_fork_in_a_first_path_is_written_whole_by_that_path(tok)
 
 
 def test_deadline_cancels_the_sibling_threads(tok):
+    """The budget's clock passes the deadline while the threads stream (each chunk 0.05 s of it),
+    wherever in their streams the event loop happens to be."""
     outlines = [Outline(str(i), "long") for i in (1, 2, 3)]
     doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, [" " + "x" * 200] * 3) + "</think>A: 1"
-    record, model, _ = run(tok, [doc], delay=0.005, budget={"deadline_s": 0.1})
+    record, model, _ = run(tok, [doc], delay=0.001, thread_chunk_s=0.05, budget={"deadline_s": 0.1})
     assert record.status == "cancelled" and record.result["finish"] == "budget"
     assert any("deadline of 0.1s passed" in note for note in record.notes)
     assert model.in_flight == 0 and {t["status"] for t in nodes(record, "thread")} == {"cancelled"}

@@ -30,16 +30,16 @@ async def test_forked_job_answers_and_runs_one_thread_per_product(service):
     assert rec.notes == []
 
 
-def worker_log(runner, rec) -> dict[int, dict]:
+def worker_log(loom, rec) -> dict[int, dict]:
     """Node id -> its engine request as the worker logged it."""
-    log = {r["request_id"]: r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())}
+    log = {r["request_id"]: r for w in loom.pool.handles.values() for r in ray.get(w.request_log.remote())}
     nodes = {request_id(rec.id, n["id"], n["prompt_tokens"]): n["id"] for n in rec.dag["nodes"]}
     return {nodes[rid]: r for rid, r in log.items() if rid in nodes}
 
 
-async def test_threads_run_concurrently_in_the_engine(service, runner):
+async def test_threads_run_concurrently_in_the_engine(service, loom):
     rec = await run(service)
-    log = worker_log(runner, rec)
+    log = worker_log(loom, rec)
     spans = [log[t["id"]] for t in threads(rec)]
     latest_first = max(s["first_token_at"] for s in spans)
     earliest_end = min(s["finished_at"] for s in spans)
@@ -86,38 +86,33 @@ async def test_token_budget_exhaustion_cancels_and_is_recorded(service):
     assert sum(n["tokens"] for n in nodes) == rec.usage["tokens"] <= 60 + 8 * len(nodes)
 
 
-async def test_requests_nobody_streams_send_their_first_tokens_and_their_end(service, runner):
+async def test_requests_nobody_streams_send_their_first_tokens_and_their_end(service, loom):
     rec = await run(service)
-    log = worker_log(runner, rec)
+    log = worker_log(loom, rec)
     tokens = {n["id"]: n["tokens"] for n in rec.dag["nodes"] if n["id"] in log}
     assert len(log) > len(threads(rec)) and all(r["quiet"] and r["chunks"] <= 2 for r in log.values()), log
     assert {i: r["tokens"] for i, r in log.items()} == tokens
 
 
-async def test_a_streamed_job_streams_its_main_lane_and_its_threads_stay_quiet(service, runner):
+async def test_a_streamed_job_streams_its_main_lane_and_its_threads_stay_quiet(service, loom):
     texts = []
     rec = await service.run(JobRequest(prompt=QUESTION + "\n"), emit=texts.append)
-    log = worker_log(runner, rec)
+    log = worker_log(loom, rec)
     main = log[rec.dag["nodes"][0]["id"]]
     assert not main["quiet"] and main["chunks"] > 2  # at most 8 tokens a chunk
     assert all(log[t["id"]]["quiet"] for t in threads(rec))
     assert rec.status == "done" and "".join(texts)
 
 
-async def test_a_deadline_stops_a_quiet_request_and_what_its_engine_made_is_charged(service):
-    # Five three-digit products: long threads. The deadline falls halfway through the window in
-    # which every thread of an unlimited run was decoding, as this engine runs it (a fixed
-    # deadline could fall before the fork, or as threads began, on a faster or slower machine).
-    question = "Q: 905*9+714*3+220*6+383*7+671*8"
-    free = await run(service, prompt=question)
-    start, ts = next(n for n in free.dag["nodes"] if n["kind"] == "segment")["started"], threads(free)
-    window = (max(t["first_token"] for t in ts), min(t["ended"] for t in ts))
-    deadline = round(sum(window) / 2 - start, 3)
-    rec = await run(service, prompt=question, budget={"deadline_s": deadline})
+async def test_a_deadline_stops_the_job_and_what_its_engines_made_is_charged(service):
+    """Five three-digit products take this engine over a second; a deadline of 50 ms passes while
+    the job decodes, wherever it then is (the main segment, or quiet threads stopped by the
+    engine client's timer). What the engines made for the stopped requests is charged, once.
+    (That a quiet request's held-back tokens are charged is tested exactly in test_engine_client.py.)"""
+    rec = await run(service, prompt="Q: 905*9+714*3+220*6+383*7+671*8", budget={"deadline_s": 0.05})
     assert rec.status == "cancelled" and rec.result["finish"] == "budget"
-    assert any(f"deadline of {deadline}s passed" in n for n in rec.notes), rec.notes
-    stopped = [n for n in rec.dag["nodes"] if n["finish"] == "budget"]
-    assert stopped and all(n["tokens"] > 1 for n in stopped), stopped  # not only the first streamed token
+    assert any("deadline of 0.05s passed" in n for n in rec.notes), rec.notes
+    assert [n for n in rec.dag["nodes"] if n["finish"] == "budget"]
     assert sum(n["tokens"] for n in rec.dag["nodes"]) == rec.usage["tokens"]
 
 

@@ -13,7 +13,7 @@ from vllm.config import KVEventsConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, EventPublisherFactory, KVEventBatch
 
 from orchestrator.protocol.engine import KVEndpoints
-from orchestrator.routing.kv_events import KVEventSubscriber, SharedIndex, decode_batch
+from orchestrator.routing.kv_events import KVEventSubscriber, SharedIndex, parse_batch
 from orchestrator.routing.kv_index import KVIndex, block_keys
 
 B = 4
@@ -44,6 +44,11 @@ def publish(p, *events):
     p.publish(KVEventBatch(ts=time.time(), events=list(events)))
 
 
+def published(p, seq: int) -> None:
+    """Until the publisher has sent batch ``seq`` (its replay buffer holds it)."""
+    wait_for(lambda: bool(p._buffer) and p._buffer[-1][0] == seq)
+
+
 def wait_for(cond) -> None:
     wait_until(cond, timeout=10.0, every=0.02)
 
@@ -66,7 +71,7 @@ def test_vllm_wire_format_decodes():
 
     payload = msgspec.msgpack.encode(KVEventBatch(ts=1.0, events=[stored([b"a", 7], None, [1, 2, 3, 4] * 2),
                                                                   BlockRemoved(block_hashes=[7], medium="GPU")]))
-    events = decode_batch(payload)
+    events = parse_batch(payload)
     assert events[0].block_hashes == [b"a", 7] and events[0].token_ids == [1, 2, 3, 4] * 2
     assert events[0].parent_block_hash is None and events[0].block_size == B
     assert events[1].block_hashes == [7]
@@ -75,13 +80,13 @@ def test_vllm_wire_format_decodes():
 def test_late_subscriber_replays_then_follows_live(publisher):
     p, endpoints = publisher
     publish(p, stored([b"h1"], None, [1, 2, 3, 4]))  # before anyone listens
-    time.sleep(0.2)
+    published(p, 0)
     with subscribed(endpoints) as shared:
         wait_for(lambda: shared.index.next_seq("w0") == 1)
         publish(p, stored([b"h2"], b"h1", [5, 6, 7, 8]))
-        wait_for(lambda: shared.holdings([1, 2, 3, 4, 5, 6, 7, 8], ["w0"]) == {"w0": 8})
+        wait_for(lambda: shared.matched([1, 2, 3, 4, 5, 6, 7, 8], ["w0"]) == {"w0": 8})
         publish(p, BlockRemoved(block_hashes=[b"h1"], medium="GPU"))
-        wait_for(lambda: shared.holdings([1, 2, 3, 4, 5, 6, 7, 8], ["w0"]) == {"w0": 0})
+        wait_for(lambda: shared.matched([1, 2, 3, 4, 5, 6, 7, 8], ["w0"]) == {"w0": 0})
         assert shared.index.views["w0"].resyncs == 0
 
 
@@ -89,10 +94,10 @@ def test_batches_the_publisher_no_longer_has_lead_to_a_resync(publisher):
     p, endpoints = publisher
     for i in range(6):  # the replay buffer keeps the last 3
         publish(p, stored([f"old{i}".encode()], None, [9, 9, 9, i]))
-    time.sleep(0.2)
+    published(p, 5)
     with subscribed(endpoints) as shared:
         wait_for(lambda: shared.index.next_seq("w0") == 6)
         view = shared.index.views["w0"]
         assert view.resyncs == 1  # batches 0..2 are gone: the view starts at 3
-        assert shared.holdings([9, 9, 9, 5], ["w0"]) == {"w0": 4} and shared.holdings([9, 9, 9, 0], ["w0"]) == {"w0": 0}
+        assert shared.matched([9, 9, 9, 5], ["w0"]) == {"w0": 4} and shared.matched([9, 9, 9, 0], ["w0"]) == {"w0": 0}
         assert block_keys([9, 9, 9, 4], B)[0] in view.keys

@@ -27,31 +27,31 @@ def test_keys_chain_whole_blocks_and_do_not_depend_on_the_process():
 
 def test_held_tokens_are_the_leading_whole_blocks_reported():
     idx = index_holding_prompt()
-    assert idx.holdings(PROMPT, ["w0", "w1"]) == {"w0": 12, "w1": 0}
-    assert idx.holdings(PROMPT[:6] + [7] * 8, ["w0"]) == {"w0": 4}
+    assert idx.matched(PROMPT, ["w0", "w1"]) == {"w0": 12, "w1": 0}
+    assert idx.matched(PROMPT[:6] + [7] * 8, ["w0"]) == {"w0": 4}
 
 
 def test_evicted_blocks_are_forgotten_and_a_hole_ends_the_prefix():
     idx = index_holding_prompt()
     assert idx.apply("w0", 2, [BlockRemoved([b"h2"])])
-    assert idx.holdings(PROMPT, ["w0"]) == {"w0": 4}  # block 3 is still there, but after a hole
+    assert idx.matched(PROMPT, ["w0"]) == {"w0": 4}  # block 3 is still there, but after a hole
     assert idx.apply("w0", 3, [AllBlocksCleared()])
-    assert idx.holdings(PROMPT, ["w0"]) == {"w0": 0}
+    assert idx.matched(PROMPT, ["w0"]) == {"w0": 0}
 
 
 def test_a_gap_is_refused_until_replayed_or_resynced():
     idx = index_holding_prompt()
     assert not idx.apply("w0", 3, [BlockRemoved([b"h1"])])  # batch 2 is missing
-    assert idx.holdings(PROMPT, ["w0"]) == {"w0": 12} and idx.next_seq("w0") == 2
+    assert idx.matched(PROMPT, ["w0"]) == {"w0": 12} and idx.next_seq("w0") == 2
     assert idx.apply("w0", 1, [])  # an old batch again (a replay overlapping the live stream)
     idx.resync("w0", 3, [stored([b"g1"], None, PROMPT[:4])])
-    assert idx.holdings(PROMPT, ["w0"]) == {"w0": 4} and idx.views["w0"].resyncs == 1 and idx.next_seq("w0") == 4
+    assert idx.matched(PROMPT, ["w0"]) == {"w0": 4} and idx.views["w0"].resyncs == 1 and idx.next_seq("w0") == 4
 
 
 def test_a_block_whose_parent_was_never_seen_is_left_out():
     idx = KVIndex(B)
     idx.resync("w0", 7, [stored([b"h3"], b"h2", PROMPT[8:12])])
-    assert idx.holdings(PROMPT, ["w0"]) == {"w0": 0} and idx.views["w0"].unkeyed == 1
+    assert idx.matched(PROMPT, ["w0"]) == {"w0": 0} and idx.views["w0"].unkeyed == 1
 
 
 def test_a_first_batch_that_is_not_batch_zero_is_a_gap():

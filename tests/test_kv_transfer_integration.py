@@ -34,15 +34,15 @@ async def generate(handle, rid: str, ids: list[int], n: int = 24, kv: dict | Non
     return tokens, last
 
 
-async def cold(runner) -> None:
+async def cold(loom) -> None:
     """Both engines empty, and the index told so (an engine publishes its cleared cache with its
     next step: one 1-token request each)."""
-    names, handles = pair(runner)
+    names, handles = pair(loom)
     await no_blocks_in_use(*handles)
     for name, h in zip(names, handles):
         await generate(h, f"kv-flush-{time.monotonic_ns()}", [7], n=1)
     deadline = time.monotonic() + 10
-    while runner.engine.placer.index.holdings(prompt_ids(runner, FOUR), names) != dict.fromkeys(names, 0):
+    while loom.placer.index.matched(prompt_ids(loom, FOUR), names) != dict.fromkeys(names, 0):
         assert time.monotonic() < deadline, "the index still shows a cleared cache"
         await asyncio.sleep(0.05)
 
@@ -56,26 +56,26 @@ async def no_blocks_in_use(*handles, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.1)
 
 
-def prompt_ids(runner, question: Question, reasoning: int = 300) -> list[int]:
+def prompt_ids(loom, question: Question, reasoning: int = 300) -> list[int]:
     """A question part-way through its reasoning: several whole blocks."""
-    return runner.prepare(JobRequest(prompt=question.prompt + trace(question)[:reasoning]))
+    return loom.runner.prepare(JobRequest(prompt=question.prompt + trace(question)[:reasoning]))
 
 
-def prompt_and_held(runner, reasoning: int = 300) -> tuple[list[int], int]:
+def prompt_and_held(loom, reasoning: int = 300) -> tuple[list[int], int]:
     """A prompt of FOUR and the tokens of its whole blocks short of its last token (what a pull moves)."""
-    ids = prompt_ids(runner, FOUR, reasoning)
+    ids = prompt_ids(loom, FOUR, reasoning)
     return ids, (len(ids) - 1) // BLOCK * BLOCK
 
 
-def pair(runner):
-    names = list(runner.engine.workers)
-    return names, [runner.engine.workers[n] for n in names]
+def pair(loom):
+    names = list(loom.pool.handles)
+    return names, [loom.pool.handles[n] for n in names]
 
 
-async def test_a_thread_pulls_its_prefix_from_the_worker_holding_it(runner):
-    (n0, n1), (w0, w1) = pair(runner)
+async def test_a_thread_pulls_its_prefix_from_the_worker_holding_it(loom):
+    (n0, n1), (w0, w1) = pair(loom)
     await no_blocks_in_use(w0, w1)
-    ids, held = prompt_and_held(runner)
+    ids, held = prompt_and_held(loom)
     reference, _ = await generate(w0, "kv-ref", ids)
     hold = await w0.hold.remote("kv-hold-1", ids, held)
     assert hold.holder == n0 and hold.num_tokens == held and len(hold.block_ids) == held // BLOCK
@@ -86,19 +86,19 @@ async def test_a_thread_pulls_its_prefix_from_the_worker_holding_it(runner):
     assert report.bytes == report.blocks * hold.block_bytes
     assert last.cached_tokens == held  # w1 held nothing: every prefix token came over the wire
     # w1's engine now publishes the pulled blocks as its own: the index sees them there
-    index = runner.engine.placer.index
+    index = loom.placer.index
     deadline = time.monotonic() + 10
-    while index.holdings(ids, [n1])[n1] < held:
+    while index.matched(ids, [n1])[n1] < held:
         assert time.monotonic() < deadline, "the pulled blocks never showed in w1's KV events"
         await asyncio.sleep(0.05)
     print(f"\npulled {report.blocks} blocks, {report.bytes} bytes in {report.ms:.1f} ms")
     await no_blocks_in_use(w0, w1)  # the holder freed its hold once sent
 
 
-async def test_a_hold_the_target_does_not_need_is_released_at_once(runner):
-    (_, _), (w0, w1) = pair(runner)
+async def test_a_hold_the_target_does_not_need_is_released_at_once(loom):
+    (_, _), (w0, w1) = pair(loom)
     await no_blocks_in_use(w0, w1)
-    ids, held = prompt_and_held(runner, 260)
+    ids, held = prompt_and_held(loom, 260)
     reference, _ = await generate(w1, "kv-warm-w1", ids)  # w1 holds it already
     hold = await w0.hold.remote("kv-hold-2", ids, held)  # pinned for 30 s unless released
     tokens, last = await generate(w1, "kv-pull-2", ids, kv=hold.to_params())
@@ -106,10 +106,10 @@ async def test_a_hold_the_target_does_not_need_is_released_at_once(runner):
     await no_blocks_in_use(w0, w1, timeout=10.0)  # well before the hold would expire
 
 
-async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(runner):
-    (_, _), (w0, w1) = pair(runner)
+async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(loom):
+    (_, _), (w0, w1) = pair(loom)
     await no_blocks_in_use(w0, w1)
-    ids, held = prompt_and_held(runner, 280)
+    ids, held = prompt_and_held(loom, 280)
     reference, _ = await generate(w0, "kv-ref-3", ids)
     hold = await w0.hold.remote("kv-hold-3", ids, held, 0.3)
     await asyncio.sleep(1.5)
@@ -121,10 +121,10 @@ async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(runner):
     await no_blocks_in_use(w0, w1)
 
 
-async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(runner):
-    (_, _), (w0, w1) = pair(runner)
+async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(loom):
+    (_, _), (w0, w1) = pair(loom)
     await no_blocks_in_use(w0, w1)
-    ids, held = prompt_and_held(runner, 320)
+    ids, held = prompt_and_held(loom, 320)
     await generate(w0, "kv-warm-4", ids, n=1)
     for k, delay in enumerate((0.0, 0.005, 0.02, 0.05)):  # before, during and after the pull
         hold = await w0.hold.remote(f"kv-hold-4-{k}", ids, held)
@@ -136,14 +136,14 @@ async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(ru
     await no_blocks_in_use(w0)  # every hold freed (sent or released), none waiting for its 30 s
 
 
-async def test_a_holder_killed_before_the_pull_costs_a_recompute_and_its_restart_serves_again(runner, ray_cluster):
+async def test_a_holder_killed_before_the_pull_costs_a_recompute_and_its_restart_serves_again(loom, ray_cluster):
     """On two engines of its own (the session's are never killed here), so that the later tests
     place on engines that have not been restarted."""
     cfg = load(overrides={"num_workers": 2, "worker_prefix": "loom-kvkill", "worker_cpu_binds": ["0", "1"]})
-    client = runtime.make_engine_client(cfg, budget=None)
+    pool, _ = runtime.start_routing(cfg)
     try:
-        (n0, _), (w0, w1) = list(client.workers), list(client.workers.values())
-        ids, held = prompt_and_held(runner, 240)
+        (n0, _), (w0, w1) = pool.names(), list(pool.handles.values())
+        ids, held = prompt_and_held(loom, 240)
         reference, _ = await generate(w0, "kv-ref-5", ids)
         hold = await w0.hold.remote("kv-hold-5", ids, held)
         pid = await w0.pid.remote()
@@ -153,7 +153,7 @@ async def test_a_holder_killed_before_the_pull_costs_a_recompute_and_its_restart
         report = PullReport(**last.kv_params[PULLED_KEY])
         assert tokens == reference and not report.ok and last.cached_tokens == 0
         await no_blocks_in_use(w1)
-        await _back(client, n0, w0, pid)
+        await _back(pool, n0, w0, pid)
         hold = await w0.hold.remote("kv-hold-5b", ids, held)  # the new engine holds and serves again
         tokens, last = await generate(w1, "kv-pull-5b", ids, kv=hold.to_params())
         report = PullReport(**last.kv_params[PULLED_KEY])
@@ -163,8 +163,8 @@ async def test_a_holder_killed_before_the_pull_costs_a_recompute_and_its_restart
         runtime.shutdown_actors(cfg, coordinator=False)
 
 
-async def _back(client, name: str, handle, old_pid: int, timeout: float = 240.0) -> None:
-    """The killed worker restarted (a new engine) and the engine client places on it again."""
+async def _back(pool, name: str, handle, old_pid: int, timeout: float = 240.0) -> None:
+    """The killed worker restarted (a new engine) and the pool places on it again."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -173,37 +173,37 @@ async def _back(client, name: str, handle, old_pid: int, timeout: float = 240.0)
         except (ray.exceptions.RayActorError, TimeoutError):
             pass
         await asyncio.sleep(0.5)
-    client._lost(name)  # as the engine client does on the next call that fails
-    while name not in client.placer.live():
+    pool.lost(name)  # as the engine client does on the next call that fails
+    while name not in pool.placer.live():
         assert time.monotonic() < deadline, f"{name} not back in {timeout} s"
         await asyncio.sleep(0.5)
 
 
-async def test_a_four_thread_fork_over_two_workers_joins_as_on_one(runner, service):
-    (n0, n1), (w0, w1) = pair(runner)
-    placer = runner.engine.placer
-    await cold(runner)
-    placer.down.add(n1)
+async def test_a_four_thread_fork_over_two_workers_joins_as_on_one(loom, service):
+    (n0, n1), (w0, w1) = pair(loom)
+    placer = loom.placer
+    await cold(loom)
+    placer.mark_down(n1)
     try:
         alone = await service.run(JobRequest(prompt=FOUR.prompt))
     finally:
-        placer.down.discard(n1)
+        placer.add_worker(n1, placer.profiles[n1], placer.link.bytes_per_token[n1])
     assert alone.status == "done" and {n["worker"] for n in alone.dag["nodes"] if n["worker"]} == {n0}
-    await cold(runner)
+    await cold(loom)
     # moving KV costs nothing (and the model learns nothing), and both engines are measured alike
     # (start-up profiles vary from run to run): a thread goes to the idle engine once the holder
     # has one, so the threads spread and pull
-    saved, profiles = placer.link, dict(placer.profiles)
-    placer.link = LinkModel(bytes_per_s=1e13, fixed_s=0.0, bytes_per_token=dict(saved.bytes_per_token), window=0)
-    placer.profiles[n1] = placer.profiles[n0]
+    saved, profile = placer.link, placer.profiles[n1]
+    placer.set_link(LinkModel(bytes_per_s=1e13, fixed_s=0.0, bytes_per_token=dict(saved.bytes_per_token), window=0))
+    placer.add_worker(n1, placer.profiles[n0], saved.bytes_per_token[n1])
     try:
         spread = await service.run(JobRequest(prompt=FOUR.prompt))
     finally:
-        placer.link = saved
-        placer.profiles.update(profiles)
+        placer.set_link(saved)
+        placer.add_worker(n1, profile, saved.bytes_per_token[n1])
     threads = [n for n in spread.dag["nodes"] if n["kind"] == "thread"]
     pulled = [t for t in threads if (t["placement"]["prefix"] or {}).get("source") == "pulled"]
-    where = [(t["worker"], t["placement"]["held"], t["placement"]["reason"]) for t in threads]
+    where = [(t["worker"], t["placement"]["matched"], t["placement"]["reason"]) for t in threads]
     assert len(threads) == 4 and pulled and {t["worker"] for t in threads} == {n0, n1}, where
     for t in pulled:
         p = t["placement"]["prefix"]

@@ -24,7 +24,7 @@ def test_committed_model_files_and_size(config):
     assert sum(f.stat().st_size for f in d.iterdir()) <= 20 * 2**20
     model = json.loads((d / "config.json").read_text())
     assert model["architectures"] == ["LlamaForCausalLM"]
-    assert model["max_position_embeddings"] >= cfg.max_model_len
+    assert model["max_position_embeddings"] >= cfg.engine.max_model_len
 
 
 def test_loads_offline_in_transformers_and_answers(monkeypatch):

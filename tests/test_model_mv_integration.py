@@ -33,7 +33,7 @@ def mv_service(ray_cluster, mv_config):
     from orchestrator.service.jobs import JobService
     from orchestrator.service.store import InProcessJobStore
 
-    runner = runtime.make_runner(mv_config)
+    runner = runtime.start(mv_config).runner
     yield JobService(runner, InProcessJobStore())
     runtime.shutdown_actors(mv_config, coordinator=False)  # the session's coordinator stays
 

@@ -17,7 +17,7 @@ class Holdings:
     def __init__(self, held: dict[str, int]):
         self.held = held
 
-    def holdings(self, ids, workers):
+    def matched(self, ids, workers):
         return {w: min(self.held.get(w, 0), len(ids)) for w in workers}
 
 
@@ -50,7 +50,7 @@ def test_choices(case, profile, held, active, chosen):
 def test_a_saturated_holder_loses_the_request_once_recomputing_is_cheaper():
     p = placer({"w0": 320}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200)
     placed = p.place(PROMPT)
-    assert placed.worker == "w1" and placed.held_tokens == 0
+    assert placed.worker == "w1" and placed.matched_tokens == 0
     assert placed.costs["w1"] < placed.costs["w0"] and "holder busy" in placed.reason
     light = placer({"w0": 320}, {"w0": 1, "w1": 0}, profile=FLAT, expected=200).place(PROMPT)
     assert light.worker == "w0" and light.reason == "holds the most of the prompt"
@@ -109,8 +109,8 @@ def test_decode_step_interpolates_between_and_extends_beyond_measured_points():
 
 
 def with_link(p: Placer, gbps: float, fixed_s: float = 0.005, bytes_per_token: int = 6144) -> Placer:
-    p.link = LinkModel(bytes_per_s=gbps * 1e9, fixed_s=fixed_s, bytes_per_token={"w0": bytes_per_token,
-                                                                                  "w1": bytes_per_token})
+    p.set_link(LinkModel(bytes_per_s=gbps * 1e9, fixed_s=fixed_s,
+                         bytes_per_token={"w0": bytes_per_token, "w1": bytes_per_token}))
     return p
 
 

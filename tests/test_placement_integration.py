@@ -5,7 +5,6 @@ record; an eviction on one engine moves the next request; two ingress replicas p
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -36,25 +35,25 @@ async def run_all(service, questions, concurrency):
     return await asyncio.gather(*(one(q) for q in questions))
 
 
-async def test_threads_go_to_their_prefix_unless_the_cost_model_says_otherwise(service, runner):
+async def test_threads_go_to_their_prefix_unless_the_cost_model_says_otherwise(service, loom):
     """Every thread runs where the cost model said (keeping, pulling or recomputing its prefix);
     no prompt token a peer held is recomputed unless the model chose that, and the record says so."""
-    assert len(runner.engine.workers) == 2 and runner.engine.placer.link is not None
+    assert len(loom.pool.handles) == 2 and loom.placer.link is not None
     records = await run_all(service, FORKING, concurrency=8)
     prompt = cached = pulled = peer_held_recomputed = 0
     for rec in records:
         assert rec.status == "done", rec.error
         for t in threads(rec):
             place, origin = t["placement"], t["placement"]["prefix"]
-            assert set(place["costs"]) == set(place["held"]) == set(runner.engine.workers) and place["reason"]
+            assert set(place["costs"]) == set(place["matched"]) == set(loom.pool.handles) and place["reason"]
             chosen = place["pull_costs"][t["worker"]] if place["source"] else place["costs"][t["worker"]]
             assert chosen == min([*place["costs"].values(), *place["pull_costs"].values()]), t  # the cheapest
             if origin["source"] == "pulled":
                 assert origin["worker"] == place["source"] != t["worker"] and origin["bytes"] > 0, t
                 pulled += 1
             # the index never claims more than the engine then serves from its cache
-            assert t["cached_tokens"] >= place["held_tokens"], t
-            missed = max(place["held"].values()) - t["cached_tokens"]
+            assert t["cached_tokens"] >= place["matched_tokens"], t
+            missed = max(place["matched"].values()) - t["cached_tokens"]
             if missed > 0:  # a peer held tokens this thread recomputed: the model chose it, and says why
                 assert not place["source"] or "failed" in origin["reason"], t
                 assert place["costs"][t["worker"]] <= place["pull_costs"].get(t["worker"], float("inf")), t
@@ -75,28 +74,35 @@ async def test_an_eviction_is_seen_and_moves_the_next_request(ray_cluster):
     """Two engines of their own, the first with a KV cache of 40 blocks: both hold a prompt; the
     first is preferred (a tie); flooding it evicts the prompt there; the next goes to the second.
     Both engines get the same measured speed, so that the held prefix alone decides."""
-    cfg = load(overrides={"num_workers": 2, "worker_prefix": "loom-evict", "num_kv_blocks": 40,
+    cfg = load(overrides={"num_workers": 2, "worker_prefix": "loom-evict", "engine": {"num_kv_blocks": 40},
                           "worker_cpu_binds": ["0", "1"]})
-    client = runtime.make_engine_client(cfg, budget=None)
-    small, big = list(client.workers)
-    client.placer.profiles[big] = client.placer.profiles[small]
-    index = client.placer.index
+    pool, placer = runtime.start_routing(cfg)
+    small, big = pool.names()
+    placer.add_worker(big, placer.profiles[small], 0)
+    index = placer.index
     try:
         prompt = [5 + (i * 7) % 100 for i in range(200)]  # 6 whole blocks of 32
         for name in (small, big):
-            await engine_request(client.workers[name], prompt, f"warm-{name}")
-        wait_until(lambda: index.holdings(prompt, [small, big]) == {small: 192, big: 192}, timeout=20)
-        assert client.placer.place(prompt + [9]).worker == small
+            await engine_request(pool.handle(name), prompt, f"warm-{name}")
+        wait_until(lambda: index.matched(prompt, [small, big]) == {small: 192, big: 192}, timeout=20)
+        assert placer.place(prompt + [9]).worker == small
         for k in range(8):  # 8 other prompts of 7 blocks through a cache of 40
-            await engine_request(client.workers[small], [6 + (i * 11 + k) % 100 for i in range(224)], f"flood-{k}")
-        wait_until(lambda: index.holdings(prompt, [small])[small] == 0, timeout=20)
-        placed = client.placer.place(prompt + [9])
-        assert placed.worker == big and placed.held == {small: 0, big: 192}
+            await engine_request(pool.handle(small), [6 + (i * 11 + k) % 100 for i in range(224)], f"flood-{k}")
+        wait_until(lambda: index.matched(prompt, [small])[small] == 0, timeout=20)
+        placed = placer.place(prompt + [9])
+        assert placed.worker == big and placed.matched == {small: 0, big: 192}
     finally:
         runtime.shutdown_actors(cfg, coordinator=False)
 
 
-def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner, loom_config, serve_url,
+def _both_replicas_see(views: dict, node: dict, expected: dict) -> bool:
+    """Notes which replica placed ``node`` and whether its index matched ``expected``; true once
+    two replicas have (their subscribers apply the engines' events on their own time)."""
+    views[node["placement"]["by"]] = node["placement"]["matched"]
+    return len(views) == 2 and all(v == expected for v in views.values())
+
+
+def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(loom, loom_config, serve_url,
                                                                         redis_url):  # noqa: F811
     """Both replicas share one Redis store (a job's record is readable through either)."""
     from ray import serve
@@ -108,22 +114,23 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(runner,
     try:
         q = FORKING[3]
         prompt = q.prompt + trace(q)[:240]  # a question part-way through its reasoning: 3+ whole blocks
-        ids = runner.prepare(JobRequest(prompt=prompt))
+        ids = loom.runner.prepare(JobRequest(prompt=prompt))
         held = len(ids) // 32 * 32
-        holder = list(runner.engine.workers)[1]
-        asyncio.run(engine_request(runner.engine.workers[holder], ids, "warm-2r"))
-        workers = list(runner.engine.workers)
-        wait_until(lambda: runner.engine.placer.index.holdings(ids, workers)[holder] == held, timeout=20)
-        seen_here = runner.engine.placer.index.holdings(ids, workers)  # this process's own view
-        time.sleep(0.5)  # the replicas' subscribers follow the same events
-        placements = []
+        holder = list(loom.pool.handles)[1]
+        asyncio.run(engine_request(loom.pool.handles[holder], ids, "warm-2r"))
+        workers = list(loom.pool.handles)
+        wait_until(lambda: loom.placer.index.matched(ids, workers)[holder] == held, timeout=20)
+        seen_here = loom.placer.index.matched(ids, workers)  # this process's own view
+        body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
         with httpx.Client(base_url=serve_url + "/r2", timeout=300) as client:
-            for _ in range(16):  # Serve spreads them: both replicas place (all on one: 2 in 65,536)
-                body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
-                rec = final_record(client, client.post("/v1/jobs", json=body).json()["id"])
-                placements.append(rec["dag"]["nodes"][0] | {"by": rec["dag"]["nodes"][0]["placement"]["by"]})
-        assert placements[0]["placement"]["held"] == seen_here and held >= 96
-        assert len({p["by"] for p in placements}) == 2  # both replicas placed ...
+            def place() -> dict:  # a job's first node, as the replica that took it placed it
+                return final_record(client, client.post("/v1/jobs", json=body).json()["id"])["dag"]["nodes"][0]
+
+            views: dict[str, dict] = {}  # replica -> what its index matched, once it follows the events
+            wait_until(lambda: _both_replicas_see(views, place(), seen_here), timeout=120, every=0)
+            placements = [place() for _ in range(16)]  # Serve spreads them: both replicas place
+        assert all(p["placement"]["matched"] == seen_here for p in placements) and held >= 96
+        assert len({p["placement"]["by"] for p in placements}) == 2  # both replicas placed ...
         assert len({p["worker"] for p in placements}) == 1  # ... and alike
     finally:
         serve.delete("loom-2r")

@@ -13,7 +13,8 @@ from redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 from cluster.config import ConfigError, LoomConfig
 from orchestrator.driver.records import SCHEMA_VERSION, JobRecord, JobRequest
 from orchestrator.service.jobs import RESTARTED, JobService
-from orchestrator.service.store import InProcessJobStore, RedisJobStore, StoreUnavailable
+from orchestrator.service.redis_store import RedisJobStore
+from orchestrator.service.store import InProcessJobStore, StoreUnavailable
 
 
 @dataclass
@@ -220,8 +221,8 @@ async def test_two_controllers_recovering_run_each_job_once(backend):
 async def test_recover_leaves_a_live_controllers_job_until_its_lease_lapses(backend):
     s, other = backend.store(), backend.store()
     await s.put(rec("r", "running", started=time.time() - 60))
-    await other.lease("r", 0.3)  # another replica is still running it
-    service = JobService(StubRunner(), s, lease_s=0.2)
+    await other.heartbeat("r", 0.3)  # another replica is still running it
+    service = JobService(StubRunner(), s, heartbeat_s=0.2)
     out = await service.recover()
     assert (out.live, out.failed) == (["r"], [])
     assert (await s.get("r")).status == "running"
@@ -274,7 +275,7 @@ async def test_the_sweeper_runs_a_queued_job_no_controller_took(backend):
     s = backend.store()
     await s.put(rec("stale", created=time.time() - 10))  # its controller's claim never landed
     runner = StubRunner()
-    service = JobService(runner, s, lease_s=1.0)
+    service = JobService(runner, s, heartbeat_s=1.0)
     sweeper = asyncio.create_task(service.sweep_forever())
     try:
         await asyncio.sleep(0.7)
@@ -296,10 +297,10 @@ async def test_finished_records_beyond_max_records_go_oldest_finished_first():
     await s.put(rec("q0", created=1.0))
     await s.put(rec("r0", "running", created=2.0))
     await s.put(rec("a", "done", created=30.0))  # finished first, though created last
-    await s.lease("a", 60)
+    await s.heartbeat("a", 60)
     await s.put(rec("b", "failed", created=10.0))
     assert sorted(r.id for r in await s.list(None)) == ["b", "q0", "r0"]  # "a" went, not "b"
-    assert await s.get("a") is None and not await s.leased("a") and "a" not in s._leases
+    assert await s.get("a") is None and not await s.has_heartbeat("a") and "a" not in s._heartbeats
     await s.put(rec("c", "cancelled", created=20.0))
     assert sorted(r.id for r in await s.list(None)) == ["c", "q0", "r0"]
     for i in range(1, 4):  # over the bound with live records only: none of them goes

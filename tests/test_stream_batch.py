@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from orchestrator.protocol.generation import GenChunk
-from workers.stream_batch import batched, held
+from workers.stream_batch import batched, quiet
 
 
 async def source(n: int, gap_s: float, fail_at: int | None = None):
@@ -71,14 +71,14 @@ async def test_closing_the_stream_early_stops_the_engine_stream():
 
 
 async def test_a_held_stream_sends_its_first_tokens_then_everything_else_with_its_end():
-    out = await asyncio.wait_for(collect(held(source(12, 0.001))), 10)
+    out = await asyncio.wait_for(collect(quiet(source(12, 0.001))), 10)
     assert [c.token_ids for c in out] == [[0], list(range(1, 12))]
     last = out[-1]
     assert last.finished and last.finish_reason == "stop" and (last.first_token_at, last.finished_at) == (100.0, 200.0)
 
 
 async def test_a_held_stream_of_one_chunk_is_that_chunk():
-    out = await collect(held(source(1, 0)))
+    out = await collect(quiet(source(1, 0)))
     assert [(c.token_ids, c.finished) for c in out] == [([0], True)]
 
 
@@ -86,10 +86,10 @@ async def test_a_held_stream_that_ends_unfinished_still_sends_what_it_made():
     async def unfinished():
         async for c in source(5, 0):
             yield GenChunk("r", c.token_ids)  # never finished
-    out = await collect(held(unfinished()))
+    out = await collect(quiet(unfinished()))
     assert [c.token_ids for c in out] == [[0], [1, 2, 3, 4]] and not out[-1].finished
 
 
 async def test_a_held_stream_still_fails_the_caller():
     with pytest.raises(RuntimeError, match="fell over"):
-        await collect(held(source(6, 0, fail_at=3)))
+        await collect(quiet(source(6, 0, fail_at=3)))

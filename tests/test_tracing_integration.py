@@ -18,7 +18,7 @@ def spans():
     return exporter
 
 
-async def test_forked_job_is_one_trace_with_the_thread_tree(service, spans, runner):
+async def test_forked_job_is_one_trace_with_the_thread_tree(service, spans, loom):
     spans.clear()
     rec = await service.run(JobRequest(prompt="Q: 12*3+45*6\n"))
     assert rec.status == "done"
@@ -37,17 +37,17 @@ async def test_forked_job_is_one_trace_with_the_thread_tree(service, spans, runn
         (req,) = [r for r in requests if r.parent.span_id == t.context.span_id]
         assert req.attributes["gen_ai.usage.output_tokens"] > 0
         assert req.attributes["gen_ai.usage.input_tokens"] > req.attributes["loom.prefix.cached_tokens"] > 0
-        assert req.attributes["loom.worker"] in runner.engine.workers
+        assert req.attributes["loom.worker"] in loom.pool.handles
     segments = [s for s in got if s.name == "loom.segment"]
     assert len(segments) == 2 and all(by_id[s.parent.span_id] is job for s in segments)
     assert "loom.output.text" not in requests[0].attributes  # content only when opted in
 
 
-async def test_worker_receives_the_trace_context(service, spans, runner):
+async def test_worker_receives_the_trace_context(service, spans, loom):
     spans.clear()
     rec = await service.run(JobRequest(prompt="Q: 12*3+45*6\n"))
     (job,) = [s for s in spans.get_finished_spans() if s.name == "loom.job"]
     trace_hex = format(job.context.trace_id, "032x")
-    log = [r for w in runner.engine.workers.values() for r in ray.get(w.request_log.remote())
+    log = [r for w in loom.pool.handles.values() for r in ray.get(w.request_log.remote())
            if r["request_id"].startswith(rec.id)]
     assert log and all(trace_hex in r["traceparent"] for r in log)

@@ -14,37 +14,16 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from orchestrator.protocol.engine import KVEndpoints
 from orchestrator.protocol.generation import GenChunk, GenRequest
 from orchestrator.protocol.kv import PULLED_KEY
+from workers.config import EngineConfig
 
 log = logging.getLogger(__name__)
 
 MAX_PULL_REPORTS = 10000  # reports kept for requests that have not finished (aborted ones age out)
-
-
-@dataclass
-class EngineConfig:
-    model: str
-    max_model_len: int = 1024
-    dtype: str = "auto"
-    enforce_eager: bool = True
-    gpu_memory_utilization: float = 0.85
-    kv_cache_gib: int = 1  # CPU only: VLLM_CPU_KVCACHE_SPACE
-    max_num_seqs: int = 64
-    block_size: int = 32  # KV block tokens; vLLM-CPU defaults to 128, too coarse for short prefixes
-    seed: int = 0
-    num_blocks: int | None = None  # KV blocks, overriding what memory allows (tests force evictions)
-    cpu_bind: str = ""  # CPU engines: VLLM_CPU_OMP_THREADS_BIND (e.g. "0"); "" leaves vLLM's default
-    kv_transfer: bool = False  # load Loom's KV connector (workers/kv): hold blocks for, and pull from, peers
-    kv_hold_s: float = 30.0  # a hold no peer pulls is freed after this
-    kv_timeout_s: float = 10.0  # every transfer wait (control reply, group rendezvous, send, recv)
-    stream_interval_s: float = 0.1  # a worker's streamed chunks: what the engine produced in this long,
-    stream_max_tokens: int = 8  # or this many tokens, whichever comes first
-    core_nice: int | None = None  # the niceness of vLLM's engine-core process (None: as Ray started it)
 
 
 class Engine(Protocol):
@@ -53,7 +32,7 @@ class Engine(Protocol):
     async def check_health(self) -> None: ...
     async def reset_prefix_cache(self) -> bool: ...
     def encode(self, text: str, bos: bool = False) -> list[int]: ...
-    def decode(self, ids: list[int]) -> str: ...
+    def detokenize(self, ids: list[int]) -> str: ...
     def eos_token_id(self) -> int | None: ...
     def vocab_size(self) -> int: ...
     def scheduler(self) -> dict: ...
@@ -83,8 +62,8 @@ class VLLMEngine:
             dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, enable_prefix_caching=True,
             gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed, disable_log_stats=False, block_size=cfg.block_size or None,
-            num_gpu_blocks_override=cfg.num_blocks, kv_events_config=events,
-            kv_transfer_config=_kv_transfer(cfg, host, name) if cfg.kv_transfer else None,
+            num_gpu_blocks_override=cfg.num_kv_blocks or None, kv_events_config=events,
+            kv_transfer_config=_kv_transfer(cfg, host, name) if cfg.kv_connector else None,
         )
         self.cfg = cfg
         self.scheduler_stats = None  # vLLM's SchedulerStats of the last step
@@ -201,7 +180,7 @@ class VLLMEngine:
     def encode(self, text: str, bos: bool = False) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=bos)
 
-    def decode(self, ids: list[int]) -> str:
+    def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
     def eos_token_id(self) -> int | None:

@@ -6,7 +6,7 @@ arrive, overshoots by less than that). The first tokens and the last chunk are n
 (time to first token, and the end of a thread, which a fork or join waits on).
 
 A request whose caller streams nobody its tokens and has reserved them all (GenRequest.quiet)
-is ``held``: its first tokens, then everything else as one chunk at its end.
+goes out ``quiet``: its first tokens, then everything else as one chunk at its end.
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def batched(chunks: AsyncIterator[GenChunk], interval_s: float,
             await pump
 
 
-async def held(chunks: AsyncIterator[GenChunk]) -> AsyncIterator[GenChunk]:
+async def quiet(chunks: AsyncIterator[GenChunk]) -> AsyncIterator[GenChunk]:
     """``chunks`` as two: the first with tokens, then the rest with the finished one."""
     ids: list[int] = []
     first_sent, last = False, None

@@ -54,12 +54,12 @@ class StreamServer:
         self.open.add(writer)
         try:
             first = await asyncio.wait_for(wire.read_frame(reader), HELLO_TIMEOUT_S)
-            if first is None or first.kind != "hello" or (first.body or {}).get("token") != self.token:
+            if first is None or first.kind != wire.FrameKind.HELLO or (first.body or {}).get("token") != self.token:
                 log.warning("a stream connection without this worker's token was closed")
                 return
             while (frame := await wire.read_frame(reader)) is not None:
-                if frame.kind != "generate":
-                    raise ValueError(f"a {frame.kind!r} frame where only generate frames come")
+                if frame.kind != wire.FrameKind.GENERATE:
+                    raise ValueError(f"a '{frame.kind}' frame where only generate frames come")
                 task = asyncio.ensure_future(self._serve(frame.request(), writer))
                 tasks[frame.request_id] = task
                 task.add_done_callback(lambda _, rid=frame.request_id: tasks.pop(rid, None))
@@ -81,7 +81,7 @@ class StreamServer:
                 finished = c.finished
                 await _send(writer, wire.chunk(c))
             if not finished:
-                await _send(writer, wire.Frame("end", req.request_id))
+                await _send(writer, wire.end(req.request_id))
         except ConnectionError:
             return  # the driver went away: its connection's end cancels the rest
         except Exception as e:  # noqa: BLE001 - the engine's failure is the request's answer

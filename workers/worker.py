@@ -22,10 +22,10 @@ import ray
 
 from orchestrator.protocol.engine import EngineLoad, EngineProfile, WorkerInfo
 from orchestrator.protocol.generation import GenChunk, GenRequest
-from orchestrator.protocol.kv import HOLD_KEY, KVHold
+from orchestrator.protocol.kv import HOLD_KEY, HoldRequest, KVHold
 from orchestrator.telemetry import tracing
-from workers.engine import EngineConfig
-from workers.stream_batch import batched, held
+from workers.config import EngineConfig
+from workers.stream_batch import batched, quiet
 from workers.stream_server import StreamServer
 
 PROFILE_BATCHES = (1, 4, 16)
@@ -100,7 +100,7 @@ class EngineWorker:
         span = tracing.tracer().start_span("loom.engine.generate", context=tracing.extract(req.trace))
         tracing.set_attrs(span, loom__worker=self.name, gen_ai__usage__input_tokens=len(req.prompt_ids))
         made = self._counted(req.request_id, self.engine.generate(req))
-        out = held(made) if req.quiet else batched(made, self.cfg.stream_interval_s, self.cfg.stream_max_tokens)
+        out = quiet(made) if req.quiet else batched(made, self.cfg.stream_interval_ms / 1000, self.cfg.stream_max_tokens)
         sent = 0
         try:
             async for chunk in out:
@@ -135,10 +135,10 @@ class EngineWorker:
         """Keeps the blocks of ``prompt_ids``' first ``tokens`` tokens for a peer to pull, for
         ``hold_s`` seconds (None: the engine's ``kv_hold_s``): runs them (plus the next token, so
         every held block is a cache hit) for one token. None when the engine kept nothing."""
-        req = GenRequest(request_id, prompt_ids[:tokens + 1], 1, kv_params={HOLD_KEY: {"tokens": tokens, "hold_s": hold_s}})
+        req = GenRequest(request_id, prompt_ids[:tokens + 1], 1, kv_params=HoldRequest(tokens, hold_s).to_params())
         last = await self._last(req)
-        held = (last.kv_params or {}).get(HOLD_KEY) if last is not None else None
-        return KVHold.from_dict(held) if held else None
+        kept = (last.kv_params or {}).get(HOLD_KEY) if last is not None else None
+        return KVHold.from_dict(kept) if kept else None
 
     async def abort(self, request_id: str) -> int:
         """Stops the request; returns the tokens its engine made (0 for one already ended)."""
@@ -178,8 +178,8 @@ class EngineWorker:
     def encode(self, text: str, bos: bool = False) -> list[int]:
         return self.engine.encode(text, bos)
 
-    def decode(self, ids: list[int]) -> str:
-        return self.engine.decode(ids)
+    def detokenize(self, ids: list[int]) -> str:
+        return self.engine.detokenize(ids)
 
     def eos_token_id(self) -> int | None:
         return self.engine.eos_token_id()

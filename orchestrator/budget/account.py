@@ -1,16 +1,26 @@
-"""One job's account: tokens used and leased, threads in flight, forks; the policy that admits
-forks, grants token leases and settles them. Time is passed in, never read.
+"""One job's account and the policy on it: forks admitted, token leases granted and settled.
+
+A fork of N threads is admitted at width min(N, max_width, the cluster's free thread slots),
+never below 1 (the other threads run in later waves, never dropped), or refused past max depth,
+max fork rounds, the deadline, or without tokens for every thread (the model then goes on
+sequentially). A thread decodes on a lease of tokens reserved for it and comes back only when
+the lease runs low (reporting what it used) or when it ends (settle). Tokens used plus tokens
+leased never pass the job's total; once a lease cannot be granted, or the deadline has passed,
+the job is exhausted. Time is passed in, never read, so the policy is tested deterministically.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from orchestrator.budget.calls import BudgetCall
-from orchestrator.budget.policy import Admission, BudgetError, JobBudget, Lease
+from orchestrator.budget.policy import Admission, Grant, JobBudget, JobUsage
+
+if TYPE_CHECKING:
+    from orchestrator.budget.calls import AccountCall
 
 
 @dataclass
-class JobUsage:
+class JobAccount:
     budget: JobBudget
     opened_at: float
     tokens: int = 0
@@ -25,32 +35,19 @@ class JobUsage:
     def remaining(self) -> int:
         return self.budget.max_total_tokens - self.tokens
 
-    def spend(self, node: str, used: int) -> None:
-        """Tokens a thread reports used: charged, and taken off what it had leased."""
-        self.tokens += used
-        self.per_thread[node] = self.per_thread.get(node, 0) + used
-        self.leased[node] = max(0, self.leased.get(node, 0) - used)
+    def usage(self) -> JobUsage:
+        return JobUsage(self.tokens, self.forks, dict(self.per_thread), self.exhausted, self.budget)
 
-    def apply(self, call: BudgetCall) -> Lease | str | None:
-        """A driver's call, in its order: a lease's grant, a settle's verdict, or None (threads
-        counted, a fork the driver admitted counted, or a call this account already holds: Ray
-        retried it on a restarted coordinator that the driver's restore had already brought up
-        to date)."""
+    def apply(self, call: AccountCall) -> Grant | str | None:
+        """A driver's call, in its order, and its answer. None for a call this account already
+        holds: Ray retried it on a restarted coordinator that the driver's restore had already
+        brought up to date."""
         if call.seq <= self.calls:
             return None
         self.calls = call.seq
-        if call.kind == "lease":
-            return self.lease(call.node, call.used, call.want, call.now)
-        if call.kind == "settle":
-            return self.settle(call.node, call.used, call.now)
-        if call.kind == "fork":
-            self.forks += 1
-        elif call.kind == "threads":
-            self.count_threads(call.threads)
-        else:
-            raise BudgetError(f"unknown budget call {call.kind!r}")
-        return None
+        return call.apply_to(self)
 
+    # -- forks
     def admit(self, n: int, depth: int, now: float, free: int) -> Admission:
         """``admission``, counted when admitted."""
         adm = self.admission(n, depth, now, free)
@@ -60,15 +57,14 @@ class JobUsage:
     def admission(self, n: int, depth: int, now: float, free: int) -> Admission:
         """A fork of ``n`` threads at ``depth`` with ``free`` thread slots left in the cluster:
         refused (width 0, and why), or admitted at width min(n, max_width, free), never below 1.
-        Nothing is counted (a driver counts it by its "fork" call)."""
+        Nothing is counted (a driver counts it by its ``CountFork`` call)."""
         refusal = self.refusal(n, depth, now)
         if refusal:
             return Admission(0, reason=refusal)
         b = self.budget
         width = max(1, min(n, b.max_width, free))
         per_thread = min(b.max_thread_tokens, self.remaining // n)
-        reason = "" if width == n else f"narrowed to {width} of {n} (waves)"
-        return Admission(width, per_thread, reason)
+        return Admission(width, per_thread, "" if width == n else f"narrowed to {width} of {n} (waves)")
 
     def refusal(self, n: int, depth: int, now: float) -> str:
         b = self.budget
@@ -84,14 +80,18 @@ class JobUsage:
             return f"{self.remaining} tokens left: too few for {n} threads"
         return ""
 
+    def count_fork(self) -> None:
+        self.forks += 1
+
     def count_threads(self, n: int) -> None:
         """``n`` threads started (> 0) or ended (< 0)."""
         self.in_flight = max(0, self.in_flight + n)
 
-    def lease(self, node: str, used: int, want: int, now: float) -> Lease:
+    # -- tokens
+    def lease(self, node: str, used: int, want: int, now: float) -> Grant:
         """Charges the ``used`` tokens ``node`` reports, then grants it up to ``want`` more from what
         is neither used nor leased to other threads (at most an even share of it per thread in
-        flight), and returns what it now holds. None, with the reason, once the job is
+        flight), and returns what it now holds. A stop, with the reason, once the job is
         exhausted: its deadline passed, or the thread has used its lease and none is left to
         grant (a thread asking ahead, with some of its lease left, just gets none for now)."""
         self.spend(node, used)
@@ -101,10 +101,10 @@ class JobUsage:
                          f"of {self.budget.max_total_tokens})")
         self.check_deadline(now)
         if self.exhausted:
-            return Lease(0, self.exhausted)
+            return Grant(0, self.exhausted)
         share = -(-free // max(1, self.in_flight))  # an even share of what is left per running thread
         self.leased[node] += max(0, min(want, share))  # none now, while the thread still has some
-        return Lease(self.leased[node], until=self.opened_at + self.budget.deadline_s)
+        return Grant(self.leased[node], until=self.opened_at + self.budget.deadline_s)
 
     def settle(self, node: str, used: int, now: float) -> str:
         """A request has ended: its last ``used`` tokens are charged and its lease given back.
@@ -116,6 +116,12 @@ class JobUsage:
             self.exhaust(f"token budget exhausted ({self.tokens}/{self.budget.max_total_tokens})")
         self.check_deadline(now)
         return self.exhausted
+
+    def spend(self, node: str, used: int) -> None:
+        """Tokens a thread reports used: charged, and taken off what it had leased."""
+        self.tokens += used
+        self.per_thread[node] = self.per_thread.get(node, 0) + used
+        self.leased[node] = max(0, self.leased.get(node, 0) - used)
 
     def exhaust(self, why: str) -> None:
         self.exhausted = self.exhausted or why

@@ -1,12 +1,9 @@
-"""The coordinator: one Ray actor holding the cluster's budget ledger (rebuilt after a restart).
+"""The coordinator: one Ray actor holding the cluster's ledger, rebuilt after a restart.
 
-Every job opens an account here, and the cluster-wide count of threads in flight, across all
-replicas of the ingress and all drivers, is kept here. Tokens are leased and charged, threads
-counted and forks admitted by each job's driver on its own exact copy of the account; the driver
-sends each such call here too, in order, and this ledger comes to the same answers
-(RayBudgetClient). Each batch's answer carries the cluster's count, which a driver admits its
-forks with while it is recent; a driver without a recent count asks here (``admit_fork``). The
-policy itself lives in ``orchestrator.budget`` (plain, unit-tested).
+Every job's account is mirrored here, and the cluster-wide count of threads in flight across all
+ingress replicas and drivers is kept here. Drivers answer their own jobs' calls and send them
+here in order (``apply``, budget/replica.py); a driver without a recent count of the cluster's
+threads asks here to admit a fork (``admit_fork``). The policy lives in ``account``.
 """
 from __future__ import annotations
 
@@ -16,10 +13,10 @@ import time
 
 import ray
 
-from orchestrator.budget.account import JobUsage
+from orchestrator.budget.account import JobAccount
 from orchestrator.budget.calls import Applied, BudgetCall
 from orchestrator.budget.ledger import Ledger
-from orchestrator.budget.policy import Admission
+from orchestrator.budget.policy import Admission, JobUsage
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +25,13 @@ NAMESPACE = "loom"
 
 
 # Restarted by Ray when it dies; calls in flight are retried on the new one, which starts with an
-# empty ledger: every driver gives back its jobs' accounts (RayBudgetClient) on its next call.
+# empty ledger: every driver gives back its jobs' accounts (ReplicatedBudget) on its next call.
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Coordinator:
     def __init__(self, max_threads_in_flight: int = 64):
         self.ledger = Ledger(max_threads_in_flight)
 
-    def restore(self, accounts: dict[str, JobUsage]) -> None:
+    def restore(self, accounts: dict[str, JobAccount]) -> None:
         for job_id, usage in accounts.items():
             self.ledger.restore(job_id, usage)
 
@@ -50,7 +47,7 @@ class Coordinator:
     def cluster(self) -> dict:
         return self.ledger.cluster()
 
-    def usage(self, job_id: str) -> dict:
+    def usage(self, job_id: str) -> JobUsage:
         """A job's account as this ledger has it (raises BudgetError for a job it does not know)."""
         return self.ledger.usage(job_id)
 

@@ -1,30 +1,31 @@
-"""A thread's token lease: the engine client spends streamed tokens against tokens the budget
-reserved for the thread, and calls the budget only when the lease runs low or the thread ends,
-instead of on every few tokens (the coordinator is one actor shared by every job).
+"""A thread's token lease: where a request's streamed tokens are charged.
 
-The first lease is granted before the request is sent (the driver answers leases from its copy
-of the job's account, engine_client.RayBudgetClient: no round trip, and so no pass of the event
-loop, which with a block's other threads starting cost each request about a millisecond). The
-next lease is asked for in the background once fewer than ``low`` tokens are left, so the
-stream does not wait on a budget that takes time to answer while there are tokens to spend; it
-waits only when a chunk takes it past what it was granted. A refused lease stops the thread (``BudgetExhausted``);
-the tokens already streamed stay charged, exactly, when the lease is settled.
+The job driver opens a lease per segment and passes it to the engine client, which spends each
+streamed chunk's tokens against it (``spend``). Tokens are reserved ``size`` at a time, and the
+budget is called only when the lease runs low (the next grant is asked for in the background once
+fewer than ``low`` are left) or when the request ends (``settle``), instead of on every few
+tokens. The first grant is asked for before the request is sent; ``ReplicatedBudget`` answers it
+from the driver's copy of the account, so that costs no round trip. The stream waits only when a
+chunk takes it past what was granted; a refused grant stops the thread (``BudgetExhausted``), and
+the tokens streamed stay charged, exactly, when the lease is settled.
 
-A lease whose first grant covers the whole request (``covers``) can never overshoot, so the
-request need not stream its tokens as they come (GenRequest.quiet): the engine client then stops
-it at the job's deadline itself (``seconds_left``), which no renewal is there to see.
+A lease whose first grant covers all a request may stream (``covers``) can never overshoot, so the
+request need not stream as it goes (``GenRequest.quiet``); the engine client then stops it at the
+job's deadline itself (``seconds_left``, raising ``DeadlineReached``), since no renewal comes to
+see the deadline pass.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from typing import Protocol, Self
+from typing import Self
 
-from orchestrator.budget.policy import Lease
+from orchestrator.budget.ops import BudgetOps
+from orchestrator.protocol.segment import DeadlineReached
 
 LEASE_TOKENS = 64  # asked for at a time
-LEASE_LOW = 24  # the next lease is asked for once fewer than this are left
+LEASE_LOW = 24  # the next grant is asked for once fewer than this are left
 DEADLINE_SLACK_S = 0.005
 
 
@@ -32,26 +33,21 @@ class BudgetExhausted(Exception):
     """The job's token budget or deadline ran out while a request streamed."""
 
 
-class LeaseSource(Protocol):
-    async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease: ...
-    async def settle(self, job_id: str, node: str, used: int) -> str: ...
-
-
-class ThreadLease:
-    def __init__(self, budget: LeaseSource, job_id: str, node: str, size: int = LEASE_TOKENS,
+class TokenLease:
+    def __init__(self, budget: BudgetOps, job_id: str, node: str, size: int = LEASE_TOKENS,
                  low: int = LEASE_LOW, first: int | None = None):
         self.budget = budget
         self.job_id = job_id
         self.node = node
         self.size = size
-        self.first = first or size  # the first lease asked for
+        self.first = first or size  # the first grant asked for
         self.low = low
-        self.granted = 0  # tokens it may stream in all (used and reported + its lease)
+        self.granted = 0  # tokens it may stream in all (used and reported + its grant)
         self.used = 0  # tokens streamed so far
         self.reported = 0  # of which the budget has been told
         self.stop = ""
-        self.dry = False  # the last lease asked ahead was refused: ask again only when needed
-        self.covered = False  # the lease holds all the request may stream: it never asks again
+        self.dry = False  # the last grant asked ahead was refused: ask again only when needed
+        self.covered = False  # the grant holds all the request may stream: it never asks again
         self.until = float("inf")  # the job's deadline (epoch seconds), from the last grant
         self.verdict: str | None = None  # settle's answer, once settled
         self._next: asyncio.Task | None = None
@@ -61,16 +57,19 @@ class ThreadLease:
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
-        """Settles the lease however the request ended; BudgetExhausted if it ended well but the
-        job must stop (its last token, or its deadline)."""
-        if exc_type is not None:
-            await asyncio.shield(self.settle())
+        """Settles the lease however the request ended. BudgetExhausted if it ended well but the
+        job must stop (its last token, or its deadline), or if the engine client stopped it at the
+        deadline."""
+        if exc_type is None:
+            if stop := await self.settle():
+                raise BudgetExhausted(stop)
             return
-        if stop := await self.settle():
-            raise BudgetExhausted(stop)
+        verdict = await asyncio.shield(self.settle())
+        if issubclass(exc_type, DeadlineReached):
+            raise BudgetExhausted(verdict) from None
 
     async def start(self) -> None:
-        """The first lease, before the request is sent."""
+        """The first grant, before the request is sent."""
         await self._renew(self.first)
 
     def covers(self, n: int) -> bool:
@@ -101,7 +100,7 @@ class ThreadLease:
             await self._collect()
 
     async def settle(self) -> str:
-        """The request has ended: what it used is charged, the rest of its lease given back.
+        """The request has ended: what it used is charged, the rest of its grant given back.
         Returns why the job must stop ("" if it may go on); settled once, later calls repeat it."""
         if self.verdict is not None:
             return self.verdict
@@ -121,6 +120,6 @@ class ThreadLease:
         grant = await self.budget.lease(self.job_id, self.node, upto - self.reported, want or self.size)
         self.until = grant.until
         self.dry = grant.tokens <= self.granted - upto  # nothing more: ask again only when needed
-        limit = upto + grant.tokens  # tokens streamed past the last lease are charged, not granted
+        limit = upto + grant.tokens  # tokens streamed past the last grant are charged, not granted
         self.reported, self.stop = upto, grant.stop
         self.granted = min(self.granted, limit) if grant.stop else limit

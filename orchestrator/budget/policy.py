@@ -1,5 +1,4 @@
-"""A job's budget (bounded fields), a fork's admission and a token lease's grant.
-"""
+"""A job's budget (every field bounded), a fork's admission and a token lease's grant."""
 from __future__ import annotations
 
 import math
@@ -69,7 +68,7 @@ class Admission:
 
 
 @dataclass(frozen=True)
-class Lease:
+class Grant:
     """The tokens a thread now holds, past those it has reported used (0 with ``stop``: why the
     job must stop)."""
 
@@ -77,3 +76,17 @@ class Lease:
     stop: str = ""
     # when the job's deadline passes (the ledger's clock, epoch seconds): said with the grant, not part of it
     until: float = field(default=math.inf, compare=False)
+
+
+@dataclass(frozen=True)
+class JobUsage:
+    """What a job used, as its record keeps it."""
+
+    tokens: int
+    forks: int
+    per_thread: dict[str, int]
+    exhausted: str
+    budget: JobBudget
+
+    def to_dict(self) -> dict:
+        return asdict(self)

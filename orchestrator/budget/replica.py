@@ -1,6 +1,23 @@
-"""The driver's replicated accounts: leases, settles, thread counts and (with a recent view of
-the cluster) fork admissions answered from the driver's own exact copy of each job's
-account, and sent to the coordinator in batches, in order.
+"""The driver's replicated accounts: the budget operations answered from the driver's own exact
+copy of each of its jobs' accounts, and sent to the coordinator actor without waiting.
+
+Only one driver spends a job's tokens, so its copy of the job's account is exact: leases,
+settles, thread counts and the close are answered here with the account's own policy, numbered
+(``BudgetCall.seq``) and posted; the calls posted in one pass of the event loop go to the
+coordinator as one batch. Ray runs one caller's calls to an actor in the order they were sent,
+so the coordinator's ledger applies the same calls in the same order and comes to the same
+answers. No streamed token waits on the coordinator.
+
+A fork's admission needs the cluster's threads in flight, other drivers' too. Each batch's
+answer carries the coordinator's count once it applied the batch (``Applied``); less this
+driver's own threads as of that batch, it is the other drivers' (``ClusterView``). While that
+view is at most ``view_max_age_s`` old, a fork is admitted here and the admission sent as a
+``CountFork`` call; otherwise the coordinator is asked (after what was posted). NOTE: with
+several drivers, a fork may miss another driver's threads started within the last round trip,
+so the cluster's cap on threads is soft by that much.
+
+When the coordinator has restarted and no longer knows a job, the driver gives all its open
+accounts back (``restore``), and a call Ray retries after that is skipped by its number.
 """
 from __future__ import annotations
 
@@ -9,13 +26,21 @@ import logging
 import time
 from dataclasses import dataclass
 
-from orchestrator.budget.account import JobUsage
-from orchestrator.budget.calls import Applied, BudgetCall
-from orchestrator.budget.ledger import Ledger
-from orchestrator.budget.policy import Admission, BudgetError, JobBudget, Lease
+from orchestrator.budget.account import JobAccount
+from orchestrator.budget.calls import (
+    AccountCall,
+    Applied,
+    BudgetCall,
+    CloseJob,
+    CountFork,
+    CountThreads,
+    GrantLease,
+    OpenJob,
+    Settle,
+)
+from orchestrator.budget.policy import Admission, BudgetError, Grant, JobBudget, JobUsage
 
 log = logging.getLogger(__name__)
-
 
 VIEW_MAX_AGE_S = 1.0  # a driver admits forks itself with a count of the cluster's threads at most this old
 
@@ -29,53 +54,27 @@ class ClusterView:
     at: float  # when the batch whose answer said so was sent (time.monotonic)
 
 
-class RayBudgetClient:
-    """The coordinator actor (orchestrator/coordinator.py) behind ``BudgetClient``.
-
-    Only one driver spends a job's tokens, so the driver keeps an exact copy of each open job's
-    account and answers leases and settles itself, with the ledger's own policy
-    (``JobUsage.apply``); those calls, like opening a job and counting its threads, are numbered
-    and sent to the coordinator without waiting, the calls of one pass of the event loop as one
-    batch. Ray runs one caller's calls to an actor in the order they were sent, so the
-    coordinator's ledger applies the same calls in the same order and comes to the same answers.
-    Closing a job is such a call too: the job's usage is our copy's, and the coordinator drops
-    the account after the job's other calls.
-
-    A fork's admission needs the cluster's threads in flight, other drivers' too. Each batch's
-    answer carries the coordinator's count once it applied the batch (``Applied``); less our own
-    threads as of that batch, it is the other drivers' (``ClusterView``). While that view is at
-    most ``view_max_age_s`` old, a fork is admitted here, with the ledger's own policy
-    (``JobUsage.admission``), and the admission sent as one more call; an older view, or none, and
-    the coordinator is asked (after what was posted), as every admission once was: that round
-    trip took 3.3 ms a fork (median of 17, concurrency 1, this project's 2-core VM). With one
-    driver the view is exact; with several, a fork may miss another driver's threads started
-    within the last round trip, and the cluster's cap on threads is a little soft by that (it
-    already gives every admitted fork at least one thread).
-
-    When the coordinator has restarted and no longer knows a job, the client gives all its open
-    accounts back (``restore``): budgets and the cluster-wide thread count survive the restart,
-    and a call Ray retries after the restore is skipped by its number."""
-
-    def __init__(self, handle, view_max_age_s: float = VIEW_MAX_AGE_S):
-        self.handle = handle
+class ReplicatedBudget:
+    def __init__(self, coordinator, view_max_age_s: float = VIEW_MAX_AGE_S):
+        self.coordinator = coordinator  # the coordinator actor's handle
         self.view_max_age_s = view_max_age_s
-        self.accounts: dict[str, JobUsage] = {}
+        self.accounts: dict[str, JobAccount] = {}
         self.outbox: list[BudgetCall] = []  # posted, not yet sent
         self.sent: set[asyncio.Task] = set()  # batches sent, not yet applied
         self.view: ClusterView | None = None
 
     async def open_job(self, job_id: str, budget: JobBudget) -> None:
         now = time.time()
-        self.accounts[job_id] = JobUsage(budget, now)
-        self._post(BudgetCall(job_id, 0, "open_job", now, budget=budget))
+        self.accounts[job_id] = JobAccount(budget, now)
+        self._post(OpenJob(job_id, 0, now, budget))
 
-    async def close_job(self, job_id: str) -> dict:
-        """The job's usage, from our exact copy of its account; the close is sent at once (it
-        would not wait for the next pass of the event loop), not waited for."""
+    async def close_job(self, job_id: str) -> JobUsage:
+        """The job's usage, from our exact copy of its account; the close is sent at once, not
+        waited for."""
         account = self.accounts.pop(job_id)
-        self._post(BudgetCall(job_id, account.calls + 1, "close_job", time.time()))
+        self._post(CloseJob(job_id, account.calls + 1, time.time()))
         self._flush()
-        return Ledger.usage_dict(account)
+        return account.usage()
 
     async def admit_fork(self, job_id: str, n: int, depth: int) -> Admission:
         view = self.view
@@ -83,36 +82,46 @@ class RayBudgetClient:
             free = view.max_threads - view.others - self._threads()
             adm = self.accounts[job_id].admission(n, depth, time.time(), free)
             if adm.admitted:
-                self._mirror(job_id, "fork")
+                self._mirror(job_id, CountFork)
             return adm
-        self._flush()  # the coordinator applies what was posted first
+        return await self._ask_admission(job_id, n, depth)
+
+    async def start_threads(self, job_id: str, k: int) -> None:
+        self._mirror(job_id, CountThreads, delta=k)
+
+    async def end_thread(self, job_id: str) -> None:
+        self._mirror(job_id, CountThreads, delta=-1)
+
+    async def lease(self, job_id: str, node: str, used: int, want: int) -> Grant:
+        return self._mirror(job_id, GrantLease, node=node, used=used, want=want)
+
+    async def settle(self, job_id: str, node: str, used: int) -> str:
+        return self._mirror(job_id, Settle, node=node, used=used)
+
+    async def drain(self) -> None:
+        """Returns once every call posted so far has been applied by the coordinator (or failed)."""
+        self._flush()
+        await asyncio.gather(*self.sent, return_exceptions=True)
+
+    async def _ask_admission(self, job_id: str, n: int, depth: int) -> Admission:
+        """The coordinator admits the fork (after what was posted), and our copy counts it."""
+        self._flush()
         now = time.time()
         try:
-            adm = await self.handle.admit_fork.remote(job_id, n, depth, now)
+            adm = await self.coordinator.admit_fork.remote(job_id, n, depth, now)
         except BudgetError as e:  # raised in the coordinator: it does not know the job
             if job_id not in self.accounts or "is not open" not in str(e):
                 raise
             await self._restore()
-            adm = await self.handle.admit_fork.remote(job_id, n, depth, now)
-        self.accounts[job_id].forks += adm.admitted
+            adm = await self.coordinator.admit_fork.remote(job_id, n, depth, now)
+        if adm.admitted:
+            self.accounts[job_id].count_fork()
         return adm
 
-    async def start_threads(self, job_id: str, k: int) -> None:
-        self._mirror(job_id, "threads", threads=k)
-
-    async def end_thread(self, job_id: str) -> None:
-        self._mirror(job_id, "threads", threads=-1)
-
-    async def lease(self, job_id: str, node: str, used: int, want: int) -> Lease:
-        return self._mirror(job_id, "lease", node=node, used=used, want=want)
-
-    async def settle(self, job_id: str, node: str, used: int) -> str:
-        return self._mirror(job_id, "settle", node=node, used=used)
-
-    def _mirror(self, job_id: str, kind: str, **fields):
+    def _mirror(self, job_id: str, kind: type[AccountCall], **fields):
         """The call applied to our copy of the account (its answer returned), then posted."""
         account = self.accounts[job_id]
-        call = BudgetCall(job_id, account.calls + 1, kind, time.time(), **fields)
+        call = kind(job_id, account.calls + 1, time.time(), **fields)
         answer = account.apply(call)
         self._post(call)
         return answer
@@ -121,11 +130,6 @@ class RayBudgetClient:
         self.outbox.append(call)
         if len(self.outbox) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
-
-    async def drain(self) -> None:
-        """Returns once every call posted so far has been applied by the coordinator (or failed)."""
-        self._flush()
-        await asyncio.gather(*self.sent, return_exceptions=True)
 
     def _threads(self) -> int:
         """Our jobs' threads in flight."""
@@ -136,7 +140,7 @@ class RayBudgetClient:
         calls, self.outbox = self.outbox, []
         if not calls:
             return
-        ref = self.handle.apply.remote(calls)
+        ref = self.coordinator.apply.remote(calls)
         task = asyncio.ensure_future(self._applied(ref, calls, self._threads(), time.monotonic()))
         self.sent.add(task)
         task.add_done_callback(self.sent.discard)
@@ -154,4 +158,4 @@ class RayBudgetClient:
             self.view = ClusterView(applied.threads_in_flight - mine, applied.max_threads_in_flight, at)
 
     async def _restore(self) -> None:
-        await self.handle.restore.remote(dict(self.accounts))
+        await self.coordinator.restore.remote(dict(self.accounts))

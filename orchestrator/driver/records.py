@@ -4,11 +4,28 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 import msgpack
 
 SCHEMA_VERSION = 1
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class Mode(StrEnum):
+    PARALLEL = "parallel"
+    SEQUENTIAL = "sequential"  # the model writes its threads itself: no fork
 
 
 class RequestError(ValueError):
@@ -17,24 +34,28 @@ class RequestError(ValueError):
 
 @dataclass
 class JobRequest:
-    """A validated request (``orchestrator.schema`` builds it from any entry point's input)."""
+    """A validated request (``service.schema`` builds it from any entry point's input)."""
 
     prompt: str | None = None
     messages: list[dict] | None = None
     format: str = "threadweaver"
-    mode: str = "parallel"  # sequential: the model writes its threads itself, no fork
+    mode: Mode = Mode.PARALLEL
     budget: dict = field(default_factory=dict)
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # the caller's stop strings (main context only)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> JobRequest:
+        return cls(**{**d, "mode": Mode(d.get("mode", Mode.PARALLEL))})
+
 
 @dataclass
 class JobRecord:
     id: str
     request: dict
-    status: str = "queued"
+    status: JobStatus = JobStatus.QUEUED
     created: float = field(default_factory=time.time)
     started: float = 0.0
     finished: float = 0.0
@@ -49,15 +70,15 @@ class JobRecord:
     def new(cls, request: JobRequest) -> JobRecord:
         return cls(id="job-" + uuid.uuid4().hex[:16], request=asdict(request))
 
-    def encode(self) -> bytes:
+    def pack(self) -> bytes:
         return msgpack.packb(asdict(self), use_bin_type=True)
 
     @classmethod
-    def decode(cls, data: bytes) -> JobRecord:
+    def unpack(cls, data: bytes) -> JobRecord:
         d = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if d.get("version") != SCHEMA_VERSION:
             raise ValueError(f"job record schema {d.get('version')} is not {SCHEMA_VERSION}")
-        return cls(**d)
+        return cls(**{**d, "status": JobStatus(d["status"])})
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -1,31 +1,95 @@
 """ThreadDAG: the shape of one job's reasoning, as it unfolds.
 
-Nodes are main segments, threads and joins; an edge says "must finish before". A fork
-adds one thread node per outline after the node that wrote the plan and one join node
-after all of them; a nested block inside a thread does the same under that thread.
-The critical path (longest token-weighted path) is the papers' "token latency".
+Nodes are main segments, threads and joins; an edge says "must finish before". A fork adds one
+thread node per outline after the node that wrote the plan and one join node after all of them;
+a nested block inside a thread does the same under that thread. The critical path (the longest
+token-weighted path) is the papers' "token latency".
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from orchestrator.protocol.segment import Attempt, Finish, Placement, PrefixOrigin, PrefixSource, Progress
+
+
+class NodeKind(StrEnum):
+    SEGMENT = "segment"
+    THREAD = "thread"
+    JOIN = "join"
+
+
+class NodeStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+@dataclass
+class NodePlacement:
+    """Where a node's request ran and why (the numbers that chose it), the attempts lost with
+    their worker, and where its prompt's KV came from."""
+
+    worker: str
+    reason: str = ""
+    costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds
+    matched: dict[str, int] = field(default_factory=dict)  # worker -> leading prompt tokens its cache held
+    matched_tokens: int = 0  # of which the chosen worker's
+    by: str = ""
+    source: str = ""  # the peer its prompt's KV was to be pulled from ("": none)
+    pull_tokens: int = 0
+    pull_costs: dict[str, float] = field(default_factory=dict)
+    attempts: list[Attempt] = field(default_factory=list)
+    prefix: PrefixOrigin | None = None
+
+    @classmethod
+    def of(cls, placement: Placement, progress: Progress) -> NodePlacement:
+        p = placement
+        return cls(p.worker, p.reason, dict(p.costs), dict(p.matched), p.matched_tokens, p.by, p.source,
+                   p.pull_tokens, dict(p.pull_costs), list(progress.attempts), progress.prefix)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NodePlacement:
+        prefix = d.get("prefix")
+        return cls(**{**d, "attempts": [Attempt(**a) for a in d.get("attempts", [])],
+                      "prefix": PrefixOrigin(**{**prefix, "source": PrefixSource(prefix["source"])}) if prefix else None})
 
 
 @dataclass
 class Node:
     id: int
-    kind: str  # "segment" | "thread" | "join"
+    kind: NodeKind
     label: str = ""
     depth: int = 0
     tokens: int = 0
     prompt_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, from the engine's prefix cache (its own count)
     worker: str = ""
-    status: str = "pending"  # pending | running | done | cancelled | failed
-    finish: str = ""
+    status: NodeStatus = NodeStatus.PENDING
+    finish: Finish | str = ""  # "" until it ends
     started: float = 0.0
     first_token: float = 0.0
     ended: float = 0.0
-    placement: dict = field(default_factory=dict)  # held_tokens, reason, costs: why this worker
+    placement: NodePlacement | None = None
+
+    def record(self, progress: Progress) -> None:
+        """What the engine client saw of the node's request."""
+        self.tokens, self.cached_tokens = progress.tokens, progress.cached_tokens
+        self.started, self.first_token, self.ended = progress.started, progress.first_token, progress.ended
+        if progress.placement is not None:
+            self.worker = progress.placement.worker
+            self.placement = NodePlacement.of(progress.placement, progress)
+
+    def end(self, status: NodeStatus, finish: Finish) -> None:
+        self.status, self.finish = status, finish
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Node:
+        placement = NodePlacement.from_dict(d["placement"]) if d.get("placement") else None
+        return cls(**{**d, "kind": NodeKind(d["kind"]), "status": NodeStatus(d["status"]),
+                      "finish": Finish(d["finish"]) if d["finish"] else "", "placement": placement})
 
 
 @dataclass
@@ -33,7 +97,7 @@ class ThreadDAG:
     nodes: list[Node] = field(default_factory=list)
     edges: list[tuple[int, int]] = field(default_factory=list)
 
-    def add(self, kind: str, after: list[int] | None = None, **attrs) -> Node:
+    def add(self, kind: NodeKind, after: list[int] | None = None, **attrs) -> Node:
         node = Node(id=len(self.nodes), kind=kind, **attrs)
         self.nodes.append(node)
         self.edges.extend((a, node.id) for a in (after or []))
@@ -41,9 +105,13 @@ class ThreadDAG:
 
     def fork(self, parent: int, labels: list[str], depth: int) -> tuple[list[Node], Node]:
         """Thread nodes after ``parent`` and the join node that waits for all of them."""
-        threads = [self.add("thread", [parent], label=lb, depth=depth) for lb in labels]
-        join = self.add("join", [t.id for t in threads], label="join", depth=depth - 1)
+        threads = [self.add(NodeKind.THREAD, [parent], label=lb, depth=depth) for lb in labels]
+        join = self.add(NodeKind.JOIN, [t.id for t in threads], label="join", depth=depth - 1)
         return threads, join
+
+    def link(self, before: int, after: int) -> None:
+        """``before`` must finish before ``after``."""
+        self.edges.append((before, after))
 
     def predecessors(self, node_id: int) -> list[int]:
         return [a for a, b in self.edges if b == node_id]
@@ -77,7 +145,7 @@ class ThreadDAG:
         return sum(n.tokens for n in self.nodes)
 
     def threads(self) -> list[Node]:
-        return [n for n in self.nodes if n.kind == "thread"]
+        return [n for n in self.nodes if n.kind == NodeKind.THREAD]
 
     def to_dict(self) -> dict:
         return {"nodes": [asdict(n) for n in self.nodes], "edges": [list(e) for e in self.edges],
@@ -85,4 +153,4 @@ class ThreadDAG:
 
     @classmethod
     def from_dict(cls, d: dict) -> ThreadDAG:
-        return cls([Node(**n) for n in d["nodes"]], [tuple(e) for e in d["edges"]])
+        return cls([Node.from_dict(n) for n in d["nodes"]], [tuple(e) for e in d["edges"]])

@@ -14,6 +14,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ThreadContext(StrEnum):
+    """What a thread's prompt starts from."""
+
+    SHARED = "shared"  # the block's context, then the thread's header: the prefix cache serves the context
+    FRESH = "fresh"  # the thread's header alone (APR: a child starts from its node's state)
+
+
+class JoinText(StrEnum):
+    """How the threads' results go back into the context."""
+
+    APPEND = "append"  # each thread's header and text, in plan order, after the context
+    REWRITE = "rewrite"  # the plan rewritten with the threads' results (APR)
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,8 @@ class PlanFormat:
     thread_close: str
     block_close: str
     nesting: bool
-    join_mode: str  # "append" (re-prefill of the joined context) or "rewrite"
+    thread_context: ThreadContext
+    join_text: JoinText
     extra_tags: tuple[str, ...] = field(default=())
 
     @property
@@ -108,9 +124,6 @@ class PlanFormat:
     # -- threads --------------------------------------------------------------
     def thread_header(self, outline: Outline) -> str:
         return f"\n{self.thread_open}\n{outline.id}:"
-
-    def thread_prompt(self, context: str, outline: Outline) -> str:
-        return context + self.thread_header(outline)
 
     def open_blocks(self, text: str) -> int:
         """Blocks opened in ``text`` and not yet closed: a thread that writes a nested block
@@ -188,9 +201,6 @@ class APRFormat(PlanFormat):
     def thread_header(self, outline: Outline) -> str:
         return outline.text + "\n"
 
-    def thread_prompt(self, context: str, outline: Outline) -> str:
-        return self.thread_header(outline)  # a fresh context: the child's own node
-
     def render_join(self, context: str, plan: Plan, results: list[ThreadResult]) -> str:
         lines = []
         for r in results:
@@ -212,20 +222,23 @@ THREADWEAVER = PlanFormat(
     name="threadweaver", block_open="<Parallel>", plan_open="<Outlines>",
     plan_close="</Outlines>", outline_open="<Outline>", outline_close="</Outline>",
     thread_open="<Thread>", thread_close="</Thread>", block_close="</Parallel>",
-    nesting=False, join_mode="append", extra_tags=("<think>", "</think>", "<Conclusion>", "</Conclusion>"),
+    nesting=False, thread_context=ThreadContext.SHARED, join_text=JoinText.APPEND,
+    extra_tags=("<think>", "</think>", "<Conclusion>", "</Conclusion>"),
 )
 
 MULTIVERSE = PlanFormat(
     name="multiverse", block_open="<Parallel>", plan_open="<Goal>", plan_close="</Goal>",
     outline_open="<Outline>", outline_close="</Outline>", thread_open="<Path>",
-    thread_close="</Path>", block_close="</Parallel>", nesting=True, join_mode="append",
+    thread_close="</Path>", block_close="</Parallel>", nesting=True, thread_context=ThreadContext.SHARED,
+    join_text=JoinText.APPEND,
     extra_tags=("<Think>", "</Think>", "<Conclusion>", "</Conclusion>"),
 )
 
 APR = APRFormat(
     name="apr", block_open="", plan_open="<Calling Sub Searches>",
     plan_close="<End Calling Sub Searches>", outline_open="<Start Sub Search", outline_close="",
-    thread_open="", thread_close="", block_close="", nesting=False, join_mode="rewrite",
+    thread_open="", thread_close="", block_close="", nesting=False, thread_context=ThreadContext.FRESH,
+    join_text=JoinText.REWRITE,
     extra_tags=("<Sub Searches>", "<End Sub Searches>"),
 )
 

@@ -1,18 +1,31 @@
-"""KV transfer values both sides see: the blocks a holder keeps for a peer (``KVHold``), the
-report of a pull (``PullReport``), and the keys under which they travel in vLLM's
-``kv_transfer_params``.
+"""KV transfer values both sides see: a holder's ask to keep a prefix's blocks (``HoldRequest``),
+the blocks it keeps for a peer (``KVHold``), the report of a pull (``PullReport``), and the keys
+under which they travel in vLLM's ``kv_transfer_params`` (plain dicts there).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-HOLD_KEY = "loom_hold"  # in a holder request's params: {"tokens": n, "hold_s": s or None} to keep for a peer
-
-
+HOLD_KEY = "loom_hold"  # in a holder request's params: a HoldRequest; in its finished output: a KVHold
 PULL_KEY = "loom_pull"  # in a target request's params: a KVHold to pull from
-
-
 PULLED_KEY = "loom_pulled"  # in a finished target request's params: its PullReport
+
+
+@dataclass
+class HoldRequest:
+    """Keep the blocks of the prompt's first ``tokens`` tokens for a peer, ``hold_s`` seconds
+    (None: the engine's ``kv_hold_s``)."""
+
+    tokens: int
+    hold_s: float | None = None
+
+    def to_params(self) -> dict:
+        return {HOLD_KEY: asdict(self)}
+
+    @classmethod
+    def from_params(cls, params: dict) -> HoldRequest | None:
+        ask = params.get(HOLD_KEY)
+        return cls(**ask) if ask is not None else None
 
 
 @dataclass

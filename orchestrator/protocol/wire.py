@@ -12,6 +12,7 @@ import asyncio
 import socket
 import struct
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import msgpack
 
@@ -24,11 +25,19 @@ MAX_FRAME = 64 << 20  # a frame longer than this is a broken or foreign peer
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 5, 2, 3
 
 
+class FrameKind(StrEnum):
+    HELLO = "hello"  # body: {"token"}
+    GENERATE = "generate"  # body: a GenRequest
+    CHUNK = "chunk"  # body: a GenChunk
+    END = "end"  # the request's stream ended unfinished (aborted)
+    ERROR = "error"  # body: {"error"}
+
+
 @dataclass
 class Frame:
-    kind: str  # hello | generate | chunk | end | error
+    kind: FrameKind
     request_id: str = ""
-    body: dict | None = None  # hello: {"token"}; generate: a GenRequest; chunk: a GenChunk; error: {"error"}
+    body: dict | None = None
 
     def encode(self) -> bytes:
         payload = msgpack.packb(asdict(self), use_bin_type=True)
@@ -42,19 +51,23 @@ class Frame:
 
 
 def hello(token: str) -> Frame:
-    return Frame("hello", body={"token": token})
+    return Frame(FrameKind.HELLO, body={"token": token})
 
 
 def generate(req: GenRequest) -> Frame:
-    return Frame("generate", req.request_id, asdict(req))
+    return Frame(FrameKind.GENERATE, req.request_id, asdict(req))
 
 
 def chunk(c: GenChunk) -> Frame:
-    return Frame("chunk", c.request_id, asdict(c))
+    return Frame(FrameKind.CHUNK, c.request_id, asdict(c))
+
+
+def end(request_id: str) -> Frame:
+    return Frame(FrameKind.END, request_id)
 
 
 def error(request_id: str, e: BaseException) -> Frame:
-    return Frame("error", request_id, {"error": f"{type(e).__name__}: {e}"})
+    return Frame(FrameKind.ERROR, request_id, {"error": f"{type(e).__name__}: {e}"})
 
 
 async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
@@ -68,7 +81,8 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
     (size,) = HEADER.unpack(header)
     if size > MAX_FRAME:
         raise ValueError(f"a frame of {size} bytes (at most {MAX_FRAME})")
-    return Frame(**msgpack.unpackb(await reader.readexactly(size), raw=False))
+    d = msgpack.unpackb(await reader.readexactly(size), raw=False)
+    return Frame(**{**d, "kind": FrameKind(d["kind"])})
 
 
 def keep_alive(writer: asyncio.StreamWriter) -> None:

@@ -25,7 +25,7 @@ REPLAY_TIMEOUT_MS = 2000
 POLL_MS = 100
 
 
-def decode_batch(payload: bytes) -> list[KVEvent]:
+def parse_batch(payload: bytes) -> list[KVEvent]:
     """A ``KVEventBatch`` (msgspec: an array ``[ts, events, dp_rank?]``, each event a map tagged
     by ``type``) as the index's events; unknown event types are skipped."""
     batch = msgpack.unpackb(payload, raw=False, strict_map_key=False)
@@ -50,9 +50,13 @@ class SharedIndex:
         self.index = index
         self.lock = threading.Lock()
 
-    def holdings(self, ids: list[int], workers: list[str]) -> dict[str, int]:
+    def matched(self, ids: list[int], workers: list[str]) -> dict[str, int]:
         with self.lock:
-            return self.index.holdings(ids, workers)
+            return self.index.matched(ids, workers)
+
+    def forget(self, worker: str) -> None:
+        with self.lock:
+            self.index.forget(worker)
 
 
 class KVEventSubscriber(threading.Thread):
@@ -73,7 +77,7 @@ class KVEventSubscriber(threading.Thread):
             while not self.stopping.is_set():
                 if sub.poll(POLL_MS):
                     _, seq, payload = sub.recv_multipart()
-                    self._live(ctx, int.from_bytes(seq, "big"), decode_batch(payload))
+                    self._live(ctx, int.from_bytes(seq, "big"), parse_batch(payload))
         except Exception:
             log.exception("KV event subscriber for %s stopped", self.worker)
         finally:
@@ -107,7 +111,7 @@ class KVEventSubscriber(threading.Thread):
                 seq = int.from_bytes(frames[-2], "big")
                 if before is not None and seq >= before:
                     continue
-                events = decode_batch(frames[-1])
+                events = parse_batch(frames[-1])
                 with self.shared.lock:
                     if not self.shared.index.apply(self.worker, seq, events):  # older ones are gone
                         self.shared.index.resync(self.worker, seq, events)

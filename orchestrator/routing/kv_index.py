@@ -124,8 +124,8 @@ class KVIndex:
             view.by_hash[h] = key
             view.keys.add(key)
 
-    def holdings(self, ids: list[int], workers: list[str]) -> dict[str, int]:
-        """Per worker, the leading tokens of ``ids`` it holds (whole blocks)."""
+    def matched(self, ids: list[int], workers: list[str]) -> dict[str, int]:
+        """Per worker, the leading tokens of ``ids`` its cache holds (whole blocks)."""
         keys = block_keys(ids, self.block_size)
         return {w: self._leading(self.views.get(w), keys) for w in workers}
 

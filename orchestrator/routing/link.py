@@ -18,6 +18,9 @@ class LinkModel:
     window: int = 64
     samples: deque = field(default_factory=deque)  # (bytes, seconds)
 
+    def set_bytes_per_token(self, worker: str, n: int) -> None:
+        self.bytes_per_token[worker] = n
+
     def transfer_s(self, worker: str, tokens: int) -> float:
         return self.fixed_s + tokens * self.bytes_per_token.get(worker, 0) / self.bytes_per_s
 

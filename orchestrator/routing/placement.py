@@ -3,7 +3,7 @@
 The whole policy, in one place. For each candidate worker ``w`` and a request of ``P`` prompt
 tokens that is expected to generate ``T`` tokens:
 
-    held_w      leading prompt tokens ``w`` holds (the KV index: what the engine reported)
+    held_w      leading prompt tokens ``w``'s cache holds (the KV index: what the engine reported)
     a_w         requests in ``w``'s engine now (its last load report + what we started there
                 since, less what ended)
     cost_w  =   (1 + a_w) * (P - held_w) * prefill_w          prefill of the miss; the a_w
@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import os
 import socket
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,16 +46,18 @@ from orchestrator.protocol.engine import EngineLoad, EngineProfile
 from orchestrator.protocol.segment import Placement
 from orchestrator.routing.link import LinkModel
 
+DECISIONS_KEPT = 10_000  # the seconds of the last placement decisions, for benches and metrics
 
-class PrefixHoldings(Protocol):
-    def holdings(self, ids: list[int], workers: list[str]) -> dict[str, int]: ...
+
+class PrefixIndex(Protocol):
+    def matched(self, ids: list[int], workers: list[str]) -> dict[str, int]: ...
 
 
 @dataclass
 class Placer:
     workers: list[str]
-    index: PrefixHoldings
-    profiles: dict[str, EngineProfile]
+    index: PrefixIndex
+    profiles: dict[str, EngineProfile] = field(default_factory=dict)
     loads: dict[str, EngineLoad] = field(default_factory=dict)
     # requests started minus requests ended since the worker's last report was asked for
     sent: dict[str, int] = field(default_factory=dict)
@@ -62,15 +66,44 @@ class Placer:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     down: set[str] = field(default_factory=set)  # workers lost and not back yet: never chosen
     link: LinkModel | None = None  # KV transfer between workers; None: off (recompute what is missing)
+    decision_s: deque = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
+
+    # -- the workers
+    def add_worker(self, name: str, profile: EngineProfile, kv_bytes_per_token: int) -> None:
+        """A worker's engine is (again) up: its measured speed and KV size; it may be chosen."""
+        self.profiles[name] = profile
+        if self.link is not None:
+            self.link.set_bytes_per_token(name, kv_bytes_per_token)
+        self.down.discard(name)
+
+    def mark_down(self, name: str) -> None:
+        self.down.add(name)
 
     def live(self) -> list[str]:
         return [w for w in self.workers if w not in self.down]
 
+    def set_link(self, link: LinkModel | None) -> None:
+        """KV transfer on (a link model) or off (None)."""
+        self.link = link
+
+    def observe_transfer(self, nbytes: int, seconds: float) -> None:
+        """A pull that was done: the link model learns its cost."""
+        if self.link is not None:
+            self.link.observe(nbytes, seconds)
+
+    # -- the choice
     def place(self, ids: list[int]) -> Placement:
+        t0 = time.perf_counter()
+        try:
+            return self.choose(ids)
+        finally:
+            self.decision_s.append(time.perf_counter() - t0)
+
+    def choose(self, ids: list[int]) -> Placement:
         live = self.live()
         if not live:
             raise RuntimeError("no live worker to place on")
-        held = self.index.holdings(ids, live)
+        held = self.index.matched(ids, live)
         costs = {w: self.cost(w, len(ids), held[w]) for w in live}
         pulls = self._pull_costs(live, len(ids), held)
         options = [(c, -held[w], self.workers.index(w), w, "") for w, c in costs.items()]
@@ -121,6 +154,10 @@ class Placer:
         self.loads[worker] = load
         sent = self.sent.get(worker, 0)
         self.sent[worker] = 0 if sent_before is None else max(0, sent - sent_before)
+
+    def pending(self, worker: str) -> int:
+        """Requests we started on ``worker`` less those ended since its last load report was asked for."""
+        return self.sent.get(worker, 0)
 
     def started(self, worker: str) -> None:
         self.sent[worker] = self.sent.get(worker, 0) + 1

@@ -42,9 +42,9 @@ class StreamClient:
                 frame = await queue.get()
                 if isinstance(frame, BaseException):
                     raise frame
-                if frame.kind == "error":
+                if frame.kind == wire.FrameKind.ERROR:
                     raise WorkerRequestFailed(f"worker at {self.endpoint.host}:{self.endpoint.port}: {frame.body['error']}")
-                if frame.kind == "end":
+                if frame.kind == wire.FrameKind.END:
                     return
                 c = frame.chunk()
                 yield c

@@ -9,9 +9,7 @@ included, is a JSON body ``{"error": {"message", "type"}}``, OpenAI style: 400 b
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 
@@ -20,8 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from orchestrator.driver.job import extract_answer
-from orchestrator.driver.records import RequestError
+from orchestrator.driver.records import JobStatus, RequestError
+from orchestrator.service.chat import completion, stream_chat
 from orchestrator.service.health import Health
 from orchestrator.service.jobs import JobService
 from orchestrator.service.schema import chat_request, decode_json, job_request
@@ -74,7 +72,13 @@ def build_app(service: JobService, model_name: str, default_format: str = "threa
               max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     app = FastAPI(title="Loom", version="0.1.0")
     _error_handlers(app)
+    _job_routes(app, service, default_format, max_request_bytes)
+    _chat_routes(app, service, model_name, default_format, max_request_bytes)
+    _info_routes(app, model_name, health)
+    return app
 
+
+def _job_routes(app: FastAPI, service: JobService, default_format: str, max_request_bytes: int) -> None:
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request):
         job = job_request(await read_body(request, max_request_bytes), default_format)
@@ -97,15 +101,9 @@ def build_app(service: JobService, model_name: str, default_format: str = "threa
             return error(404, f"no job {job_id!r}")
         return record.to_json()
 
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "loom"}]}
 
-    @app.get("/healthz")
-    async def healthz():
-        state = await health() if health else Health("ok", model=model_name)
-        return JSONResponse(state.to_json(), status_code=200 if state.can_take_work else 503)
-
+def _chat_routes(app: FastAPI, service: JobService, model_name: str, default_format: str,
+                 max_request_bytes: int) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body, job = chat_request(await read_body(request, max_request_bytes), default_format)
@@ -118,11 +116,20 @@ def build_app(service: JobService, model_name: str, default_format: str = "threa
                 return StreamingResponse(stream_chat(service, record, queue, model_name, usage),
                                          media_type="text/event-stream")
             record = await service.run(job)
-        if record.status == "failed":
+        if record.status == JobStatus.FAILED:
             return error(500, record.error, "server_error")
         return completion(record, model_name)
 
-    return app
+
+def _info_routes(app: FastAPI, model_name: str, health: Callable[[], Awaitable[Health]] | None) -> None:
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "loom"}]}
+
+    @app.get("/healthz")
+    async def healthz():
+        state = await health() if health else Health("ok", model=model_name)
+        return JSONResponse(state.to_json(), status_code=200 if state.can_take_work else 503)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -150,93 +157,3 @@ def _error_handlers(app: FastAPI) -> None:
     async def _bug(_, exc: Exception):
         log.exception("unhandled error in the API")
         return error(500, f"internal error: {type(exc).__name__}", "server_error")
-
-
-def split_reasoning(text: str) -> tuple[str, str]:
-    """(reasoning, answer): the answer is what follows the reasoning (``extract_answer``); the
-    reasoning is everything before it, so that the two together are the job's text."""
-    answer = extract_answer(text)
-    at = text.rfind(answer) if answer else -1
-    return (text[:at], answer) if at >= 0 else (text, "")
-
-
-def completion(record, model_name: str) -> dict:
-    reasoning, answer = split_reasoning(record.result.get("text", ""))
-    return {
-        "id": "chatcmpl-" + record.id, "object": "chat.completion", "created": int(record.created),
-        "model": model_name,
-        "choices": [{"index": 0, "finish_reason": _finish(record),
-                     "message": {"role": "assistant", "content": answer, "reasoning": reasoning}}],
-        "usage": _usage(record),
-        "loom": {"job_id": record.id, "notes": record.notes,
-                 "critical_path_tokens": record.result.get("critical_path_tokens", 0)},
-    }
-
-
-def _finish(record) -> str:
-    return "length" if record.result.get("finish") in ("length", "budget") else "stop"
-
-
-def _usage(record) -> dict:
-    completion_tokens = (record.dag or {}).get("total_tokens", 0)
-    prompt = record.result.get("prompt_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-            "total_tokens": prompt + completion_tokens}
-
-
-class ReasoningSplitter:
-    """Passes streamed text through as reasoning up to the end-of-thinking tag; the answer
-    after it is sent once, as content, when the job ends."""
-
-    CLOSERS = ("</think>", "</Think>")
-
-    def __init__(self):
-        self.sent = ""  # the reasoning passed through so far
-        self.done = False
-
-    def reasoning(self, piece: str) -> str:
-        if self.done:
-            return ""
-        seen = self.sent + piece
-        ends = [seen.find(c) + len(c) for c in self.CLOSERS if c in seen]
-        if ends:
-            self.done = True
-            piece = seen[len(self.sent):min(ends)]
-        self.sent += piece
-        return piece
-
-
-async def stream_chat(service: JobService, record, queue: asyncio.Queue, model_name: str,
-                      include_usage: bool = False):
-    """SSE: reasoning deltas as the main context grows, then the answer, then (asked for with
-    ``stream_options.include_usage``) a usage chunk with no choices, as OpenAI's; then [DONE]."""
-    cid, created = "chatcmpl-" + record.id, int(time.time())
-
-    def sse(delta: dict, finish: str | None = None) -> str:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    yield sse({"role": "assistant", "content": ""})
-    waiter = asyncio.ensure_future(service.wait(record.id))
-    split = ReasoningSplitter()
-    while not (waiter.done() and queue.empty()):
-        try:
-            text = split.reasoning(await asyncio.wait_for(queue.get(), timeout=0.1))
-        except TimeoutError:
-            continue
-        if text:
-            yield sse({"reasoning": text})
-    final = waiter.result()
-    if final.status == "failed":
-        yield f"data: {json.dumps({'error': {'message': final.error, 'type': 'server_error'}})}\n\n"
-    else:
-        reasoning, answer = split_reasoning(final.result.get("text", ""))
-        if len(reasoning) > len(split.sent) and reasoning.startswith(split.sent):
-            yield sse({"reasoning": reasoning[len(split.sent):]})  # what followed the last streamed piece
-        yield sse({"content": answer}, _finish(final))
-        if include_usage:
-            chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
-                     "choices": [], "usage": _usage(final)}
-            yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"

@@ -5,7 +5,7 @@ lost: a record is stored (queued) before the submit call returns, and every outc
 failures included, is written back. Status changes are compare-and-set ``transition`` calls,
 so several controllers (ingress replicas) can share one store: only one of them takes a
 queued job, and a finished record is never overwritten by a stale one. While a job runs,
-its controller keeps a lease on it in the store; ``recover`` uses that to tell a job whose
+its controller keeps a heartbeat on it in the store; ``recover`` uses that to tell a job whose
 controller died from one that another live controller is still running.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from orchestrator.driver.records import JobRecord, JobRequest
-from orchestrator.service.store import TERMINAL, StoreUnavailable
+from orchestrator.driver.records import JobRecord, JobRequest, JobStatus
+from orchestrator.service.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ class Recovery:
     """What ``JobService.recover`` did, by job id."""
     resumed: list[str] = field(default_factory=list)  # queued: run again by this controller
     failed: list[str] = field(default_factory=list)  # running, controller gone: marked failed
-    live: list[str] = field(default_factory=list)  # running under a live lease: left, watched
+    live: list[str] = field(default_factory=list)  # running under a live heartbeat: left, watched
 
 
 class JobService:
-    def __init__(self, runner, store, lease_s: float = 30.0):
+    def __init__(self, runner, store, heartbeat_s: float = 30.0):
         self.runner = runner
         self.store = store
-        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
         self.tasks: dict[str, asyncio.Task] = {}
         self._watchers: set[asyncio.Task] = set()
 
@@ -69,58 +69,58 @@ class JobService:
         one the store applied but whose answer was lost with the connection (then retried, and
         refused, as the job is running) finds the job running with that same time, and so ours."""
         started = time.time()
-        claimed = await _retrying(lambda: self.store.transition(job_id, ("queued",), "running", started=started))
+        claimed = await _retrying(lambda: self.store.transition(job_id, (JobStatus.QUEUED,), JobStatus.RUNNING, started=started))
         if claimed is None:
             current = await _retrying(lambda: self.store.get(job_id))
-            if current is not None and current.status == "running" and current.started == started:
+            if current is not None and current.status == JobStatus.RUNNING and current.started == started:
                 return current
         return claimed
 
     async def _execute(self, record: JobRecord, emit) -> JobRecord | None:
-        keepalive = asyncio.create_task(self._keepalive(record.id))
+        beat = asyncio.create_task(self._beat(record.id))
         try:
             await self.runner.run(record, emit)
         except Exception as e:  # noqa: BLE001 - never lose a job: record what went wrong
-            record.status, record.error = "failed", f"{type(e).__name__}: {e}"
+            record.status, record.error = JobStatus.FAILED, f"{type(e).__name__}: {e}"
         except asyncio.CancelledError:  # shutting down: say so rather than leave it running
-            record.status, record.error = "failed", STOPPED
-            await self._finish(record)
+            record.status, record.error = JobStatus.FAILED, STOPPED
+            await self._write_back(record)
             raise
         finally:
-            keepalive.cancel()
-        return await self._finish(record)
+            beat.cancel()
+        return await self._write_back(record)
 
-    async def _finish(self, record: JobRecord) -> JobRecord | None:
+    async def _write_back(self, record: JobRecord) -> JobRecord | None:
         """running -> the runner's final status ("done" if it left none); the stored record.
         The write is retried (backoff) while the store is unreachable, for FINAL_WRITE_S."""
-        status = record.status if record.status in TERMINAL else "done"
+        status = record.status if JobStatus(record.status).terminal else JobStatus.DONE
         outcome = {name: getattr(record, name) for name in _OUTCOME}
-        stored = await _retrying(lambda: self.store.transition(record.id, ("running",), status,
+        stored = await _retrying(lambda: self.store.transition(record.id, (JobStatus.RUNNING,), status,
                                                                finished=record.finished or time.time(), **outcome))
-        with contextlib.suppress(Exception):  # the lease lapses by itself anyway
-            await self.store.lease(record.id, 0)
+        with contextlib.suppress(Exception):  # the heartbeat lapses by itself anyway
+            await self.store.heartbeat(record.id, 0)
         return stored or await self.store.get(record.id)
 
-    async def _keepalive(self, job_id: str) -> None:
+    async def _beat(self, job_id: str) -> None:
         while True:
             try:
-                await self.store.lease(job_id, self.lease_s)
+                await self.store.heartbeat(job_id, self.heartbeat_s)
             except Exception as e:  # noqa: BLE001 - the store is down: keep trying, the job goes on
-                log.warning("lease renewal for %s failed: %s", job_id, e)
-            await asyncio.sleep(self.lease_s / 3)
+                log.warning("heartbeat for %s failed: %s", job_id, e)
+            await asyncio.sleep(self.heartbeat_s / 3)
 
     async def recover(self) -> Recovery:
         """Takes over what a dead controller left in the store; call once at startup.
 
         Queued jobs are run again here (the queued->running compare-and-set lets only one
         controller take each, however many recover at once). Running jobs whose controller is
-        gone (no live lease, started over ``lease_s`` ago) are marked failed with RESTARTED, not
+        gone (no live heartbeat, started over ``heartbeat_s`` ago) are marked failed with RESTARTED, not
         re-queued: they may already have streamed output and spent budget, and the client,
-        who saw the failure, can resubmit. Running jobs under a live lease are left to their
-        controller and watched: failed the same way if the lease lapses. Nothing is deleted.
+        who saw the failure, can resubmit. Running jobs under a live heartbeat are left to their
+        controller and watched: failed the same way if the heartbeat lapses. Nothing is deleted.
         """
         out = Recovery()
-        running = await self.store.list_by_status("running", None)
+        running = await self.store.list_by_status(JobStatus.RUNNING, None)
         out.failed, out.live = await self._sweep(running)
         out.resumed = await self._resume_queued()
         if out.live:
@@ -133,29 +133,29 @@ class JobService:
         """Fails the running records whose controller is gone; returns (failed, live) ids."""
         failed, live = [], []
         for r in records:
-            if r.status != "running":
+            if r.status != JobStatus.RUNNING:
                 continue
             if await self._alive(r):
                 live.append(r.id)
-            elif await self.store.transition(r.id, ("running",), "failed", error=RESTARTED,
+            elif await self.store.transition(r.id, (JobStatus.RUNNING,), JobStatus.FAILED, error=RESTARTED,
                                              finished=time.time()):
                 failed.append(r.id)
         return failed, live
 
     async def _alive(self, record: JobRecord) -> bool:
-        return (record.id in self.tasks or record.started > time.time() - self.lease_s
-                or await self.store.leased(record.id))
+        return (record.id in self.tasks or record.started > time.time() - self.heartbeat_s
+                or await self.store.has_heartbeat(record.id))
 
     async def sweep_forever(self) -> None:
-        """Every lease_s, fails the running jobs whose controller is gone (its lease lapsed): a
+        """Every heartbeat_s, fails the running jobs whose controller is gone (its heartbeat lapsed): a
         replica that died, or a final write that never landed; and runs the queued jobs that no
-        controller took within lease_s (their claim never reached the store). Runs for the
+        controller took within heartbeat_s (their claim never reached the store). Runs for the
         service's life."""
         while True:
-            await asyncio.sleep(self.lease_s)
+            await asyncio.sleep(self.heartbeat_s)
             try:
-                failed, _ = await self._sweep(await self.store.list_by_status("running", None))
-                resumed = await self._resume_queued(older_than_s=self.lease_s)
+                failed, _ = await self._sweep(await self.store.list_by_status(JobStatus.RUNNING, None))
+                resumed = await self._resume_queued(older_than_s=self.heartbeat_s)
             except StoreUnavailable as e:
                 log.warning("sweep skipped: %s", e)
                 continue
@@ -170,7 +170,7 @@ class JobService:
         one controller take each. Returns their ids."""
         cutoff = None if older_than_s is None else time.time() - older_than_s
         started = []
-        for record in reversed(await self.store.list_by_status("queued", None)):  # oldest first
+        for record in reversed(await self.store.list_by_status(JobStatus.QUEUED, None)):  # oldest first
             if record.id not in self.tasks and (cutoff is None or record.created < cutoff):
                 self._start(record, None)
                 started.append(record.id)
@@ -178,14 +178,14 @@ class JobService:
 
     async def _watch(self, ids: list[str]) -> None:
         while ids:
-            await asyncio.sleep(self.lease_s)
+            await asyncio.sleep(self.heartbeat_s)
             records = [r for r in [await self.store.get(i) for i in ids] if r is not None]
             _, ids = await self._sweep(records)
 
     async def shutdown(self, grace_s: float = 20.0) -> None:
         """Cancels the jobs this controller runs: each is written back failed with STOPPED (and its
         engine requests aborted) within ``grace_s``; what is left then, the sweeper of another
-        controller settles once its lease lapses. The budget calls their ends sent (each closes
+        controller settles once its heartbeat lapses. The budget calls their ends sent (each closes
         its job's account, freeing its thread slots) are waited for too."""
         tasks = list(self.tasks.values()) + list(self._watchers)
         for task in tasks:
@@ -193,7 +193,7 @@ class JobService:
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.runner.budget.drain(), grace_s)
+            await asyncio.wait_for(self.runner.drain(), grace_s)
 
     async def wait(self, job_id: str) -> JobRecord | None:
         task = self.tasks.get(job_id)

@@ -2,8 +2,8 @@
 
 Context crosses every Ray and Serve hop explicitly as a W3C ``traceparent`` carrier (a
 plain dict in the request dataclasses), not through Ray's tracing hook. Attributes follow
-the gen_ai semantic conventions plus Loom's own ``loom.*``. Prompt and output text are
-recorded only when LOOM_TRACE_CONTENT=1. Export is chosen by the standard variables:
+the gen_ai semantic conventions plus Loom's own ``loom.*``; no prompt or output text is
+recorded. Export is chosen by the standard variables:
 OTEL_TRACES_EXPORTER=otlp (OTEL_EXPORTER_OTLP_ENDPOINT, ...) | console | none (default).
 """
 from __future__ import annotations
@@ -78,10 +78,6 @@ def set_attrs(s, **attrs) -> None:
     for key, value in attrs.items():
         if value is not None:
             s.set_attribute(key.replace("__", "."), value)
-
-
-def content_enabled() -> bool:
-    return os.environ.get("LOOM_TRACE_CONTENT", "") in ("1", "true", "yes")
 
 
 def attach(carrier: dict | None):

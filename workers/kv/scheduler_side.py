@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from orchestrator.protocol.kv import HOLD_KEY, PULL_KEY, KVHold
+from orchestrator.protocol.kv import HOLD_KEY, PULL_KEY, HoldRequest, KVHold
 
 
 @dataclass
@@ -80,12 +80,12 @@ class SchedulerSide:
         params = request.kv_transfer_params or {}
         if PULL_KEY in params:
             self.plan.releases.append(KVHold.from_dict(params.pop(PULL_KEY)))
-        if HOLD_KEY in params and stopped_normally:
-            ask = params[HOLD_KEY]  # {"tokens": n, "hold_s": seconds or None}
-            n = min(int(ask["tokens"]), len(request.prompt_token_ids)) // self.block_size
+        ask = HoldRequest.from_params(params)
+        if ask is not None and stopped_normally:
+            n = min(int(ask.tokens), len(request.prompt_token_ids)) // self.block_size
             n = min(n, len(block_ids))
             if n > 0:
-                hold_s = float(ask.get("hold_s") or self.hold_s)
+                hold_s = float(ask.hold_s or self.hold_s)
                 self.plan.holds[request.request_id] = hold_s
                 hold = KVHold(self.me.name, self.me.host, self.me.port, request.request_id, block_ids[:n],
                               n * self.block_size, self.block_bytes, hold_s)

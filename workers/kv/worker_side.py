@@ -58,7 +58,7 @@ class BlockPages:
         if device.type == "cuda":
             torch.cuda.set_device(device)
 
-    def settle(self) -> None:
+    def synchronize(self) -> None:
         """Waits for this thread's copies (CUDA runs them asynchronously; CPU has nothing to wait)."""
         device = self.layers[0].device
         if device.type == "cuda":
@@ -178,7 +178,7 @@ class WorkerSide:
             return Reply(False, f"hold {msg.transfer} expired or was released")
         self.pages.enter_thread()
         staged = self.pages.gather(msg.block_ids)
-        self.pages.settle()
+        self.pages.synchronize()
         self.pool.submit(self._send, msg, group, staged)
         return Reply(True, shape=list(staged.shape), dtype=str(staged.dtype).removeprefix("torch."))
 
@@ -223,7 +223,7 @@ class WorkerSide:
             self._forget(hold, key)
             raise
         self.pages.scatter(spec.local_block_ids, staged)
-        self.pages.settle()  # written before vLLM is told the blocks are ready
+        self.pages.synchronize()  # written before vLLM is told the blocks are ready
         return staged.numel() * staged.element_size()
 
     def _group_with(self, hold: KVHold) -> str:

@@ -166,11 +166,11 @@ args (the same mapping `loom serve --config` builds). */}}
 {{- end }}
 {{- end }}
 
-{{/* A Ray container's securityContext: SYS_NICE while loom.engine_core_nice is set, so that a
+{{/* A Ray container's securityContext: SYS_NICE while loom.engine.core_nice is set, so that a
 worker may run vLLM's engine core above the niceness Ray starts its workers at (15); lowering
-a process's niceness needs that capability. Empty when engine_core_nice is null. */}}
+a process's niceness needs that capability. Empty when engine.core_nice is null. */}}
 {{- define "loom.securityContext" -}}
-{{- if not (kindIs "invalid" .Values.loom.engine_core_nice) }}
+{{- if not (kindIs "invalid" .Values.loom.engine.core_nice) }}
 securityContext:
   capabilities:
     add: ["SYS_NICE"]
