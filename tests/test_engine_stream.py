@@ -1,5 +1,5 @@
-"""A worker's engine stream (workers/stream_server.py, orchestrator/stream_client.py, the frames
-of orchestrator/wire.py) over a real local socket, with a scripted engine: requests multiplexed
+"""A worker's engine stream (workers/stream_server.py, orchestrator/routing/stream_client.py, the frames
+of orchestrator/protocol/wire.py) over a real local socket, with a scripted engine: requests multiplexed
 on one connection each get their own chunks in order; an engine's error fails only its request;
 a dead worker fails every request on it with WorkerLost; a driver that goes away takes its
 requests with it; a connection without the worker's token gets nothing."""

@@ -1,4 +1,4 @@
-"""/healthz's verdict from what the workers and the coordinator answered (orchestrator/health.py)."""
+"""/healthz's verdict from what the workers and the coordinator answered (orchestrator/service/health.py)."""
 import pytest
 
 from orchestrator.service.health import assess

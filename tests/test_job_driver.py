@@ -1,4 +1,4 @@
-"""The job driver's control flow (orchestrator/job.py) without Ray or vLLM: a scripted model
+"""The job driver's control flow (orchestrator/driver/) without Ray or vLLM: a scripted model
 stands in for the engines and the budget is a real Ledger in this process.
 
 The scripted model knows whole documents (what the model writes sequentially) and continues any

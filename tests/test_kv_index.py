@@ -1,4 +1,4 @@
-"""The KV index (orchestrator/kv_index.py): what each engine reported, keyed the same everywhere."""
+"""The KV index (orchestrator/routing/kv_index.py): what each engine reported, keyed the same everywhere."""
 from __future__ import annotations
 
 from orchestrator.routing.kv_index import AllBlocksCleared, BlockRemoved, BlockStored, KVIndex, block_keys

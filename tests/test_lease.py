@@ -1,4 +1,4 @@
-"""A thread's token lease (orchestrator/lease.py) over a real Ledger: few budget calls per
+"""A thread's token lease (orchestrator/budget/lease.py) over a real Ledger: few budget calls per
 thread, exact usage, and a job's total held across threads that stream at once."""
 from __future__ import annotations
 

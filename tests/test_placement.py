@@ -1,4 +1,4 @@
-"""The placement cost model (orchestrator/placement.py), case by case: exact choices from known
+"""The placement cost model (orchestrator/routing/placement.py), case by case: exact choices from known
 holdings, loads and engine profiles (numbers of the order measured on this project's CPU)."""
 from __future__ import annotations
 

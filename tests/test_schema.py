@@ -1,5 +1,5 @@
 """The door: every class of bad input gets a RequestError naming the problem, every good one a
-JobRequest. Plain Python (orchestrator/schema.py), no server; the same bodies against the real
+JobRequest. Plain Python (orchestrator/service/schema.py), no server; the same bodies against the real
 app are in test_front_door_integration.py."""
 from __future__ import annotations
 

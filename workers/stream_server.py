@@ -1,6 +1,6 @@
-"""A worker's engine requests served over its own TCP socket (orchestrator/wire.py), not as Ray
-actor calls: a Ray call and a Ray object per streamed chunk cost the driver 1.5 ms a request on
-an idle 2-core machine and several under load, the socket 0.03 ms (docs/architecture.md).
+"""A worker's engine requests served over its own TCP socket (orchestrator/protocol/wire.py), not
+as Ray actor calls: a Ray call and a Ray object per streamed chunk cost far more than a frame
+(docs/experiments.md).
 
 Each connection first presents the worker's token; each ``generate`` frame then runs as a task
 of its own, its chunks written back as they come. A connection that closes takes its requests

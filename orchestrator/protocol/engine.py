@@ -17,7 +17,7 @@ class KVEndpoints:
 
 @dataclass(frozen=True)
 class StreamEndpoint:
-    """Where a worker serves its engine's requests (orchestrator/wire.py), and the token a
+    """Where a worker serves its engine's requests (orchestrator/protocol/wire.py), and the token a
     connection must present."""
 
     host: str

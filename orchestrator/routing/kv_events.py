@@ -5,7 +5,7 @@ and keeps recent ones for replay on a ROUTER socket (vllm/distributed/kv_events.
 ``ZmqEventPublisher``). A ``KVEventSubscriber`` connects to both, asks for a replay from the
 first batch its index lacks, then follows the live stream; a gap in the numbering is filled
 by another replay, or, where the engine no longer has those batches, by a resync of that
-worker's view (orchestrator/kv_index.py). Every ingress replica and driver runs its own
+worker's view (routing/kv_index.py). Every ingress replica and driver runs its own
 subscribers, so each has the same view without a round trip per placement.
 """
 from __future__ import annotations

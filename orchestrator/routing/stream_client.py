@@ -1,4 +1,4 @@
-"""The driver's side of a worker's engine stream (orchestrator/wire.py; the worker's side is
+"""The driver's side of a worker's engine stream (orchestrator/protocol/wire.py; the worker's side is
 workers/stream_server.py): one connection per worker and event loop, requests multiplexed on it.
 
 A broken connection (the worker's process died, or cannot be reached; a worker gone without

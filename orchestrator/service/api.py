@@ -3,7 +3,7 @@
 Routes: POST /v1/jobs, GET /v1/jobs, GET /v1/jobs/{id}, POST /v1/chat/completions (SSE
 with ``stream: true``), GET /v1/models, GET /healthz. Every error, FastAPI's own 404/405
 included, is a JSON body ``{"error": {"message", "type"}}``, OpenAI style: 400 bad input
-(orchestrator/schema.py names the field), 404 unknown job/model/route, 405, 413 a body over
+(service/schema.py names the field), 404 unknown job/model/route, 405, 413 a body over
 ``max_request_bytes``, 503 while the service cannot take work.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The control messages between Loom's KV connectors (msgpack on the side channel). The values
 that also reach the engine client (``KVHold``, ``PullReport``, the params keys) live in
-orchestrator/generation.py, which both sides import.
+orchestrator/protocol/kv.py, which both sides import.
 
 The protocol (vLLM's NixlConnector pull protocol, with Loom's names):
 
