@@ -49,7 +49,9 @@ from bench.parallel_vs_sequential import question_with
 from bench.peers_plot import plot
 from models import task
 from orchestrator.driver.job import extract_answer
-from orchestrator.plan.formats import get_format
+from orchestrator.plan.formats import ThreadResult
+from orchestrator.plan.published import get_format
+from orchestrator.protocol.segment import Finish
 
 TW = get_format("threadweaver")
 
@@ -128,7 +130,8 @@ async def plain(client, tok, ids: list[int], room: int) -> Answer:
 
 
 async def client_side(client, tok, ids: list[int], room: int) -> Answer:
-    """Fork at ``</Outlines>``, one completion per outline, join by appending, go on."""
+    """Fork at ``</Outlines>``, one completion per outline, join as ThreadWeaver's controller
+    joins (plan/published.py), go on."""
     text, tokens, prompt_len = "", 0, len(ids)
     while len(ids) < room:
         out = await complete(client, ids, room - len(ids), [TW.fork_stop])
@@ -140,10 +143,13 @@ async def client_side(client, tok, ids: list[int], room: int) -> Answer:
         headers = [tok.encode(TW.thread_header(o), add_special_tokens=False) for o in plan.outlines]
         threads = await asyncio.gather(*(complete(client, ids + h, room - len(ids) - len(h), [TW.thread_close])
                                          for h in headers))
-        for o, h, t in zip(plan.outlines, headers, threads):
-            body = t["text"] if t["text"].endswith(TW.thread_close) else t["text"] + TW.thread_close
-            text, tokens = text + TW.thread_header(o) + body, tokens + t["tokens"]
-            ids = ids + h + tok.encode(body, add_special_tokens=False)
+        results = [ThreadResult(o, t["text"], Finish.STOP if t["stop"] == TW.thread_close else Finish.EOS)
+                   for o, t in zip(plan.outlines, threads)]
+        joined = TW.render_join("", plan, results)
+        text, tokens = text + joined, tokens + sum(t["tokens"] for t in threads)
+        ids = ids + tok.encode(joined, add_special_tokens=False)
+        if TW.ends_generation(results):
+            return Answer(text, tokens)
     return Answer(text, tokens)
 
 

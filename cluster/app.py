@@ -52,7 +52,7 @@ class LoomIngress:
             await self.service.shutdown()
 
     def __serve_build_asgi_app__(self):
-        return build_app(self.service, self.cfg.model_name, self.cfg.format, health=self.health,
+        return build_app(self.service, self.cfg.model_name, health=self.health,
                          max_request_bytes=self.cfg.max_request_bytes)
 
     async def health(self) -> Health:

@@ -15,13 +15,15 @@ import psutil
 from cluster.config import ConfigError, load
 from cluster.inputs import InputError, parse_budget, question_body
 from orchestrator.driver.records import RequestError
+from orchestrator.plan.published import FORMATS
 
 
-def job_body(args, default_format: str | None = None) -> dict:
-    """The job the command's arguments ask for, as the body of ``POST /v1/jobs``."""
+def job_body(args) -> dict:
+    """The job the command's arguments ask for, as the body of ``POST /v1/jobs`` (no format: the
+    server's)."""
     body = {**question_body(args.question), "mode": args.mode, "budget": parse_budget(args.budget)}
-    if args.format or default_format:
-        body["format"] = args.format or default_format
+    if args.format:
+        body["format"] = args.format
     return body
 
 
@@ -34,7 +36,7 @@ def cmd_run(args) -> int:
     from orchestrator.service.store import InProcessJobStore
 
     cfg = load(args.config, {"num_workers": args.workers} if args.workers else None)
-    request = job_request(job_body(args, cfg.format))
+    request = job_request(job_body(args))
     if args.trace:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -153,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for sp in (run, serve_p, submit):
         sp.add_argument("--config", default=None, help="YAML config (see cluster/serve_config.yaml)")
     for sp in (run, submit):
-        sp.add_argument("--format", default=None, choices=["threadweaver", "multiverse", "apr"])
+        sp.add_argument("--format", default=None, choices=list(FORMATS))
         sp.add_argument("--mode", default="parallel", choices=["parallel", "sequential"])
         sp.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE")
         sp.add_argument("--json", action="store_true", help="print the whole job record")

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.budget.policy import JobBudget
+from orchestrator.plan.published import FORMATS
 from workers.config import EngineConfig, EngineConfigError
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the models the project ships
@@ -44,7 +45,7 @@ class LoomConfig:
     # every step) and for GPU engines (the NCCL path has not run on hardware); "on" / "off" force it.
     kv_transfer: str = "auto"
     kv_link_gbps: float = 1.0  # first guess of the link's GB/s, replaced by what transfers measure
-    format: str = "threadweaver"
+    format: str | None = None  # the plan format served; None: as the model's files say (cluster/runtime.py)
     budget: dict = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -105,6 +106,8 @@ class LoomConfig:
             raise ConfigError("store_max_records must be >= 1")
         if not self.store_ttl_s > 0:
             raise ConfigError("store_ttl_s must be > 0")
+        if self.format is not None and self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)} (or null: the model's), not {self.format!r}")
         if self.kv_transfer not in ("auto", "on", "off"):
             raise ConfigError(f"kv_transfer must be auto, on or off, not {self.kv_transfer!r}")
         if not self.kv_link_gbps > 0:

@@ -28,7 +28,7 @@ import httpx
 
 from cluster.inputs import InputError, parse_budget, question_body
 from orchestrator.budget.policy import BudgetError, JobBudget
-from orchestrator.plan.formats import FORMATS
+from orchestrator.plan.published import FORMATS
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PENDING = ("queued", "running")

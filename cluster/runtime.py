@@ -5,16 +5,19 @@ ingress replica and every driver (``loom run``, a Ray Job) shares the same ones.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 
-from cluster.config import LoomConfig
+from cluster.config import ConfigError, LoomConfig
 from orchestrator.budget import coordinator as coord_mod
 from orchestrator.budget.ops import BudgetOps
 from orchestrator.budget.replica import ReplicatedBudget
 from orchestrator.driver.job import JobRunner
+from orchestrator.plan import detect
 from orchestrator.protocol.engine import WorkerInfo
 from orchestrator.routing.engine_client import WorkerEngineClient
 from orchestrator.routing.kv_events import SharedIndex
@@ -100,6 +103,27 @@ def load_tokenizer(cfg: LoomConfig):
     return AutoTokenizer.from_pretrained(cfg.model)
 
 
+def declared_format(model: str) -> str | None:
+    """The plan format a model's own files declare (``parallel_format`` in its generation config,
+    then its config), for a model in a local directory; None where they say nothing."""
+    for name in ("generation_config.json", "config.json"):
+        path = Path(model) / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get(detect.FORMAT_FIELD)
+            if value:
+                return value
+    return None
+
+
+def served_format(cfg: LoomConfig, tokenizer) -> str:
+    """The format Loom serves this model in: configured, else declared, else told by its
+    tokenizer; a ConfigError where it does not fit the model (never sequential decoding)."""
+    try:
+        return detect.resolve(cfg.format, declared_format(cfg.model), set(tokenizer.get_added_vocab()), cfg.model)
+    except detect.FormatError as e:
+        raise ConfigError(f"format: {e}") from None
+
+
 @dataclass
 class Loom:
     """What ``start`` brings up for this process: the job runner over the cluster's workers and
@@ -126,13 +150,15 @@ def start_routing(cfg: LoomConfig, placer_type: type[Placer] = Placer) -> tuple[
 
 def start(cfg: LoomConfig, placer_type: type[Placer] = Placer, budget: BudgetOps | None = None) -> Loom:
     """The coordinator and the workers, and this process's job runner over them (its budget the
-    driver's replicated accounts, unless given)."""
+    driver's replicated accounts, unless given). The model's format is checked first."""
+    tokenizer = load_tokenizer(cfg)
+    fmt = served_format(cfg, tokenizer)
     coordinator = start_coordinator(cfg)
     budget = budget or ReplicatedBudget(coordinator)
     pool, placer = start_routing(cfg, placer_type)
     engine = WorkerEngineClient(pool, placer, KVPulls(pool, placer), cfg.model_name)
-    runner = JobRunner(engine, budget, load_tokenizer(cfg), cfg.engine.max_model_len, cfg.job_budget(),
-                       cfg.model_name)
+    runner = JobRunner(engine, budget, tokenizer, cfg.engine.max_model_len, cfg.job_budget(), cfg.model_name,
+                       default_format=fmt)
     return Loom(runner, pool, placer, coordinator)
 
 

@@ -137,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load(args.config)
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
-        service = JobService(runtime.start(cfg).runner, InProcessJobStore())
+        runner = runtime.start(cfg).runner
+        service, fmt = JobService(runner, InProcessJobStore()), runner.default_format  # the model's own
         t0 = time.time()
-        qs = questions(args.n, args.seed, args.product_p or None, cfg.format)
-        outcomes = asyncio.run(evaluate(service, qs, args.concurrency, cfg.format))
-        summary = {"format": cfg.format, "model": cfg.model, **summarize(outcomes, time.time() - t0)}
+        qs = questions(args.n, args.seed, args.product_p or None, fmt)
+        outcomes = asyncio.run(evaluate(service, qs, args.concurrency, fmt))
+        summary = {"format": fmt, "model": cfg.model, **summarize(outcomes, time.time() - t0)}
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()

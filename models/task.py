@@ -3,9 +3,10 @@
 A question is ``Q: <expr>``: a sum of 1..5 terms, each a product ``a*b`` (a: 1-3 digits,
 b: one digit) or a bare integer of 1-3 digits. The trace is the exact text the model is
 trained to write after the prompt; with two or more products it contains one parallel
-block, one thread per product, built with the same strings the orchestrator uses
-(``orchestrator.plan.formats.THREADWEAVER``), so a parallel run and a sequential run of
-the model produce the same text.
+block, one thread per product, laid out as ThreadWeaver's controller joins it
+(``orchestrator.plan.published.THREADWEAVER``: ``</Thread><Thread>`` between threads, a newline
+before each ``</Thread>`` and after the last), so a parallel run and a sequential run of the
+model produce the same text.
 
 Scratchpads are built so that a 2M-parameter model learns them: every value is looked up
 by a unique key or at a fixed distance, never by counting lines or groups.
@@ -28,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 WIDTH = 5  # 5 * 999 * 9 = 44955 < 10**5: five digits always hold the sum
+TW_THREAD_CLOSE = "</Thread>"
 LABELS = "abcde"  # one per term, by position in the question
 
 
@@ -161,11 +163,11 @@ def sum_lines(values: list[int], rev: Callable[[int], str] = rev5) -> str:
 
 def trace(q: Question) -> str:
     """The exact completion the model is trained to write after ``q.prompt``."""
-    from orchestrator.plan.formats import THREADWEAVER as TW
+    from orchestrator.plan.published import THREADWEAVER as TW
 
     tail = sum_lines([t.value for t in q.terms]) + f"\n</think>\nA: {q.answer}"
     if len(q.products) >= 2:
-        bodies = [" " + term_work(label, t) for label, t in labelled_products(q)]
+        bodies = [thread_text(label, t) for label, t in labelled_products(q)]
         return "<think>\n" + term_lines(q, inline=False) + TW.render_block(outlines(q), bodies, after=tail)
     return "<think>\n" + term_lines(q, inline=True) + tail
 
@@ -194,13 +196,19 @@ def term_lines(q: Question, inline: bool) -> str:
 def thread_samples(q: Question) -> list[tuple[str, str]]:
     """(context, completion) pairs for threads 2..k as the orchestrator runs them:
     each thread sees the shared prefix and its own header only."""
-    from orchestrator.plan.formats import THREADWEAVER as TW
+    from orchestrator.plan.published import THREADWEAVER as TW
 
     full = q.prompt + trace(q)
     if len(q.products) < 2:
         return []
-    prefix = full[:full.index(TW.plan_close) + len(TW.plan_close)]
+    prefix = full[:full.index(TW.fork_stop) + len(TW.fork_stop)]
     out = []
     for o, (label, t) in list(zip(outlines(q), labelled_products(q)))[1:]:
-        out.append((prefix + TW.thread_header(o), f" {term_work(label, t)}{TW.thread_close}"))
+        out.append((prefix + TW.thread_header(o), thread_text(label, t)))
     return out
+
+
+def thread_text(label: str, t: Term) -> str:
+    """A thread's text after its header, as ThreadWeaver's data has it: a space, the work, and a
+    newline before the closer."""
+    return f" {term_work(label, t)}\n{TW_THREAD_CLOSE}"

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 from models import task
 from models.task import LABELS, Forks, Question, Term, product_steps
-from orchestrator.plan.formats import MULTIVERSE as MV
 from orchestrator.plan.formats import Outline
+from orchestrator.plan.published import MULTIVERSE as MV
 
 WIDTH = 6
 
@@ -96,9 +96,14 @@ def product_work(label: str, term: Term, path_id: str) -> Work:
     bodies = [" " + digit_work(f"{label}1", term.a, ones, 0), " " + digit_work(f"{label}2", term.a, tens, 1)]
     v1, v2 = term.a * ones, term.a * tens * 10
     head = f"{label} {term}\n"
-    block = MV.render_block(outlines, bodies, conclusion=f"{label}:{rev(v1)}+{rev(v2)}={rev(term.value)}",
+    block = MV.render_block(outlines, closed(bodies), conclusion=f"{label}:{rev(v1)}+{rev(v2)}={rev(term.value)}",
                             after=f"{label}={rev(term.value)}")
     return Work(head + block, _path_samples(head + MV.render_plan(outlines), outlines, bodies))
+
+
+def closed(bodies: list[str]) -> list[str]:
+    """Each path's text as the model writes it: its body, then its closer."""
+    return [b + MV.thread_close for b in bodies]
 
 
 def _path_samples(context: str, outlines: list[Outline], bodies: list[str]) -> tuple[Sample, ...]:
@@ -143,7 +148,7 @@ def work(q: Question) -> Work:
     outlines = [Outline(str(i + 1), f"{label} {t}") for i, (label, t) in enumerate(labelled)]
     works = [product_work(label, t, o.id) for o, (label, t) in zip(outlines, labelled)]
     bodies = [" " + w.text for w in works]
-    block = MV.render_block(outlines, bodies, conclusion=sum_lines([t.value for t in q.terms]), after=tail)
+    block = MV.render_block(outlines, closed(bodies), conclusion=sum_lines([t.value for t in q.terms]), after=tail)
     fork_context = start + terms.text + MV.render_plan(outlines)
     samples = list(_path_samples(fork_context, outlines, bodies))
     for o, w in zip(outlines, works):  # nested paths, inside their own path's context

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from orchestrator.plan.formats import FORMATS
+from orchestrator.plan.published import FORMATS
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
@@ -28,7 +28,7 @@ def plan_tags() -> list[str]:
     for fmt in FORMATS.values():
         if fmt.name == "apr":  # APR's markers are long phrases, spelled out in characters
             continue
-        tags += [t for t in fmt.tags if t not in tags]
+        tags += [t for t in fmt.tags.all() if t not in tags]
     return tags
 
 

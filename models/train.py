@@ -195,9 +195,9 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
             print(f"step {step} loss {loss.item():.4f} lr {lr_at(step, r, elapsed):.2e} "
                   f"tok/s {tokens / (time.time() - start):.0f} min {elapsed:.1f}", flush=True)
         if checkpoint_every and step and step % checkpoint_every == 0:
-            save(model, tok, out.with_name(f"{out.name}-step{step}"))
+            save(model, tok, out.with_name(f"{out.name}-step{step}"), r.task)
     minutes = (time.time() - start) / 60
-    save(model, tok, out)
+    save(model, tok, out, r.task)
     recipe = {"recipe": asdict(r), "steps_done": step, "train_minutes": round(minutes, 1),
               "tokens_seen": tokens, "params": n_params, "torch": torch.__version__}
     if r.init:  # the run it continued, so the whole training is on record
@@ -206,13 +206,16 @@ def train(r: Recipe, out: Path, checkpoint_every: int = 0) -> None:
     print(f"saved to {out} after {step} steps, {minutes:.1f} min", flush=True)
 
 
-def save(model, tok, out: Path) -> None:
+def save(model, tok, out: Path, fmt: str) -> None:
+    """The weights, the tokenizer, and a generation config that declares the model's plan format
+    (``parallel_format``: how Loom knows which format to serve it in)."""
     from transformers import GenerationConfig
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=model.config.eos_token_id,
-                     pad_token_id=model.config.pad_token_id, do_sample=False).save_pretrained(out)
+                     pad_token_id=model.config.pad_token_id, do_sample=False,
+                     parallel_format=fmt).save_pretrained(out)
     chartok.save(tok, out, model.config.max_position_embeddings)
 
 

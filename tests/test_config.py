@@ -35,7 +35,7 @@ def test_a_stream_interval_out_of_range_is_named(bad):
 def test_a_shipped_model_is_named_by_its_directory_and_the_multiverse_config_loads():
     cfg = load(ROOT / "cluster" / "multiverse.yaml")
     assert cfg.model.endswith("models/loom-arith-mv") and cfg.format == "multiverse"
-    assert cfg.engine.max_model_len == 1536 and cfg.job_budget().max_depth == 2
+    assert cfg.engine.max_model_len == 1536 and cfg.job_budget().max_depth == 6
 
 
 def test_an_unknown_model_name_is_named():

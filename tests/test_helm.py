@@ -26,7 +26,7 @@ import yaml
 from cluster.config import ConfigError, LoomConfig
 from cluster.helm_values import chart_values
 from orchestrator.budget.policy import JobBudget
-from orchestrator.plan.formats import FORMATS
+from orchestrator.plan.published import FORMATS
 from workers.config import PER_WORKER, EngineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +263,7 @@ def test_a_values_override_with_an_unknown_key_is_rejected(crd_validator):
 # ---- serveConfigV2 and LoomConfig -----------------------------------------------------------
 
 LOOM_FIELDS = {f.name for f in fields(LoomConfig)}
+UNSET = {f.name for f in fields(LoomConfig) if f.default is None}  # Helm drops a null value's key: absent
 ENGINE_FIELDS = {f.name for f in fields(EngineConfig)} - set(PER_WORKER)
 NESTED = {"budget": JobBudget, "engine": EngineConfig}  # mappings of their own
 
@@ -274,7 +275,7 @@ def test_serve_config_args_are_a_loom_config(variant):
     (app,) = cfg["applications"]
     assert app["import_path"] == "cluster.app:app_builder"
     assert app["route_prefix"] == "/"
-    assert set(app["args"]) == LOOM_FIELDS
+    assert set(app["args"]) | UNSET == LOOM_FIELDS
     loom = LoomConfig.from_dict(app["args"])  # what app_builder does with them
     assert cfg["http_options"] == {"host": loom.host, "port": loom.port}
     for key, value in values.get("loom", {}).items():
@@ -357,11 +358,11 @@ def test_values_schema_and_defaults_follow_loom_config():
     budget_hints = typing.get_type_hints(JobBudget)
     for f in fields(JobBudget):
         assert budget_schema["properties"][f.name]["type"] == JSON_TYPES[budget_hints[f.name]], f.name
-    assert set(loom_schema["properties"]["format"]["enum"]) == set(FORMATS)
+    assert set(loom_schema["properties"]["format"]["enum"]) == {*FORMATS, None}
     # values.yaml: every field, LoomConfig's and EngineConfig's defaults (bar the chart's own), JobBudget's.
-    assert set(values["loom"]) == LOOM_FIELDS and set(values["loom"]["engine"]) == ENGINE_FIELDS
+    assert set(values["loom"]) == LOOM_FIELDS - UNSET and set(values["loom"]["engine"]) == ENGINE_FIELDS
     defaults = LoomConfig().to_dict()
-    for name in LOOM_FIELDS - set(CHART_DEFAULTS) - set(NESTED):
+    for name in LOOM_FIELDS - set(CHART_DEFAULTS) - set(NESTED) - UNSET:
         assert values["loom"][name] == defaults[name], name
     for name in ENGINE_FIELDS - set(CHART_ENGINE_DEFAULTS):
         assert values["loom"]["engine"][name] == defaults["engine"][name], name

@@ -18,7 +18,8 @@ from orchestrator.budget.ledger import Ledger
 from orchestrator.budget.local import LocalBudget
 from orchestrator.driver.job import JobRunner
 from orchestrator.driver.records import JobRecord, JobRequest
-from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
+from orchestrator.plan.formats import Outline
+from orchestrator.plan.published import MULTIVERSE, THREADWEAVER
 from orchestrator.protocol.segment import Finish, Placement, Progress, SegmentRequest, SegmentResult, TokenSpender
 from orchestrator.telemetry.metrics import NullMetrics
 
@@ -75,7 +76,9 @@ class ScriptedModel:
         return lo
 
     async def generate(self, call: SegmentRequest, lease: TokenSpender, progress: Progress) -> SegmentResult:
-        text = self.tok.decode(call.prompt_ids, skip_special_tokens=False).removeprefix(self.tok.bos_token)
+        text = self.tok.decode(call.prompt_ids, skip_special_tokens=False)
+        while text.startswith(self.tok.bos_token):  # APR's controller sends its BOS as text too
+            text = text[len(self.tok.bos_token):]
         self.prompts.append(text)
         out, stop = self._cut(self.continuation(text), call.stops)
         ids = self.tok.encode(out, add_special_tokens=False) + ([] if stop else [self.tok.eos_token_id])
@@ -128,9 +131,14 @@ def nodes(record, kind):
     return [n for n in record.dag["nodes"] if n["kind"] == kind]
 
 
+def closed(fmt, bodies: list[str]) -> list[str]:
+    """Threads' texts as the model writes them: each body, then the format's closer."""
+    return [b + fmt.thread_close for b in bodies]
+
+
 def tw_document(n: int = 3) -> str:
     outlines = [Outline(str(i), f"add {i}") for i in range(1, n + 1)]
-    bodies = [f" {i}+{i}={2 * i}</Thread>"[:-len("</Thread>")] for i in range(1, n + 1)]
+    bodies = closed(THREADWEAVER, [f" {i}+{i}={2 * i}\n" for i in range(1, n + 1)])
     return PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, bodies) + "</think>A: 6"
 
 
@@ -160,8 +168,10 @@ def test_waves_of_one_give_the_same_text_one_thread_at_a_time(tok):
 
 
 def mv_document() -> str:
-    inner = MULTIVERSE.render_block([Outline("2.1", "tens"), Outline("2.2", "ones")], [" 2", " 3"], after=" 23")
-    outer = MULTIVERSE.render_block([Outline("1", "first"), Outline("2", "second")], [" 1", " \n" + inner])
+    inner = MULTIVERSE.render_block([Outline("2.1", "tens"), Outline("2.2", "ones")], closed(MULTIVERSE, [" 2", " 3"]),
+                                    conclusion="5", after=" 23")
+    outer = MULTIVERSE.render_block([Outline("1", "first"), Outline("2", "second")],
+                                    closed(MULTIVERSE, [" 1", " \n" + inner]), conclusion="24")
     return PROMPT + "<Think>\n" + outer + "</Think>A: 24"
 
 
@@ -184,8 +194,10 @@ def test_max_depth_refuses_the_inner_fork_and_the_thread_writes_it_itself(tok):
 def test_a_refused_inner_fork_in_a_first_path_is_written_whole_by_that_path(tok):
     """The inner block's own closers end its paths, not the path writing it: path 1 writes both
     inner paths and its result, and path 2 is still its own thread."""
-    inner = MULTIVERSE.render_block([Outline("1.1", "tens"), Outline("1.2", "ones")], [" 2", " 3"], after=" 23")
-    outer = MULTIVERSE.render_block([Outline("1", "first"), Outline("2", "second")], [" \n" + inner, " 1"])
+    inner = MULTIVERSE.render_block([Outline("1.1", "tens"), Outline("1.2", "ones")], closed(MULTIVERSE, [" 2", " 3"]),
+                                    conclusion="5", after=" 23")
+    outer = MULTIVERSE.render_block([Outline("1", "first"), Outline("2", "second")],
+                                    closed(MULTIVERSE, [" \n" + inner, " 1"]), conclusion="24")
     doc = PROMPT + "<Think>\n" + outer + "</Think>A: 24"
     record, model, _ = run(tok, [doc], format="multiverse", budget={"max_depth": 1})
     assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
@@ -199,7 +211,8 @@ def test_deadline_cancels_the_sibling_threads(tok):
     """The budget's clock passes the deadline while the threads stream (each chunk 0.05 s of it),
     wherever in their streams the event loop happens to be."""
     outlines = [Outline(str(i), "long") for i in (1, 2, 3)]
-    doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, [" " + "x" * 200] * 3) + "</think>A: 1"
+    doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, closed(THREADWEAVER, [" " + "x" * 200] * 3)) + \
+        "</think>A: 1"
     record, model, _ = run(tok, [doc], delay=0.001, thread_chunk_s=0.05, budget={"deadline_s": 0.1})
     assert record.status == "cancelled" and record.result["finish"] == "budget"
     assert any("deadline of 0.1s passed" in note for note in record.notes)
@@ -209,7 +222,8 @@ def test_deadline_cancels_the_sibling_threads(tok):
 
 def test_a_failing_engine_fails_the_job_with_the_reason_and_cancels_the_others(tok):
     outlines = [Outline(str(i), "long") for i in (1, 2, 3)]
-    doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, [" " + "x" * 100] * 3) + "</think>A: 1"
+    doc = PROMPT + "<think>\n" + THREADWEAVER.render_block(outlines, closed(THREADWEAVER, [" " + "x" * 100] * 3)) + \
+        "</think>A: 1"
     record, model, _ = run(tok, [doc], delay=0.002, fail_on="<Thread>\n2:")
     assert record.status == "failed" and record.error == "RuntimeError: engine fell over"
     assert model.cancelled == 2 and model.in_flight == 0
@@ -220,7 +234,7 @@ def test_a_plan_without_outlines_falls_back_to_sequential_decoding(tok):
     doc = PROMPT + "<think>\n<Parallel>\n<Outlines>\n</Outlines>\nsolo</think>A: 1"
     record, _, _ = run(tok, [doc])
     assert record.status == "done" and record.result["text"] == doc[len(PROMPT):]
-    assert nodes(record, "thread") == [] and "plan closed with no outlines: sequential fallback" in record.notes
+    assert nodes(record, "thread") == [] and "plan closed with no numbered outline: no fork, the model goes on" in record.notes
 
 
 def test_callers_stop_string_ends_the_job_and_is_not_returned(tok):
@@ -230,12 +244,16 @@ def test_callers_stop_string_ends_the_job_and_is_not_returned(tok):
 
 
 def test_apr_children_start_fresh_and_the_join_rewrites_the_call(tok):
-    call = ("<Calling Sub Searches>\n<Start Sub Search 1 at level 1> Moving to Node #1\n"
-            "<Start Sub Search 2 at level 1> Moving to Node #2\n<End Calling Sub Searches>")
-    children = ["<Start Sub Search 1 at level 1> Moving to Node #1\nGoal Reached 1",
-                "<Start Sub Search 2 at level 1> Moving to Node #2\ndead end"]
-    rewritten = (PROMPT + "<Sub Searches>\n<Goal Reached in Sub Search 1> Goal Reached 1\n"
-                 "<No Solution in Sub Search 2>\n<End Sub Searches>\n")
-    record, model, _ = run(tok, [PROMPT + call, *children, rewritten + "done"], format="apr")
-    assert record.status == "done" and record.result["text"] == rewritten[len(PROMPT):] + "done"
-    assert "<Start Sub Search 2 at level 1> Moving to Node #2\n" in model.prompts  # a fresh context
+    parent = ("Moving to Node #0\nCurrent State: 24:[4, 6, 1], Operations: []\n"
+              "Generated Node #0,0: 24:[1, 24] Operation: 4*6=24\nGenerated Node #0,1: 24:[4, 5] Operation: 6-1=5\n"
+              "<Calling Sub Searches>\n<Start Sub Search 0 at level 1> Moving to Node #0,1\n"
+              "<Start Sub Search 1 at level 1> Moving to Node #0,0\n<End Calling Sub Searches>\n")
+    children = ["Moving to Node #0,1\nCurrent State: 24:[4, 5], Operations: ['6-1=5']\nNo solution found.\n",
+                ("Moving to Node #0,0\nCurrent State: 24:[1, 24], Operations: ['4*6=24']\n24,24 equal: Goal Reached\n"
+                "Moving to Node #0,0\n24,24 equal: Goal Reached\n")]
+    rewritten = (parent[:parent.index("<Calling")] + "<Sub Searches>\n<No Solution in Sub Search 0 at level 1 at Node #0,1>\n"
+                 "<Goal Reached in Sub Search 1 at level 1 at Node #0,0>\nMoving to Node #0,0\n24,24 equal: Goal Reached\n"
+                 "<End Sub Searches>\n")
+    record, model, _ = run(tok, [parent, *children, rewritten + "done\n"], prompt=parent[:parent.index("\n")], format="apr")
+    assert record.status == "done" and record.result["text"] == rewritten[parent.index("\n"):] + "done\n"
+    assert children[0][:children[0].index("\nNo")] in model.prompts  # a fresh context: the node's state alone

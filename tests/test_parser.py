@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.plan.formats import MULTIVERSE, THREADWEAVER, Outline
+from orchestrator.plan.formats import Outline
 from orchestrator.plan.parser import (
     BlockClosed,
     Malformed,
@@ -11,6 +11,7 @@ from orchestrator.plan.parser import (
     PlanParser,
     ThreadClosed,
 )
+from orchestrator.plan.published import MULTIVERSE, THREADWEAVER
 
 outline_text = st.text(alphabet=st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)),
                        min_size=1, max_size=20).map(str.strip).filter(bool)
@@ -30,7 +31,7 @@ def feed_in_chunks(parser, text, cuts):
 def test_render_then_parse_round_trips_in_any_chunking(texts, data, cuts):
     for fmt in (THREADWEAVER, MULTIVERSE):
         outlines = [Outline(str(i + 1), t) for i, t in enumerate(texts)]
-        bodies = [data.draw(thread_text) for _ in outlines]
+        bodies = [data.draw(thread_text) + fmt.thread_close for _ in outlines]
         text = "Q: x\n" + fmt.render_block(outlines, bodies)
         events = feed_in_chunks(PlanParser(fmt), text, cuts)
         assert [e for e in events if isinstance(e, Malformed)] == []
@@ -43,7 +44,7 @@ def test_render_then_parse_round_trips_in_any_chunking(texts, data, cuts):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(list(THREADWEAVER.tags) + ["1:", "x", "\n", "<", ">", "Outline"]), max_size=60),
+@given(st.lists(st.sampled_from(list(THREADWEAVER.tags.all()) + ["1:", "x", "\n", "<", ">", "Outline"]), max_size=60),
        st.lists(st.integers(0, 10_000), max_size=8))
 def test_arbitrary_garbage_never_raises(pieces, cuts):
     parser = PlanParser(THREADWEAVER, max_plan_chars=200)

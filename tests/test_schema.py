@@ -73,7 +73,7 @@ def test_bad_job_bodies_are_named(body, msg):
 ])
 def test_bad_chat_bodies_are_named(extra, msg):
     with pytest.raises(RequestError) as e:
-        chat_request({**CHAT, **extra}, "threadweaver")
+        chat_request({**CHAT, **extra})
     assert msg in str(e.value)
 
 
@@ -82,16 +82,16 @@ def test_good_job_body_keeps_every_field():
                        "temperature": 1, "top_p": 0.5})
     assert req == JobRequest(prompt=GOOD["prompt"], budget={"max_width": 2.0, "deadline_s": 5}, seed=7,
                              stop=["A:"], temperature=1.0, top_p=0.5)
-    assert job_request(GOOD, default_format="multiverse").format == "multiverse"
-    assert job_request({**GOOD, "format": "apr"}, default_format="multiverse").format == "apr"
+    assert job_request(GOOD).format is None  # the served model's: the job runner fills it in
+    assert job_request({**GOOD, "format": "apr"}).format == "apr"
 
 
 def test_chat_maps_openai_fields_onto_the_job():
     chat, req = chat_request({**CHAT, "max_completion_tokens": 300, "stop": "A:", "top_p": 0.9, "seed": 3,
                               "stream": True, "stream_options": {"include_usage": True}, "user": "u1",
-                              "loom": {"mode": "sequential", "budget": {"max_width": 2}}}, "threadweaver")
+                              "loom": {"mode": "sequential", "budget": {"max_width": 2}}})
     assert chat.stream and chat.stream_options.include_usage
-    assert req == JobRequest(messages=CHAT["messages"], format="threadweaver", mode="sequential",
+    assert req == JobRequest(messages=CHAT["messages"], format=None, mode="sequential",
                              budget={"max_width": 2, "max_total_tokens": 300}, top_p=0.9, seed=3, stop=["A:"])
 
 

@@ -59,7 +59,10 @@ class StubRunner:
     def __init__(self):
         self.ran: list[str] = []
 
-    def prepare(self, request: JobRequest) -> None:  # JobService.submit checks the prompt first
+    def complete(self, request: JobRequest) -> JobRequest:  # JobService.submit fills in the format first
+        return request
+
+    def prepare(self, request: JobRequest) -> None:  # and checks the prompt
         pass
 
     async def run(self, record: JobRecord, emit) -> JobRecord:
@@ -70,9 +73,7 @@ class StubRunner:
         return record
 
 
-class FailingRunner:
-    def prepare(self, request: JobRequest) -> None:
-        pass
+class FailingRunner(StubRunner):
 
     async def run(self, record: JobRecord, emit) -> JobRecord:
         raise RuntimeError("engine fell over")

@@ -3,8 +3,8 @@ import random
 import pytest
 
 from models.task import LABELS, parse_question, random_question, sum_lines, term_work, thread_samples, trace
-from orchestrator.plan.formats import THREADWEAVER
 from orchestrator.plan.parser import PlanClosed, PlanParser
+from orchestrator.plan.published import THREADWEAVER
 
 
 @pytest.mark.parametrize("text", ["Q: 7*8", "Q: 123*4+56*7+89", "Q: 905*9+14*3+220*6+3+71*0"])

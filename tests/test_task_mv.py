@@ -4,8 +4,8 @@ import random
 import pytest
 
 from models import task_mv
-from orchestrator.plan.formats import MULTIVERSE
 from orchestrator.plan.parser import Malformed, PlanClosed, PlanParser
+from orchestrator.plan.published import MULTIVERSE
 
 
 def questions(n: int, seed: int):

@@ -21,7 +21,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 class JobBudget:
     max_total_tokens: int = 8192
     max_width: int = 8
-    max_depth: int = 2
+    max_depth: int = 6  # as deep as Multiverse's engine forks (a format that does not nest never does)
     max_thread_tokens: int = 512
     max_fork_rounds: int = 16
     deadline_s: float = 300.0

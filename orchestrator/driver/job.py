@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from orchestrator.budget.lease import BudgetExhausted
 from orchestrator.budget.ops import BudgetOps
@@ -18,7 +19,8 @@ from orchestrator.budget.policy import JobBudget
 from orchestrator.driver.context import JobContext, Lane
 from orchestrator.driver.lanes import LaneRunner
 from orchestrator.driver.records import JobRecord, JobRequest, JobStatus, RequestError
-from orchestrator.plan.formats import get_format
+from orchestrator.plan import detect
+from orchestrator.plan.published import get_format
 from orchestrator.protocol.segment import EngineClient, Finish
 from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import LoomMetrics
@@ -30,8 +32,11 @@ class JobRunner:
     """Runs jobs against an engine client and the budget."""
 
     def __init__(self, engine: EngineClient, budget: BudgetOps, tokenizer, max_model_len: int,
-                 default_budget: JobBudget | None = None, model_name: str = "loom", metrics=None):
+                 default_budget: JobBudget | None = None, model_name: str = "loom", metrics=None,
+                 default_format: str = "threadweaver"):
         self.budget = budget
+        self.default_format = default_format
+        self.added = set(tokenizer.get_added_vocab()) if tokenizer is not None else set()
         self.tok = tokenizer
         self.max_model_len = max_model_len
         self.model_name = model_name
@@ -51,7 +56,7 @@ class JobRunner:
         return record
 
     async def _run(self, record: JobRecord, emit) -> JobRecord:
-        req = JobRequest.from_dict(record.request)
+        req = self.complete(JobRequest.from_dict(record.request))
         ctx = JobContext(record, req, get_format(req.format), JobBudget.from_dict(req.budget, self.default_budget),
                          emit=emit)
         await self.budget.open_job(record.id, ctx.budget)
@@ -73,6 +78,16 @@ class JobRunner:
             record.finished = time.time()
         return record
 
+    def complete(self, req: JobRequest) -> JobRequest:
+        """The request with its format: the one it asks for, if this model fits it, else the
+        served model's; a RequestError naming why a format does not fit."""
+        name = req.format or self.default_format
+        try:
+            detect.check(name, self.added, self.model_name)
+        except detect.FormatError as e:
+            raise RequestError(f"format: {e}") from None
+        return replace(req, format=name)
+
     def prompt_text(self, req: JobRequest) -> str:
         """The prompt as the model sees it: ``prompt`` verbatim, ``messages`` through the chat template."""
         if req.messages is None:
@@ -84,7 +99,7 @@ class JobRunner:
     def prepare(self, req: JobRequest) -> list[int]:
         """The prompt's token ids; a RequestError when the model's context has no room left to
         generate (blocking: callers on an event loop run it in a thread)."""
-        ids = self.tok.encode(self.prompt_text(req), add_special_tokens=True)
+        ids = self.lanes.joiner.context_ids(get_format(req.format or self.default_format), self.prompt_text(req))
         if len(ids) >= self.max_model_len:
             raise RequestError(f"the prompt is {len(ids)} tokens; this model's context is {self.max_model_len} "
                                f"tokens (max_model_len), which leaves no room to generate")

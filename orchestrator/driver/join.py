@@ -1,15 +1,26 @@
 """A thread's prompt and the join, in token ids: where a join is built.
 
 A thread's prompt is the block's context (``ThreadContext.SHARED``: the engine's prefix cache
-serves it) or nothing (``FRESH``), then the thread's header. The join appends each thread's
-header and generated ids, in plan order, to the context (``JoinText.APPEND``), a missing closer
-added and a forbidden tag cut (noted): exactly the token stream the model would have written
-sequentially. APR's join rewrites the plan as text instead (``JoinText.REWRITE``).
+serves it) or a fresh context (``FRESH``, APR), then the thread's header. The join follows the
+format's profile (plan/published.py): the context's ids, then each thread's join header and
+generated ids in plan order, closed as the authors' controller closes them, then what follows the
+block; APR's join rewrites the call section as text (``JoinText.REWRITE``). Headers and suffixes
+are encoded on their own and concatenated as ids, as ThreadWeaver's controller does, so the
+context is never re-tokenized.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from orchestrator.driver.context import JobContext, ThreadOutcome
 from orchestrator.plan.formats import JoinText, Outline, Plan, PlanFormat, ThreadContext, ThreadResult
+from orchestrator.protocol.segment import Finish
+
+
+@dataclass(frozen=True)
+class Joined:
+    ids: list[int]
+    end: Finish | None = None  # the block ends the generation (a thread ended by EOS or length)
 
 
 class Joiner:
@@ -18,40 +29,68 @@ class Joiner:
 
     def thread_prompt(self, fmt: PlanFormat, context: list[int], outline: Outline) -> tuple[list[int], list[int]]:
         """(the thread's header ids, its whole prompt's ids)."""
-        fresh = fmt.thread_context == ThreadContext.FRESH
-        header = self.tok.encode(fmt.thread_header(outline), add_special_tokens=fresh)
-        return header, header if fresh else context + header
+        if fmt.thread_context == ThreadContext.FRESH:
+            header = self.context_ids(fmt, fmt.thread_header(outline))
+            return header, header
+        header = self.encode(fmt.thread_header(outline))
+        return header, context + header
 
-    def join(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[ThreadOutcome]) -> list[int]:
+    def context_ids(self, fmt: PlanFormat, text: str) -> list[int]:
+        """A whole context's ids: the tokenizer's own special tokens added, and, where the format's
+        controller sends its BOS as text (APR), that too."""
+        bos = (self.tok.bos_token or "") if fmt.bos_as_text else ""
+        return self.tok.encode(bos + text, add_special_tokens=True)
+
+    def guarded(self, fmt: PlanFormat, ids: list[int]) -> list[int]:
+        """A lane that stopped on the format's guard (a stop the model must not write): the
+        guard's text replaced as the format's controller replaces it, the context re-encoded."""
+        guard, replacement = fmt.stop_guard
+        text = self.bare(ids)
+        return self.context_ids(fmt, text[:text.rfind(guard)] + replacement)
+
+    def join(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[ThreadOutcome]) -> Joined:
         fmt = ctx.fmt
+        threads = [ThreadResult(r.outline, self.visible(r.ids), r.finish) for r in results]
         if fmt.join_text == JoinText.REWRITE:
-            text = self.text(ids)
-            res = [ThreadResult(r.outline, self.visible(r.ids), r.finish) for r in results]
-            return self.tok.encode(fmt.render_join(text, plan, res), add_special_tokens=False)
+            return Joined(self.context_ids(fmt, fmt.render_join(self.bare(ids), plan, threads)))
         out = list(ids)
-        for r in results:
-            out += r.header + self.closed(ctx, r.ids)
-        return out
+        for i, r in enumerate(results):
+            out += (r.header if i == 0 else self.encode(fmt.join_header(r.outline, first=False)))
+            out += self.closed(fmt, r)
+        out += self.encode(fmt.block_end(threads))
+        end = _worst(results) if fmt.ends_generation(threads) else None
+        if end is not None:
+            ctx.note(f"a thread ended by {end}: the block closed and the generation ended, as {fmt.name}'s controller")
+        return Joined(out, end)
 
-    def closed(self, ctx: JobContext, thread_ids: list[int]) -> list[int]:
-        """The thread's ids, cut at a tag it may not hold and ending with the closer."""
-        fmt = ctx.fmt
-        text = self.text(thread_ids)
-        if text.endswith(fmt.thread_close):
-            cleaned, notes = fmt.clean_thread(text[:-len(fmt.thread_close)])
-            if not notes:
-                return thread_ids
-        else:
-            cleaned, notes = fmt.clean_thread(text)
-            notes = notes + (f"thread ended without '{fmt.thread_close}': closed",)
-        ctx.note(*notes)
-        eos = self.tok.eos_token or ""
-        cleaned = cleaned[:-len(eos)] if eos and cleaned.endswith(eos) else cleaned
-        return self.tok.encode(cleaned + fmt.thread_close, add_special_tokens=False)
+    def closed(self, fmt: PlanFormat, r: ThreadOutcome) -> list[int]:
+        """A thread's ids as the join holds them: after its closer, what the format puts there;
+        ended by EOS, the EOS dropped; by length, the last token dropped where the format's
+        engine does; either way the format's suffix for an unclosed thread."""
+        if r.finish == Finish.STOP:
+            return r.ids + self.encode(fmt.after_closer)
+        ids = r.ids[:-1] if r.ids and r.ids[-1] == self.tok.eos_token_id else r.ids
+        if r.finish == Finish.LENGTH and fmt.closing.drop_last_on_length:
+            ids = ids[:-1]
+        return ids + self.encode(fmt.closing.unclosed_suffix)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False) if text else []
 
     def text(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=False)
 
+    def bare(self, ids: list[int]) -> str:
+        """The text of a context without its leading BOS tokens."""
+        bos = self.tok.bos_token_id
+        while ids and ids[0] == bos:
+            ids = ids[1:]
+        return self.visible(ids)
+
     def visible(self, ids: list[int]) -> str:
         """The text of ``ids`` without a final EOS (streamed and final text are decoded alike)."""
         return self.text(ids[:-1] if ids and ids[-1] == self.tok.eos_token_id else ids)
+
+
+def _worst(results: list[ThreadOutcome]) -> Finish:
+    return Finish.LENGTH if any(r.finish == Finish.LENGTH for r in results) else Finish.EOS

@@ -15,7 +15,7 @@ from orchestrator.budget.lease import BudgetExhausted, TokenLease
 from orchestrator.budget.ops import BudgetOps
 from orchestrator.budget.policy import Admission
 from orchestrator.driver.context import JobContext, Lane, ThreadOutcome
-from orchestrator.driver.join import Joiner
+from orchestrator.driver.join import Joined, Joiner
 from orchestrator.driver.records import Mode
 from orchestrator.plan.dag import Node, NodeKind, NodeStatus
 from orchestrator.plan.formats import Outline, Plan
@@ -40,6 +40,8 @@ class LaneRunner:
         stops = [fmt.fork_stop] if forks else []
         if thread and fmt.thread_close:
             stops.append(fmt.thread_close)
+        if fmt.stop_guard:
+            stops.append(fmt.stop_guard[0])
         return stops if thread else stops + ctx.request.stop
 
     # -- lanes
@@ -58,13 +60,27 @@ class LaneRunner:
                     else nullcontext():
                 out = await self.segment(ctx, node, lane, min(lane.cap, room))
             self._extend(ctx, lane, node, out.token_ids)
-            if out.finish == Finish.STOP and out.stop_reason == ctx.fmt.fork_stop:
-                plan = self._plan(ctx, self.joiner.text(lane.ids))
-                forked = plan is not None and await self.fork(ctx, lane, node, plan)
-                lane.inline_block = lane.inline_block or not forked
-            elif not (out.finish == Finish.STOP and self._inside_own_block(ctx, lane)):
-                return lane.ids, out.finish  # the end, or the lane's other stop
-            node = None  # the lane goes on: after the join, sequentially, or past a nested path's closer
+            end = await self._after(ctx, lane, node, out)
+            if end is not None:
+                return lane.ids, end
+            node = None  # the lane goes on: after the join, sequentially, past a guard or a nested path's closer
+
+    async def _after(self, ctx: JobContext, lane: Lane, node: Node, out: SegmentResult) -> Finish | None:
+        """What a segment's end means for its lane: a fork (then the lane goes on, unless the join
+        ended the generation), a guard replaced, a closer inside the lane's own block, or the end."""
+        fmt, stop = ctx.fmt, out.stop_reason if out.finish == Finish.STOP else None
+        if stop is not None and stop == fmt.fork_stop:
+            plan = self._plan(ctx, self.joiner.text(lane.ids))
+            joined = await self.fork(ctx, lane, node, plan) if plan is not None else None
+            lane.inline_block = lane.inline_block or joined is None
+            return joined.end if joined is not None else None
+        if stop is not None and fmt.stop_guard and stop == fmt.stop_guard[0]:
+            ctx.note(f"'{stop}' written by the model: replaced by '{fmt.stop_guard[1]}', as {fmt.name}'s controller")
+            lane.ids = self.joiner.guarded(fmt, lane.ids)
+            return None
+        if stop is not None and self._inside_own_block(ctx, lane):
+            return None
+        return out.finish  # the end, or the lane's other stop
 
     @staticmethod
     def _extend(ctx: JobContext, lane: Lane, node: Node, out: list[int]) -> None:
@@ -82,21 +98,22 @@ class LaneRunner:
     @staticmethod
     def _plan(ctx: JobContext, text: str) -> Plan | None:
         plan = ctx.fmt.find_plan(text)
+        if plan is not None:
+            ctx.note(*plan.notes)
         if plan is None or not plan.outlines:
-            ctx.note("plan closed with no outlines: sequential fallback")
+            ctx.note("plan closed with no numbered outline: no fork, the model goes on")
             return None
-        ctx.note(*plan.repairs)
         return plan
 
     # -- fork / join
-    async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> bool:
-        """Runs the plan's threads and joins them into the lane; False when the fork is refused."""
+    async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> Joined | None:
+        """Runs the plan's threads and joins them into the lane; None when the fork is refused."""
         depth = lane.depth + 1
         adm = await self.budget.admit_fork(ctx.record.id, len(plan.outlines), depth)
         if not adm.admitted:
             ctx.note(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
             self.metrics.rejected(adm.reason)
-            return False
+            return None
         self.metrics.forked(adm.width)
         if adm.reason:
             ctx.note(adm.reason)
@@ -105,12 +122,13 @@ class LaneRunner:
                           loom__depth=depth, loom__format=ctx.fmt.name):
             results = await self.run_waves(ctx, lane, plan, threads, adm)
         before = len(lane.ids)
-        lane.ids, lane.last = self.joiner.join(ctx, lane.ids, plan, results), join.id
+        joined = self.joiner.join(ctx, lane.ids, plan, results)
+        lane.ids, lane.last = joined.ids, join.id
         join.status = NodeStatus.DONE
         if not lane.is_thread:
             ctx.main_ids = lane.ids
             ctx.show(self.joiner.text(lane.ids[before:]))
-        return True
+        return joined
 
     async def run_waves(self, ctx: JobContext, lane: Lane, plan: Plan, threads: list[Node],
                         adm: Admission) -> list[ThreadOutcome]:

@@ -38,7 +38,7 @@ class JobRequest:
 
     prompt: str | None = None
     messages: list[dict] | None = None
-    format: str = "threadweaver"
+    format: str | None = None  # None: the served model's (JobRunner.complete fills it in)
     mode: Mode = Mode.PARALLEL
     budget: dict = field(default_factory=dict)
     temperature: float = 0.0

@@ -1,20 +1,28 @@
-"""The three plan formats: how a model announces a fork, and how Loom answers it.
+"""Plan formats: how a published model announces a fork, and how its authors' controller answers.
 
-A ``PlanFormat`` owns everything format-specific (docs/formats.md has the sources):
-- the fork trigger: the stop string that ends the main segment when a plan is complete;
-- outline parsing: the plan text -> numbered outlines;
-- each thread's prompt: appended to the shared prefix (ThreadWeaver, Multiverse) or a fresh
-  context (APR);
-- the thread's stop string and closer;
-- the join: appended to the context (ThreadWeaver, Multiverse) or a rewrite of the plan (APR);
-- nesting: whether a thread may open a block of its own.
-Plain Python, no Ray or vLLM: unit-tested directly.
+A ``PlanFormat`` is one profile, and every rule in it is the authors' (docs/formats.md cites the
+code each comes from):
+- the fork trigger: the stop that ends a segment whose plan is complete;
+- outline parsing: the ids the authors' regex finds in the plan, duplicates kept or not;
+- each thread's prompt: the block's context (``ThreadContext.SHARED``) or a fresh one (APR), then
+  the thread's header, and what stops a thread;
+- the join: the header each thread gets in the joined text (the first and the others may
+  differ), what follows a thread's closer, and what is appended after the last thread;
+- the closing rules: what a thread that ended by EOS or by length gets, and whether such a
+  thread ends the whole generation;
+- nesting, and how deep.
+Plain Python, no Ray or vLLM: unit-tested directly, and run against the authors' strings in
+tests/test_conformance.py.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from orchestrator.protocol.segment import Finish
+
+OUTLINE_ID = r"<Outline>\s*([0-9]+(?:\.[0-9]+)*)\s*:"  # ThreadWeaver's and Multiverse's controllers alike
 
 
 class ThreadContext(StrEnum):
@@ -27,7 +35,7 @@ class ThreadContext(StrEnum):
 class JoinText(StrEnum):
     """How the threads' results go back into the context."""
 
-    APPEND = "append"  # each thread's header and text, in plan order, after the context
+    APPEND = "append"  # each thread's header and tokens, in plan order, after the context
     REWRITE = "rewrite"  # the plan rewritten with the threads' results (APR)
 
 
@@ -43,24 +51,20 @@ class Plan:
 
     format: str
     outlines: tuple[Outline, ...]
-    start: int  # offset in the context where the block opened
-    repairs: tuple[str, ...] = ()
+    start: int  # offset in the context where the plan's scan began (its last open tag)
+    notes: tuple[str, ...] = ()  # what the parse skipped or kept twice, for the record
 
 
 @dataclass(frozen=True)
 class ThreadResult:
     outline: Outline
-    text: str  # what the thread generated after its header, closer excluded
-    finish: str = "stop"  # stop | length | cancelled | eos
-
-
-_OUTLINE_ID = re.compile(r"\s*([0-9]+(?:\.[0-9]+)*)\s*:\s?")
+    text: str  # what the thread generated after its header
+    finish: Finish = Finish.STOP
 
 
 @dataclass(frozen=True)
-class PlanFormat:
-    name: str
-    block_open: str  # the tag that opens a parallel block
+class Tags:
+    block_open: str
     plan_open: str
     plan_close: str  # the fork trigger
     outline_open: str
@@ -68,185 +72,131 @@ class PlanFormat:
     thread_open: str
     thread_close: str
     block_close: str
-    nesting: bool
-    thread_context: ThreadContext
-    join_text: JoinText
-    extra_tags: tuple[str, ...] = field(default=())
+    extra: tuple[str, ...] = ()
 
-    @property
-    def fork_stop(self) -> str:
-        return self.plan_close
-
-    @property
-    def tags(self) -> tuple[str, ...]:
-        core = (self.block_open, self.plan_open, self.plan_close, self.outline_open,
-                self.outline_close, self.thread_open, self.thread_close, self.block_close)
-        return tuple(t for t in core + self.extra_tags if t)
-
-    # -- plan -----------------------------------------------------------------
-    def find_plan(self, context: str) -> Plan | None:
-        """The plan whose close tag ends ``context``; None when there is none."""
-        found = self.plan_body(context)
-        if found is None:
-            return None
-        outlines, repairs = self.parse_outlines(found[1])
-        return Plan(self.name, outlines, found[0], repairs)
-
-    def plan_body(self, context: str) -> tuple[int, str] | None:
-        """(offset of the plan's open tag, text between open and close) for a plan ending ``context``."""
-        if not context.endswith(self.plan_close):
-            return None
-        start = context.rfind(self.plan_open)
-        if start < 0:
-            return None
-        return start, context[start + len(self.plan_open):len(context) - len(self.plan_close)]
-
-    def parse_outlines(self, body: str) -> tuple[tuple[Outline, ...], tuple[str, ...]]:
-        """Outlines in plan order; duplicates dropped, missing ids assigned, each noted."""
-        outlines: list[Outline] = []
-        repairs: list[str] = []
-        seen: set[str] = set()
-        for raw in _between(body, self.outline_open, self.outline_close, repairs):
-            m = _OUTLINE_ID.match(raw)
-            if m:
-                oid, text = m.group(1), raw[m.end():]
-            else:
-                oid, text = str(len(outlines) + 1), raw.strip()
-                repairs.append(f"outline without id: assigned {oid}")
-            if oid in seen:
-                repairs.append(f"duplicate outline id {oid}: dropped")
-                continue
-            seen.add(oid)
-            outlines.append(Outline(oid, text))
-        _note_gaps([o.id for o in outlines], repairs)
-        return tuple(outlines), tuple(repairs)
-
-    # -- threads --------------------------------------------------------------
-    def thread_header(self, outline: Outline) -> str:
-        return f"\n{self.thread_open}\n{outline.id}:"
-
-    def open_blocks(self, text: str) -> int:
-        """Blocks opened in ``text`` and not yet closed: a thread that writes a nested block
-        itself (its fork refused) closes that block's paths before its own."""
-        if not self.block_open:
-            return 0
-        return text.count(self.block_open) - text.count(self.block_close)
-
-    def clean_thread(self, text: str) -> tuple[str, tuple[str, ...]]:
-        """Cut a thread at a tag that may not appear inside it (no nesting)."""
-        if self.nesting:
-            return text, ()
-        for tag in (self.block_open, self.plan_open, self.thread_open):
-            pos = text.find(tag)
-            if pos >= 0:
-                return text[:pos], (f"'{tag}' inside a thread of {self.name}: cut there",)
-        return text, ()
-
-    # -- join -----------------------------------------------------------------
-    def render_join(self, context: str, plan: Plan, results: list[ThreadResult]) -> str:
-        """The context the main segment resumes from, threads merged in plan order."""
-        parts = [context]
-        for r in results:
-            parts.append(self.thread_header(r.outline) + r.text + self.thread_close)
-        return "".join(parts)
-
-    def render_block(self, outlines: list[Outline], bodies: list[str], after: str = "", conclusion: str = "") -> str:
-        """A whole block as the model writes it sequentially (tests, training data); a conclusion,
-        when given, closes it in ``<Conclusion>`` tags as Multiverse requires."""
-        head = self.render_plan(outlines)
-        p = Plan(self.name, tuple(outlines), 0)
-        results = [ThreadResult(o, b) for o, b in zip(outlines, bodies)]
-        end = f"\n<Conclusion>\n{conclusion}\n</Conclusion>" if conclusion else ""
-        return self.render_join(head, p, results) + f"{end}\n{self.block_close}\n" + after
-
-    def render_plan(self, outlines: list[Outline]) -> str:
-        """The block's opening through the fork trigger: what the lane holds when it forks."""
-        plan = "".join(f"{self.outline_open}{o.id}: {o.text}{self.outline_close}\n" for o in outlines)
-        return f"{self.block_open}\n{self.plan_open}\n{plan}{self.plan_close}"
-
-
-def _between(body: str, open_tag: str, close_tag: str, repairs: list[str]) -> list[str]:
-    items, pos = [], 0
-    while True:
-        s = body.find(open_tag, pos)
-        if s < 0:
-            return items
-        e = body.find(close_tag, s + len(open_tag))
-        nxt = body.find(open_tag, s + len(open_tag))
-        if e < 0 or (0 <= nxt < e):
-            end = nxt if nxt >= 0 else len(body)
-            repairs.append(f"unclosed '{open_tag}': closed at the next outline or plan end")
-            items.append(body[s + len(open_tag):end].strip())
-            pos = end
-            continue
-        items.append(body[s + len(open_tag):e])
-        pos = e + len(close_tag)
-
-
-def _note_gaps(ids: list[str], repairs: list[str]) -> None:
-    tops = sorted(int(i) for i in ids if i.isdigit())
-    missing = sorted(set(range(1, (tops[-1] if tops else 0) + 1)) - set(tops))
-    if missing:
-        repairs.append("missing outline ids " + ",".join(map(str, missing)) + ": kept as written")
+    def all(self) -> tuple[str, ...]:
+        core = (self.block_open, self.plan_open, self.plan_close, self.outline_open, self.outline_close,
+                self.thread_open, self.thread_close, self.block_close)
+        return tuple(t for t in core + self.extra if t)
 
 
 @dataclass(frozen=True)
-class APRFormat(PlanFormat):
-    """APR: children start from fresh contexts and the join rewrites the parent's call."""
+class Closing:
+    """What the join does with a thread that did not end on its closer (EOS or length)."""
 
-    def parse_outlines(self, body: str) -> tuple[tuple[Outline, ...], tuple[str, ...]]:
-        outlines = tuple(Outline(m.group(1), m.group(0).strip()) for m in _APR_CALL.finditer(body))
-        return outlines, (() if outlines else ("no '<Start Sub Search' line in the call",))
+    unclosed_suffix: str = ""  # appended to its text (ThreadWeaver: "\n</Thread>")
+    drop_last_on_length: bool = False  # its last token is dropped (Multiverse's engine keeps output[:-1])
+    ends_generation: str | None = None  # appended after the block, which then ends the job (None: go on)
 
+
+@dataclass(frozen=True)
+class PlanFormat:
+    name: str
+    tags: Tags
+    thread_context: ThreadContext
+    join_text: JoinText
+    dedup_outlines: bool  # drop repeated ids, the first kept (else each forks a thread of its own)
+    max_depth: int  # how deep blocks nest (1: a thread never forks)
+    header_first: str  # the first thread's header, in its prompt and in the join ({id} replaced)
+    header_next: str  # the other threads' header in the join (each thread's prompt has header_first)
+    after_closer: str = ""  # what follows a thread's closer in the join (Multiverse: the engine's lookahead)
+    after_block: str = ""  # appended after the last thread when every thread closed
+    closing: Closing = field(default_factory=Closing)
+    stop_guard: tuple[str, str] | None = None  # (a stop the model must not write, what replaces it)
+    bos_as_text: bool = False  # the controller writes the BOS as text before each context it sends (APR)
+
+    @property
+    def fork_stop(self) -> str:
+        return self.tags.plan_close
+
+    @property
+    def thread_close(self) -> str:
+        return self.tags.thread_close
+
+    @property
+    def nesting(self) -> bool:
+        return self.max_depth > 1
+
+    # -- plan
+    def find_plan(self, context: str) -> Plan | None:
+        """The plan whose trigger ends ``context``; None when there is none."""
+        if not context.endswith(self.tags.plan_close):
+            return None
+        start = context.rfind(self.tags.plan_open)
+        if start < 0:
+            return None
+        outlines, notes = self.parse_outlines(context[start:])
+        return Plan(self.name, outlines, start, notes)
+
+    def parse_outlines(self, scan: str) -> tuple[tuple[Outline, ...], tuple[str, ...]]:
+        """Outlines in plan order, by the authors' regex over ``scan`` (from the plan's open tag)."""
+        found = [Outline(m.group(1), _description(scan, m.end(), self.tags)) for m in re.finditer(OUTLINE_ID, scan)]
+        notes = [f"{n} outline(s) without a number: no thread (as {self.name}'s controller)"
+                 for n in [scan.count(self.tags.outline_open) - len(found)] if n > 0]
+        if not self.dedup_outlines:
+            return tuple(found), tuple(notes)
+        kept: dict[str, Outline] = {}
+        for o in found:
+            if o.id in kept:
+                notes.append(f"duplicate outline id {o.id}: dropped (the first kept, as {self.name}'s controller)")
+            kept.setdefault(o.id, o)
+        return tuple(kept.values()), tuple(notes)
+
+    def open_blocks(self, text: str) -> int:
+        """Blocks opened in ``text`` and not yet closed: a thread that writes a nested block
+        itself (its fork refused) closes that block's threads before its own."""
+        if not self.tags.block_open:
+            return 0
+        return text.count(self.tags.block_open) - text.count(self.tags.block_close)
+
+    # -- threads and the join, as text (the driver works in ids: driver/join.py)
     def thread_header(self, outline: Outline) -> str:
-        return outline.text + "\n"
+        """A thread's header in its prompt (and the first thread's in the join)."""
+        return self.header_first.format(id=outline.id)
+
+    def join_header(self, outline: Outline, first: bool) -> str:
+        return (self.header_first if first else self.header_next).format(id=outline.id)
 
     def render_join(self, context: str, plan: Plan, results: list[ThreadResult]) -> str:
-        lines = []
-        for r in results:
-            found = r.finish in ("stop", "eos") and "Goal Reached" in r.text  # ended by itself
-            tag = f"<Goal Reached in Sub Search {r.outline.id}>" if found else \
-                f"<No Solution in Sub Search {r.outline.id}>"
-            lines.append(tag + ((" " + r.text.strip()) if found else ""))
-        body = "\n".join(lines)
-        return context[:plan.start] + f"<Sub Searches>\n{body}\n<End Sub Searches>\n"
+        """The joined text: the context, each thread's join header and text (closed as the
+        closing rules say), and what follows the block."""
+        parts = [context]
+        for i, r in enumerate(results):
+            parts.append(self.join_header(r.outline, i == 0) + self.closed_text(r))
+        return "".join(parts) + self.block_end(results)
 
-    def render_block(self, outlines: list[Outline], bodies: list[str], after: str = "") -> str:
-        calls = "\n".join(o.text for o in outlines)
-        return f"{self.plan_open}\n{calls}\n{self.plan_close}" + after
+    def closed_text(self, r: ThreadResult) -> str:
+        if r.finish == Finish.STOP:
+            return r.text + self.after_closer
+        return r.text + self.closing.unclosed_suffix
 
+    def block_end(self, results: list[ThreadResult]) -> str:
+        unclosed = any(r.finish != Finish.STOP for r in results)
+        if unclosed and self.closing.ends_generation is not None:
+            return self.closing.ends_generation
+        return self.after_block
 
-_APR_CALL = re.compile(r"<Start Sub Search (\d+) at level \d+>[^\n<]*")
+    def ends_generation(self, results: list[ThreadResult]) -> bool:
+        return self.closing.ends_generation is not None and any(r.finish != Finish.STOP for r in results)
 
-THREADWEAVER = PlanFormat(
-    name="threadweaver", block_open="<Parallel>", plan_open="<Outlines>",
-    plan_close="</Outlines>", outline_open="<Outline>", outline_close="</Outline>",
-    thread_open="<Thread>", thread_close="</Thread>", block_close="</Parallel>",
-    nesting=False, thread_context=ThreadContext.SHARED, join_text=JoinText.APPEND,
-    extra_tags=("<think>", "</think>", "<Conclusion>", "</Conclusion>"),
-)
+    # -- what a model trained on this format writes (tests, training data)
+    def render_plan(self, outlines: list[Outline]) -> str:
+        """The block's opening through the fork trigger: what the lane holds when it forks."""
+        t = self.tags
+        plan = "".join(f"{t.outline_open}{o.id}: {o.text}{t.outline_close}\n" for o in outlines)
+        return f"{t.block_open}\n{t.plan_open}\n{plan}{t.plan_close}"
 
-MULTIVERSE = PlanFormat(
-    name="multiverse", block_open="<Parallel>", plan_open="<Goal>", plan_close="</Goal>",
-    outline_open="<Outline>", outline_close="</Outline>", thread_open="<Path>",
-    thread_close="</Path>", block_close="</Parallel>", nesting=True, thread_context=ThreadContext.SHARED,
-    join_text=JoinText.APPEND,
-    extra_tags=("<Think>", "</Think>", "<Conclusion>", "</Conclusion>"),
-)
-
-APR = APRFormat(
-    name="apr", block_open="", plan_open="<Calling Sub Searches>",
-    plan_close="<End Calling Sub Searches>", outline_open="<Start Sub Search", outline_close="",
-    thread_open="", thread_close="", block_close="", nesting=False, thread_context=ThreadContext.FRESH,
-    join_text=JoinText.REWRITE,
-    extra_tags=("<Sub Searches>", "<End Sub Searches>"),
-)
-
-FORMATS: dict[str, PlanFormat] = {f.name: f for f in (THREADWEAVER, MULTIVERSE, APR)}
+    def render_block(self, outlines: list[Outline], bodies: list[str], after: str = "", conclusion: str = "") -> str:
+        """A whole block as the authors' controller joins it and the model goes on: each body is a
+        thread's text after its header, closer included; a conclusion, when given, is written in
+        ``<Conclusion>`` tags (Multiverse)."""
+        results = [ThreadResult(o, b) for o, b in zip(outlines, bodies)]
+        joined = self.render_join(self.render_plan(outlines), Plan(self.name, tuple(outlines), 0), results)
+        end = f"{conclusion}\n</Conclusion>\n" if conclusion else ""
+        return joined + end + f"{self.tags.block_close}\n" + after
 
 
-def get_format(name: str) -> PlanFormat:
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise ValueError(f"unknown plan format {name!r}; known: {', '.join(FORMATS)}") from None
+def _description(scan: str, at: int, tags: Tags) -> str:
+    """An outline's text after its id, to its closer or the next outline (for the record)."""
+    ends = [i for i in (scan.find(tags.outline_close, at), scan.find(tags.outline_open, at)) if i >= 0]
+    return scan[at:min(ends)].strip() if ends else scan[at:].strip()

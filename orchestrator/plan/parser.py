@@ -74,14 +74,14 @@ class PlanParser:
 
     def _next_tag(self) -> tuple[int, str] | None:
         best: tuple[int, str] | None = None
-        for tag in self.fmt.tags:
+        for tag in self.fmt.tags.all():
             pos = self.text.find(tag, self._scanned)
             if pos >= 0 and (best is None or pos < best[0] or (pos == best[0] and len(tag) > len(best[1]))):
                 best = (pos, tag)
         return best
 
     def _on_tag(self, pos: int, tag: str) -> list[Event]:
-        f = self.fmt
+        f = self.fmt.tags
         if tag == f.plan_open:
             if self.in_plan:
                 return [Malformed(f"'{tag}' inside an open plan at {pos}")]
@@ -111,17 +111,17 @@ class PlanParser:
         return [PlanClosed(plan)]
 
     def _outline_event(self, pos: int) -> list[Event]:
-        f = self.fmt
+        f = self.fmt.tags
         start = self.text.rfind(f.outline_open, self._plan_at or 0, pos)
         if start < 0:
             return [Malformed(f"'{f.outline_close}' with no '{f.outline_open}' at {pos}")]
         self._outlines += 1
-        outlines, _ = f.parse_outlines(self.text[start:pos + len(f.outline_close)])
+        outlines, _ = self.fmt.parse_outlines(self.text[start:pos + len(f.outline_close)])
         o = outlines[0] if outlines else None
         return [OutlineSeen(o.id, o.text)] if o else []
 
     def _check_runaway(self) -> list[Event]:
         if self.in_plan and len(self.text) - (self._plan_at or 0) > self.max_plan_chars:
             self._plan_at = None
-            return [Malformed(f"runaway plan: no '{self.fmt.plan_close}' within {self.max_plan_chars} chars")]
+            return [Malformed(f"runaway plan: no '{self.fmt.tags.plan_close}' within {self.max_plan_chars} chars")]
         return []

@@ -67,21 +67,20 @@ async def read_body(request: Request, limit: int) -> object:
     return decode_json(bytes(data))
 
 
-def build_app(service: JobService, model_name: str, default_format: str = "threadweaver",
-              health: Callable[[], Awaitable[Health]] | None = None,
+def build_app(service: JobService, model_name: str, health: Callable[[], Awaitable[Health]] | None = None,
               max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     app = FastAPI(title="Loom", version="0.1.0")
     _error_handlers(app)
-    _job_routes(app, service, default_format, max_request_bytes)
-    _chat_routes(app, service, model_name, default_format, max_request_bytes)
+    _job_routes(app, service, max_request_bytes)
+    _chat_routes(app, service, model_name, max_request_bytes)
     _info_routes(app, model_name, health)
     return app
 
 
-def _job_routes(app: FastAPI, service: JobService, default_format: str, max_request_bytes: int) -> None:
+def _job_routes(app: FastAPI, service: JobService, max_request_bytes: int) -> None:
     @app.post("/v1/jobs", status_code=202)
     async def submit_job(request: Request):
-        job = job_request(await read_body(request, max_request_bytes), default_format)
+        job = job_request(await read_body(request, max_request_bytes))
         with caller_trace(request):
             record = await service.submit(job)
         return JSONResponse({"id": record.id, "status": record.status}, status_code=202)
@@ -102,11 +101,10 @@ def _job_routes(app: FastAPI, service: JobService, default_format: str, max_requ
         return record.to_json()
 
 
-def _chat_routes(app: FastAPI, service: JobService, model_name: str, default_format: str,
-                 max_request_bytes: int) -> None:
+def _chat_routes(app: FastAPI, service: JobService, model_name: str, max_request_bytes: int) -> None:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body, job = chat_request(await read_body(request, max_request_bytes), default_format)
+        body, job = chat_request(await read_body(request, max_request_bytes))
         if body.model not in (None, model_name):
             return error(404, f"model {body.model!r} is not served here; try {model_name!r}", "model_not_found")
         with caller_trace(request):

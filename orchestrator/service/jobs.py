@@ -46,6 +46,7 @@ class JobService:
     async def submit(self, request: JobRequest, emit: Callable[[str], None] | None = None) -> JobRecord:
         """Stores the job (queued) and starts it; a prompt the model cannot take (RequestError)
         is refused before anything is stored. Tokenizing runs off the event loop."""
+        request = self.runner.complete(request)
         await asyncio.to_thread(self.runner.prepare, request)
         record = JobRecord.new(request)
         await self.store.put(record)

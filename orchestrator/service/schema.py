@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from orchestrator.budget.policy import BudgetError, JobBudget
 from orchestrator.driver.records import JobRequest, RequestError
-from orchestrator.plan.formats import FORMATS
+from orchestrator.plan.published import FORMATS
 
 MAX_SEED = 2**63 - 1
 MAX_STOP = 4  # stop strings per request, as OpenAI's API
@@ -60,7 +60,7 @@ class JobBody(_Strict):
 
     prompt: Text | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
-    format: Format = "threadweaver"
+    format: Format | None = None  # None: the model's own (cluster/runtime.py resolves it)
     mode: Mode = "parallel"
     budget: Budget = Field(default_factory=dict)
     temperature: Temperature = 0.0
@@ -108,7 +108,7 @@ class ChatBody(_Strict):
     user: Text | None = None
     loom: LoomOptions = Field(default_factory=LoomOptions)
 
-    def to_request(self, default_format: str) -> JobRequest:
+    def to_request(self) -> JobRequest:
         if None not in (self.max_tokens, self.max_completion_tokens) and \
                 self.max_tokens != self.max_completion_tokens:
             raise RequestError("'max_tokens' and 'max_completion_tokens' disagree; give one")
@@ -119,7 +119,7 @@ class ChatBody(_Strict):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return JobBody.model_validate({
             "messages": [m.model_dump(exclude_none=True) for m in self.messages],
-            "format": self.loom.format or default_format, "mode": self.loom.mode, "budget": budget,
+            "format": self.loom.format, "mode": self.loom.mode, "budget": budget,
             "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": stop,
         }).to_request()
 
@@ -131,20 +131,18 @@ def _check_budget(budget: dict, where: str) -> None:
         raise RequestError(f"{where}: {e}") from None
 
 
-def job_request(body: object, default_format: str | None = None) -> JobRequest:
+def job_request(body: object) -> JobRequest:
     """A validated ``JobRequest`` from a decoded JSON body (every entry point's door)."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
-    if default_format is not None and "format" not in body:
-        body = {**body, "format": default_format}
     return _validated(JobBody, body).to_request()
 
 
-def chat_request(body: object, default_format: str) -> tuple[ChatBody, JobRequest]:
+def chat_request(body: object) -> tuple[ChatBody, JobRequest]:
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
     chat = _validated(ChatBody, body)
-    return chat, chat.to_request(default_format)
+    return chat, chat.to_request()
 
 
 def _validated(model: type[_Strict], body: dict):
