@@ -56,14 +56,17 @@ class LoomIngress:
                          max_request_bytes=self.cfg.max_request_bytes)
 
     async def health(self) -> Health:
-        """Asks every worker and the coordinator, each within HEALTH_TIMEOUT_S."""
+        """Asks every worker and the coordinator, each within HEALTH_TIMEOUT_S; says which
+        replica answered and which of each engine's KV event batches it has applied."""
         pool = self.loom.pool
         names = pool.names()
         answers = await asyncio.gather(*(_ask(pool.handle(n).health.remote()) for n in names))
         coordinator = await _ask(self.loom.coordinator.cluster.remote())
         if "state" not in coordinator:
             coordinator = {"state": "ok", **coordinator}
-        return assess(dict(zip(names, answers)), coordinator, self.cfg.model_name)
+        applied = pool.kv_events_applied()  # how current this replica's view of each engine's cache is
+        workers = {n: {**a, "kv_events_applied": applied[n]} for n, a in zip(names, answers)}
+        return assess(workers, coordinator, self.cfg.model_name, self.loom.placer.name)
 
 
 async def _ask(ref) -> dict:

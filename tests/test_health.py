@@ -16,4 +16,5 @@ OK, DEAD = {"state": "ok"}, {"state": "dead", "error": "ActorDiedError"}
 def test_status_says_whether_work_can_be_taken(workers, coordinator, status):
     health = assess(workers, coordinator, "m")
     assert health.status == status and health.can_take_work == (status != "unavailable")
-    assert health.to_json() == {"status": status, "model": "m", "workers": workers, "coordinator": coordinator}
+    assert health.to_json() == {"status": status, "model": "m", "replica": "", "workers": workers,
+                                "coordinator": coordinator}

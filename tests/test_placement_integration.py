@@ -95,11 +95,11 @@ async def test_an_eviction_is_seen_and_moves_the_next_request(ray_cluster):
         runtime.shutdown_actors(cfg, coordinator=False)
 
 
-def _both_replicas_see(views: dict, node: dict, expected: dict) -> bool:
-    """Notes which replica placed ``node`` and whether its index matched ``expected``; true once
-    two replicas have (their subscribers apply the engines' events on their own time)."""
-    views[node["placement"]["by"]] = node["placement"]["matched"]
-    return len(views) == 2 and all(v == expected for v in views.values())
+def _both_replicas_applied(views: dict, health: dict, worker: str, seq: int) -> bool:
+    """Notes how far the replica that answered ``/healthz`` has applied ``worker``'s KV events;
+    true once two replicas have applied batch ``seq`` (their subscribers follow on their own time)."""
+    views[health["replica"]] = health["workers"][worker]["kv_events_applied"]
+    return len(views) == 2 and all(v >= seq for v in views.values())
 
 
 def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(loom, loom_config, serve_url,
@@ -121,14 +121,16 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(loom, l
         workers = list(loom.pool.handles)
         wait_until(lambda: loom.placer.index.matched(ids, workers)[holder] == held, timeout=20)
         seen_here = loom.placer.index.matched(ids, workers)  # this process's own view
+        applied = loom.placer.index.applied(holder)  # the batch that stored the prompt, here
         body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
         with httpx.Client(base_url=serve_url + "/r2", timeout=300) as client:
-            def place() -> dict:  # a job's first node, as the replica that took it placed it
-                return final_record(client, client.post("/v1/jobs", json=body).json()["id"])["dag"]["nodes"][0]
-
-            views: dict[str, dict] = {}  # replica -> what its index matched, once it follows the events
-            wait_until(lambda: _both_replicas_see(views, place(), seen_here), timeout=120, every=0)
-            placements = [place() for _ in range(16)]  # Serve spreads them: both replicas place
+            views: dict[str, int] = {}  # replica -> the last of the holder's event batches it applied
+            wait_until(lambda: _both_replicas_applied(views, client.get("/healthz").json(), holder, applied),
+                       timeout=60, every=0.05)
+            placements = []
+            for _ in range(16):  # Serve spreads them: both replicas place (all on one: 2 in 65,536)
+                rec = final_record(client, client.post("/v1/jobs", json=body).json()["id"])
+                placements.append(rec["dag"]["nodes"][0])
         assert all(p["placement"]["matched"] == seen_here for p in placements) and held >= 96
         assert len({p["placement"]["by"] for p in placements}) == 2  # both replicas placed ...
         assert len({p["worker"] for p in placements}) == 1  # ... and alike

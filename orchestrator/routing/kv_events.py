@@ -58,6 +58,11 @@ class SharedIndex:
         with self.lock:
             self.index.forget(worker)
 
+    def applied(self, worker: str) -> int:
+        """The last of ``worker``'s event batches this index has applied (-1: none)."""
+        with self.lock:
+            return self.index.next_seq(worker) - 1
+
 
 class KVEventSubscriber(threading.Thread):
     def __init__(self, worker: str, endpoints: KVEndpoints, shared: SharedIndex):

@@ -49,6 +49,10 @@ class WorkerPool:
     def stream(self, name: str) -> StreamClient:
         return self.streams[name]
 
+    def kv_events_applied(self) -> dict[str, int]:
+        """Per worker, the last batch of its engine's KV events this process's index applied."""
+        return {name: self.index.applied(name) for name in self.handles}
+
     def watch(self, info: WorkerInfo) -> None:
         """Follows a worker's engine: its KV events (from scratch), its request stream, its speed."""
         old = self.subscribers.pop(info.name, None)

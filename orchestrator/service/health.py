@@ -20,20 +20,21 @@ class Health:
     workers: dict[str, dict] = field(default_factory=dict)  # name -> {"state": ok|errored|dead|..., ...}
     coordinator: dict = field(default_factory=dict)  # {"state": ..., plus its cluster view}
     model: str = ""
+    replica: str = ""  # the ingress replica (its placer, host:pid) that answered
 
     @property
     def can_take_work(self) -> bool:
         return self.status != "unavailable"
 
     def to_json(self) -> dict:
-        return {"status": self.status, "model": self.model, "workers": self.workers,
+        return {"status": self.status, "model": self.model, "replica": self.replica, "workers": self.workers,
                 "coordinator": self.coordinator}
 
 
-def assess(workers: dict[str, dict], coordinator: dict, model: str = "") -> Health:
+def assess(workers: dict[str, dict], coordinator: dict, model: str = "", replica: str = "") -> Health:
     live = [name for name, w in workers.items() if w.get("state") == WELL]
     if coordinator.get("state") != WELL or not live:
         status = "unavailable"
     else:
         status = "ok" if len(live) == len(workers) else "degraded"
-    return Health(status, workers, coordinator, model)
+    return Health(status, workers, coordinator, model, replica)
