@@ -38,6 +38,9 @@ class LoomConfig:
     controller_cpus: int = 1
     worker_num_gpus: float = 0.0
     worker_num_cpus: float = 0.0
+    # per worker, Ray custom resources its actor needs (e.g. [{"node-a": 1}, {"node-b": 1}] to put
+    # each on a node started with that resource); empty: none
+    worker_resources: list = field(default_factory=list)
     max_threads_in_flight: int = 64
     # KV transfer between workers (workers/kv): a thread placed away from its prefix pulls the
     # prefix's blocks from the worker holding them when the cost model says that beats recomputing.
@@ -98,6 +101,11 @@ class LoomConfig:
             raise ConfigError("num_workers must be >= 1")
         if self.worker_cpu_binds and len(self.worker_cpu_binds) != self.num_workers:
             raise ConfigError(f"worker_cpu_binds has {len(self.worker_cpu_binds)} entries for {self.num_workers} workers")
+        if self.worker_resources and (len(self.worker_resources) != self.num_workers or not all(
+                isinstance(r, dict) and all(isinstance(v, int | float) and v >= 0 for v in r.values())
+                for r in self.worker_resources)):
+            raise ConfigError(f"worker_resources must hold one mapping of resource -> amount per worker "
+                              f"({self.num_workers}), not {self.worker_resources!r}")
         if self.controller_cpus < 0:
             raise ConfigError(f"controller_cpus must be >= 0, not {self.controller_cpus!r}")
         if not Path(self.model).exists() and "/" not in self.model.strip("/"):

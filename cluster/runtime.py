@@ -84,10 +84,12 @@ def pin_controller(cfg: LoomConfig) -> LoomConfig:
 def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:
     """Named worker actors (created if missing); waits until each engine is loaded and measured."""
     handles = {}
-    for name, bind in zip(worker_names(cfg), cpu_binds(cfg)):
+    resources = cfg.worker_resources or [{}] * cfg.num_workers
+    for name, bind, needs in zip(worker_names(cfg), cpu_binds(cfg), resources):
         handles[name] = WorkerActor.options(
             name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
-            num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus, max_restarts=-1,  # a new engine
+            num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus, resources=needs or None,
+            max_restarts=-1,  # a new engine
         ).remote(name, cfg.worker_engine(bind))
     ray.get([h.counters.remote() for h in handles.values()])  # every engine loaded, then
     return handles, [ray.get(h.ready.remote()) for h in handles.values()]  # measured one at a time

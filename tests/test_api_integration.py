@@ -8,7 +8,7 @@ import sys
 
 import httpx
 import pytest
-from polling import final_record
+from polling import final_record, wait_until
 
 ANSWER = re.compile(r"^A: \d+$")
 
@@ -64,7 +64,11 @@ def test_models_and_health(client):
     r = client.get("/healthz")
     health = r.json()
     assert r.status_code == 200 and health["status"] == "ok" and health["model"] == "loom-arith"
-    assert health["workers"] == {f"loom-worker-{i}": {"state": "ok", "active": 0} for i in range(2)}
+    assert sorted(health["workers"]) == [f"loom-worker-{i}" for i in range(2)] and health["replica"]
+    assert all(w["state"] == "ok" and w["active"] == 0 for w in health["workers"].values()), health
+    # this replica follows each engine's KV events (the engines published some at start-up)
+    wait_until(lambda: all(w["kv_events_applied"] >= 0 for w in client.get("/healthz").json()["workers"].values()),
+               timeout=30)
     assert health["coordinator"]["state"] == "ok" and health["coordinator"]["threads_in_flight"] == 0
 
 

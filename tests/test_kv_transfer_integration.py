@@ -5,6 +5,7 @@ already holding it) ends with the right tokens and no block left in use on eithe
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import os
 import signal
 import time
@@ -14,12 +15,13 @@ import pytest
 import ray
 from engine_requests import stream
 
+from bench.kv_pair import DIE, Shape, start_holder
 from cluster import runtime
 from cluster.config import load
 from models.task import Question, Term, trace
 from orchestrator.driver.records import JobRequest
 from orchestrator.protocol.generation import GenRequest
-from orchestrator.protocol.kv import PULLED_KEY, PullReport
+from orchestrator.protocol.kv import PULLED_KEY, KVHold, PullReport
 from orchestrator.routing.link import LinkModel
 
 pytestmark = pytest.mark.integration
@@ -119,6 +121,29 @@ async def test_a_pull_after_the_hold_expired_is_refused_and_recomputed(loom):
     assert tokens == reference and not report.ok and "expired" in report.error
     assert last.cached_tokens == 0  # nothing loaded: all recomputed
     await no_blocks_in_use(w0, w1)
+
+
+async def test_a_holder_that_dies_mid_pull_fails_the_pull_in_time_and_the_engine_recomputes(loom, loom_config):
+    """A holder (a process of the transport alone, bench/kv_pair.py) accepts the engine's pull and
+    dies before sending: the pull fails within the transfer timeout plus a second, the pulling
+    engine lives, recomputes the prefix (the same tokens), and frees every block."""
+    (_, _), (_, w1) = pair(loom)
+    await no_blocks_in_use(w1)
+    ids, held = prompt_and_held(loom, 260)
+    reference, _ = await generate(w1, "kv-ref-6", ids)
+    await no_blocks_in_use(w1)
+    shape = Shape(layers=2, blocks=held // BLOCK, block=BLOCK, heads=1, head=8, dtype="float32")
+    proc, _, port = start_holder(mp.get_context("spawn"), shape, "cpu", loom_config.engine.kv_timeout_s, "fake")
+    try:
+        hold = KVHold("fake-holder", "127.0.0.1", port, DIE, list(range(held // BLOCK)), held, shape.block_bytes, 30.0)
+        tokens, last = await generate(w1, "kv-pull-6", ids, kv=hold.to_params())
+    finally:
+        proc.join(10)
+    report = PullReport(**last.kv_params[PULLED_KEY])
+    assert not report.ok and report.ms <= (loom_config.engine.kv_timeout_s + 1) * 1000, report
+    assert tokens == reference and last.cached_tokens == 0  # recomputed, nothing loaded
+    assert (await w1.health.remote())["state"] == "ok"
+    await no_blocks_in_use(w1)
 
 
 async def test_a_target_aborted_mid_transfer_frees_its_blocks_on_both_engines(loom):

@@ -1,11 +1,10 @@
 """Moving KV blocks between two engine processes: a torch.distributed process group per engine
-pair, made when first needed, and a ZMQ side channel for the control messages (messages.py).
+pair (pair_group.py), made when first needed, and a ZMQ side channel for the control messages
+(messages.py). Needs torch and pyzmq only, not vLLM.
 
 One code path for both devices: the backend follows the KV cache's device (``gloo`` for CPU
-tensors, ``nccl`` for CUDA ones). The groups are built with vLLM's
-``stateless_init_torch_distributed_process_group`` on a TCP store the puller serves, so no global
-``init_process_group`` is touched. Every wait has a time-out; a group whose operation failed or
-timed out is dropped (gloo closes the pair for good) and the next transfer builds a new one.
+tensors, ``nccl`` for CUDA ones). Every wait has a deadline; a group whose operation failed or
+timed out is dropped (closed) and the next transfer builds a new one.
 """
 from __future__ import annotations
 
@@ -15,11 +14,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 
 import torch
 import zmq
 
+from workers.kv import pair_group
 from workers.kv.messages import Connect, Reply, decode, encode
 
 log = logging.getLogger(__name__)
@@ -29,24 +28,6 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
-def build_group(host: str, port: int, rank: int, backend: str, timeout_s: float,
-                listen: socket.socket | None = None):
-    """One side of a two-rank process group; blocks until the other side joins (or times out)."""
-    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
-
-    return stateless_init_torch_distributed_process_group(
-        host, port, rank, 2, backend, listen_socket=listen, timeout=timedelta(seconds=timeout_s))
-
-
-def destroy_group(group) -> None:
-    from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
-
-    try:
-        stateless_destroy_torch_distributed_process_group(group)
-    except Exception:  # a broken pair may fail to shut down; it is dropped either way
-        log.debug("pair group shutdown failed", exc_info=True)
-
-
 class PairGroups:
     """This engine's process groups, one per peer it pulls from (the puller's side) or that
     pulls from it (the holder's side), keyed by a name both sides know."""
@@ -54,7 +35,7 @@ class PairGroups:
     def __init__(self, host: str, timeout_s: float):
         self.host = host
         self.timeout_s = timeout_s
-        self.groups: dict[str, object] = {}
+        self.groups: dict[str, pair_group.PairGroup] = {}
         self.lock = threading.Lock()
 
     def get(self, key: str):
@@ -75,7 +56,7 @@ class PairGroups:
         with self.lock:
             group = self.groups.pop(key, None)
         if group is not None:
-            destroy_group(group)
+            group.close()
 
     def open_to(self, peer_host: str, peer_port: int, peer: str, backend: str) -> str:
         """A new group with the holder ``peer`` (rank 0 here, serving the store); returns its key."""
@@ -90,7 +71,7 @@ class PairGroups:
             listen.close()
             raise TransferError(f"{peer} refused a pair group: {reply.error}")
         try:
-            self.put(key, build_group(self.host, port, 0, backend, self.timeout_s, listen))
+            self.put(key, pair_group.build(self.host, port, 0, backend, self.timeout_s, listen, local=self.host))
         except Exception:
             listen.close()  # the holder never joined: no socket is left listening
             raise
@@ -99,7 +80,7 @@ class PairGroups:
     def join(self, msg: Connect) -> None:
         """The holder's side of ``open_to`` (rank 1); run off the side channel's thread."""
         try:
-            self.put(msg.group, build_group(msg.host, msg.port, 1, msg.backend, self.timeout_s))
+            self.put(msg.group, pair_group.build(msg.host, msg.port, 1, msg.backend, self.timeout_s, local=self.host))
         except Exception as e:  # noqa: BLE001 - the puller times out and recomputes
             log.warning("pair group %s not built: %s", msg.group, e)
 

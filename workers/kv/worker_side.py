@@ -15,7 +15,6 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
 
 import torch
 
@@ -185,7 +184,7 @@ class WorkerSide:
     def _send(self, msg: Pull, group, staged: torch.Tensor) -> None:
         self.pages.enter_thread()
         try:
-            group.send([staged], 0, msg.tag).wait(timedelta(seconds=self.timeout_s))
+            group.send(staged, 0, msg.tag, self.timeout_s)
         except Exception as e:  # noqa: BLE001 - the puller recomputes; the pair is rebuilt next time
             log.warning("KV send of %s failed: %s", msg.transfer, e)
             self.groups.drop(msg.group)
@@ -218,7 +217,7 @@ class WorkerSide:
             raise TransferError(reply.error)
         staged = torch.empty(reply.shape, dtype=getattr(torch, reply.dtype), device=self.pages.layers[0].device)
         try:
-            self.groups.get(key).recv([staged], 1, tag).wait(timedelta(seconds=self.timeout_s))
+            self.groups.get(key).recv(staged, 1, tag, self.timeout_s)
         except Exception:
             self._forget(hold, key)
             raise
