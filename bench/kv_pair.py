@@ -113,7 +113,7 @@ class Puller:
         from workers.kv.scheduler_side import PullSpec, StepPlan
 
         remote, local = self.rng.sample(range(self.shape.blocks), n), self.rng.sample(range(self.shape.blocks), n)
-        hold = KVHold("holder", "127.0.0.1", port, transfer, remote, n * self.shape.block, self.shape.block_bytes, 900.0)
+        hold = KVHold("holder", "127.0.0.1", [port], transfer, remote, n * self.shape.block, self.shape.block_bytes, 900.0)
         t0 = time.perf_counter()
         self.side.start(StepPlan(pulls=[PullSpec(transfer, hold, remote, local)]))
         while transfer not in self.side.finished()[1]:

@@ -36,7 +36,7 @@ class LoomConfig:
     # the controller, the coordinator, the workers' Python side), the engines bound to the rest,
     # when each engine still gets a core and no binds are given (cluster/runtime.py: pin_controller)
     controller_cpus: int = 1
-    worker_num_gpus: float = 0.0
+    worker_num_gpus: float = 0.0  # per tensor-parallel rank: a worker reserves this times the size
     worker_num_cpus: float = 0.0
     # per worker, Ray custom resources its actor needs (e.g. [{"node-a": 1}, {"node-b": 1}] to put
     # each on a node started with that resource); empty: none
@@ -96,11 +96,22 @@ class LoomConfig:
         cfg.validate()
         return cfg
 
+    def validate_ranks(self) -> None:
+        """A tensor-parallel engine needs a core list per rank, or a whole GPU per rank."""
+        ranks = self.engine.tensor_parallel_size
+        if ranks > 1 and any(len(str(b).split("|")) != ranks for b in self.worker_cpu_binds):
+            raise ConfigError(f"worker_cpu_binds: one core list per rank, '|'-separated ({ranks} ranks: e.g. "
+                              f"'0|1'), not {self.worker_cpu_binds!r}")
+        if ranks > 1 and self.worker_num_gpus not in (0, 1):
+            raise ConfigError(f"worker_num_gpus: a whole GPU per rank with tensor_parallel_size {ranks} "
+                              f"(0 or 1), not {self.worker_num_gpus!r}")
+
     def validate(self) -> None:
         if self.num_workers < 1:
             raise ConfigError("num_workers must be >= 1")
         if self.worker_cpu_binds and len(self.worker_cpu_binds) != self.num_workers:
             raise ConfigError(f"worker_cpu_binds has {len(self.worker_cpu_binds)} entries for {self.num_workers} workers")
+        self.validate_ranks()
         if self.worker_resources and (len(self.worker_resources) != self.num_workers or not all(
                 isinstance(r, dict) and all(isinstance(v, int | float) and v >= 0 for v in r.values())
                 for r in self.worker_resources)):

@@ -5,6 +5,7 @@ ingress replica and every driver (``loom run``, a Ray Job) shares the same ones.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, replace
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import ray
 
+from cluster import reservation
 from cluster.config import ConfigError, LoomConfig
 from orchestrator.budget import coordinator as coord_mod
 from orchestrator.budget.ops import BudgetOps
@@ -35,19 +37,22 @@ def worker_names(cfg: LoomConfig) -> list[str]:
 
 def cpu_binds(cfg: LoomConfig) -> list[str]:
     """Per worker, the CPU cores its engine's threads are bound to: the configured lists, or
-    (several CPU engines on one machine) an even split of this machine's cores, so that the
-    engines do not spin on the same cores; "" (vLLM's own choice) for one engine or GPUs."""
+    (several CPU engines or ranks on one machine) an even split of this machine's cores, so that
+    they do not spin on the same cores; "" (vLLM's own choice) for one engine or GPUs."""
     if cfg.worker_cpu_binds:
         return list(cfg.worker_cpu_binds)
     cores = sorted(os.sched_getaffinity(0))
-    if cfg.num_workers == 1 or cfg.worker_num_gpus > 0 or len(cores) < cfg.num_workers:
+    ranks = cfg.num_workers * cfg.engine.tensor_parallel_size
+    if ranks == 1 or cfg.worker_num_gpus > 0 or len(cores) < ranks:
         return [""] * cfg.num_workers
-    return even_split(cores, cfg.num_workers)
+    return even_split(cores, cfg.num_workers, cfg.engine.tensor_parallel_size)
 
 
-def even_split(cores: list[int], n: int) -> list[str]:
-    """``cores`` dealt out to ``n`` engines in turn, each as a VLLM_CPU_OMP_THREADS_BIND list."""
-    return [",".join(map(str, cores[i::n])) for i in range(n)]
+def even_split(cores: list[int], n: int, ranks: int = 1) -> list[str]:
+    """``cores`` dealt out in turn to ``n`` engines of ``ranks`` ranks each, as each engine's
+    VLLM_CPU_OMP_THREADS_BIND (a rank's cores comma-separated, its ranks "|"-separated)."""
+    groups = [",".join(map(str, cores[i::n * ranks])) for i in range(n * ranks)]
+    return ["|".join(groups[e * ranks:(e + 1) * ranks]) for e in range(n)]
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,9 @@ def core_split(cfg: LoomConfig, cores: list[int]) -> CoreSplit | None:
     if cfg.worker_num_gpus > 0 or cfg.worker_cpu_binds or not cfg.controller_cpus:
         return None
     kept, rest = cores[:cfg.controller_cpus], cores[cfg.controller_cpus:]
-    if len(rest) < cfg.num_workers:
+    if len(rest) < cfg.num_workers * cfg.engine.tensor_parallel_size:
         return None
-    return CoreSplit(kept, even_split(rest, cfg.num_workers))
+    return CoreSplit(kept, even_split(rest, cfg.num_workers, cfg.engine.tensor_parallel_size))
 
 
 def pin_controller(cfg: LoomConfig) -> LoomConfig:
@@ -82,17 +87,31 @@ def pin_controller(cfg: LoomConfig) -> LoomConfig:
 
 
 def start_workers(cfg: LoomConfig) -> tuple[dict, list[WorkerInfo]]:
-    """Named worker actors (created if missing); waits until each engine is loaded and measured."""
-    handles = {}
-    resources = cfg.worker_resources or [{}] * cfg.num_workers
-    for name, bind, needs in zip(worker_names(cfg), cpu_binds(cfg), resources):
-        handles[name] = WorkerActor.options(
-            name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
-            num_gpus=cfg.worker_num_gpus, num_cpus=cfg.worker_num_cpus, resources=needs or None,
-            max_restarts=-1,  # a new engine
-        ).remote(name, cfg.worker_engine(bind))
+    """Named worker actors (created if missing, each in its reservation); waits until each engine
+    is loaded and measured."""
+    handles, reserved = {}, {}
+    for name, bind, res in zip(worker_names(cfg), cpu_binds(cfg), reservations(cfg)):
+        handles[name] = _actor(name)
+        if handles[name] is None:
+            reserved[name] = res.reserve()
+            handles[name] = WorkerActor.options(
+                name=name, namespace=coord_mod.NAMESPACE, lifetime="detached", get_if_exists=True,
+                max_restarts=-1,  # a new engine, in the same reservation
+                **res.actor_options(reserved[name]),
+            ).remote(name, cfg.worker_engine(bind))
     ray.get([h.counters.remote() for h in handles.values()])  # every engine loaded, then
+    for name, group in reserved.items():  # another process's worker of that name may have won
+        reservation.keep_if_used(group, ray.get(handles[name].reservation.remote()))
     return handles, [ray.get(h.ready.remote()) for h in handles.values()]  # measured one at a time
+
+
+def reservations(cfg: LoomConfig) -> list[reservation.Reservation]:
+    """Per worker, what it holds: a GPU per tensor-parallel rank (worker_num_gpus each), its CPUs
+    and its custom resources."""
+    needs = cfg.worker_resources or [{}] * cfg.num_workers
+    gpus = cfg.worker_num_gpus * cfg.engine.tensor_parallel_size
+    return [reservation.Reservation(name, gpus, cfg.worker_num_cpus, dict(custom))
+            for name, custom in zip(worker_names(cfg), needs)]
 
 
 def start_coordinator(cfg: LoomConfig):
@@ -166,13 +185,17 @@ def start(cfg: LoomConfig, placer_type: type[Placer] = Placer, budget: BudgetOps
 
 def shutdown_actors(cfg: LoomConfig, coordinator: bool = True, grace_s: float = 15.0) -> None:
     """Stops the config's workers (each engine shut down, then the actor killed, so no engine
-    process outlives it) and the coordinator."""
-    workers = [_actor(name) for name in worker_names(cfg)]
-    stopping = [w.shutdown.remote() for w in workers if w is not None]
-    ray.wait(stopping, num_returns=len(stopping), timeout=grace_s)
+    process outlives it, and its reservation released) and the coordinator."""
+    workers = [w for w in (_actor(name) for name in worker_names(cfg)) if w is not None]
+    groups = [w.reservation.remote() for w in workers]
+    stopping = [w.shutdown.remote() for w in workers]
+    ray.wait(stopping + groups, num_returns=len(stopping) + len(groups), timeout=grace_s)
     for actor in workers + ([_actor(coord_mod.COORDINATOR_NAME)] if coordinator else []):
         if actor is not None:
             ray.kill(actor, no_restart=True)
+    for group in groups:
+        with contextlib.suppress(ray.exceptions.RayError):
+            reservation.release(ray.get(group, timeout=0))
 
 
 def _actor(name: str):

@@ -79,12 +79,36 @@ def test_an_engine_setting_at_the_top_level_is_named_with_where_it_goes():
     ({"worker_num_gpus": 1.0}, [0, 1], None, None),  # GPU engines
     ({"worker_cpu_binds": ["0-1"]}, [0, 1], None, None),  # binds given: they are used as they are
     ({"controller_cpus": 0}, [0, 1], None, None),
+    # tensor-parallel engines: a core group per rank, "|" between an engine's ranks
+    ({"num_workers": 2, "engine": {"tensor_parallel_size": 2}}, list(range(5)), [0], ["1|2", "3|4"]),
+    ({"engine": {"tensor_parallel_size": 2}}, [0, 1], None, None),  # one core left for two ranks
 ])
 def test_cpu_engines_leave_loom_its_cores_when_there_are_enough(overrides, cores, controller, engines):
     from cluster.runtime import core_split
 
     split = core_split(load(overrides=overrides), cores)
     assert (split.controller, split.engines) == (controller, engines) if controller else split is None
+
+
+def test_tensor_parallel_engines_bind_each_rank_and_reserve_a_gpu_per_rank():
+    from cluster.runtime import even_split, reservations
+
+    assert even_split(list(range(4)), 2, 2) == ["0|1", "2|3"]
+    assert even_split(list(range(8)), 2, 2) == ["0,4|1,5", "2,6|3,7"]
+    gpus = load(overrides={"worker_num_gpus": 1, "worker_resources": [{"node-a": 1}],
+                           "engine": {"tensor_parallel_size": 4}})
+    assert [r.bundle() for r in reservations(gpus)] == [{"GPU": 4, "node-a": 1}]
+    assert [r.bundle() for r in reservations(load())] == [{}]  # nothing to reserve: no placement group
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"engine": {"tensor_parallel_size": 0}}, "tensor_parallel_size must be an integer >= 1"),
+    ({"engine": {"tensor_parallel_size": 2}, "worker_cpu_binds": ["0"]}, "one core list per rank"),
+    ({"engine": {"tensor_parallel_size": 2}, "worker_num_gpus": 0.5}, "a whole GPU per rank"),
+])
+def test_bad_tensor_parallel_settings_are_refused_with_the_reason(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load(overrides=overrides)
 
 
 def test_pinning_binds_this_process_and_the_engines_to_the_split():

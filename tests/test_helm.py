@@ -465,6 +465,18 @@ def test_too_few_gpus_for_the_loom_workers_fails_the_render():
     render({"loom": {"num_workers": 4, "worker_num_gpus": 0}, "workers": {"replicas": 1, "gpus": 0}})
 
 
+def test_a_tensor_parallel_worker_needs_its_gpus_on_one_pod():
+    tp2 = {"num_workers": 2, "worker_num_gpus": 1, "engine": {"tensor_parallel_size": 2}}
+    with pytest.raises(helm.HelmRenderError, match="4 GPUs on one pod, but workers.gpus is 2"):
+        render({"loom": {**tp2, "engine": {"tensor_parallel_size": 4}}, "workers": {"replicas": 2, "gpus": 2}})
+    with pytest.raises(helm.HelmRenderError, match="holds 1 "):  # 3 GPUs a pod: one worker of 2 each
+        render({"loom": tp2, "workers": {"replicas": 1, "gpus": 3}})
+    docs = render({"loom": tp2, "workers": {"replicas": 1, "gpus": 4}})
+    (group,) = rayservice(docs)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert LoomConfig.from_dict(serve_config(rayservice(docs))["applications"][0]["args"]).engine.tensor_parallel_size == 2
+
+
 def test_notes_tell_how_to_reach_the_app():
     text = notes()
     assert "svc/loom-serve-svc 8000:8000" in text and "svc/loom-head-svc 8265:8265" in text

@@ -43,11 +43,11 @@ class Blocks:
 
 
 def side() -> SchedulerSide:
-    return SchedulerSide(HolderAddress("w0", "127.0.0.1", 5555), BS, 4096, hold_s=30.0)
+    return SchedulerSide(HolderAddress("w0", "127.0.0.1", [5555]), BS, 4096, hold_s=30.0)
 
 
 def hold(tokens: int = 128, blocks=(11, 12, 13, 14)) -> KVHold:
-    return KVHold("w1", "127.0.0.1", 6666, "t-hold-abc", list(blocks), tokens, 4096, 30.0)
+    return KVHold("w1", "127.0.0.1", [6666], "t-hold-abc", list(blocks), tokens, 4096, 30.0)
 
 
 def test_a_request_without_params_loads_nothing():
@@ -95,7 +95,7 @@ def test_a_holder_keeps_its_full_blocks_and_says_where_they_are():
     s = side()
     req = Req("t-hold-abc", list(range(129)), {HOLD_KEY: {"tokens": 128, "hold_s": None}})
     keep, params = s.finished(req, [7, 8, 9, 10, 11], stopped_normally=True)
-    assert keep and KVHold(**params[HOLD_KEY]) == KVHold("w0", "127.0.0.1", 5555, "t-hold-abc",
+    assert keep and KVHold(**params[HOLD_KEY]) == KVHold("w0", "127.0.0.1", [5555], "t-hold-abc",
                                                           [7, 8, 9, 10], 128, 4096, 30.0)
     assert s.step_plan().holds == {"t-hold-abc": 30.0}
 

@@ -135,7 +135,7 @@ async def test_a_holder_that_dies_mid_pull_fails_the_pull_in_time_and_the_engine
     shape = Shape(layers=2, blocks=held // BLOCK, block=BLOCK, heads=1, head=8, dtype="float32")
     proc, _, port = start_holder(mp.get_context("spawn"), shape, "cpu", loom_config.engine.kv_timeout_s, "fake")
     try:
-        hold = KVHold("fake-holder", "127.0.0.1", port, DIE, list(range(held // BLOCK)), held, shape.block_bytes, 30.0)
+        hold = KVHold("fake-holder", "127.0.0.1", [port], DIE, list(range(held // BLOCK)), held, shape.block_bytes, 30.0)
         tokens, last = await generate(w1, "kv-pull-6", ids, kv=hold.to_params())
     finally:
         proc.join(10)

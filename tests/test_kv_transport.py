@@ -10,12 +10,13 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.kv_pair import DIE, HANG, Puller, Shape, faults, pulls, start_holder
+from bench.kv_pair import DIE, HANG, Puller, Shape, caches, faults, pulls, start_holder
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 2.0
@@ -58,3 +59,42 @@ def test_the_transport_imports_and_runs_without_vllm():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_two_engines_pulling_from_each_other_at_once_get_every_pull():
+    """Each side both holds and pulls, more pulls at once than it has threads for them: a pull waits
+    on its peer's join and send while that peer's own pulls wait on this side's (gloo, in one
+    process; every pull right, none waiting out its timeout)."""
+    from orchestrator.protocol.kv import KVHold
+    from workers.kv.scheduler_side import PullSpec, StepPlan
+    from workers.kv.worker_side import WorkerSide
+
+    shape = Shape(layers=2, blocks=64, block=16, heads=2, head=32, dtype="float32")
+    sides = [WorkerSide("127.0.0.1", TIMEOUT_S), WorkerSide("127.0.0.1", TIMEOUT_S)]
+    held = [caches(shape, "cpu", seed=11), caches(shape, "cpu", seed=22)]
+    for side, kv in zip(sides, held):
+        side.register(kv, shape.blocks)
+    n, plans = 8, [StepPlan(), StepPlan()]
+    for me, peer in ((0, 1), (1, 0)):
+        for k in range(n):  # from the peer's first half of its blocks into this side's second half
+            hold = KVHold(f"side{peer}", "127.0.0.1", [sides[peer].channel.port], f"from{peer}-{k}", [k], shape.block,
+                          shape.block_bytes, 30.0)
+            plans[me].pulls.append(PullSpec(f"from{peer}-{k}", hold, [k], [shape.blocks // 2 + k]))
+    for side, plan in zip(sides, plans):
+        side.start(plan)
+    reports = wait_reports(sides, n, TIMEOUT_S * 3)
+    assert [r["ok"] for r in reports] == [True] * 2 * n, [r["error"] for r in reports if not r["ok"]]
+    for me, peer in ((0, 1), (1, 0)):
+        for layer in held[me]:
+            assert torch.equal(held[me][layer][:, shape.blocks // 2:shape.blocks // 2 + n], held[peer][layer][:, :n])
+    for side in sides:
+        side.close()
+
+
+def wait_reports(sides, n: int, timeout_s: float) -> list[dict]:
+    deadline, reports = time.monotonic() + timeout_s, []
+    while len(reports) < 2 * n and time.monotonic() < deadline:
+        for side in sides:
+            reports += side.take_reports()
+        time.sleep(0.01)
+    return reports

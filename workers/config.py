@@ -24,6 +24,9 @@ class EngineConfig:
     block_size: int = 32  # KV block tokens; vLLM-CPU defaults to 128, too coarse for short prefixes
     num_kv_blocks: int = 0  # KV blocks, overriding what memory allows (tests force evictions); 0: memory
     seed: int = 0
+    # GPUs (CPU: core groups) one engine runs its model over; vLLM's processes, one per rank, in
+    # the worker's place (cluster/runtime.py reserves the GPUs); every worker the same size
+    tensor_parallel_size: int = 1
     kv_hold_s: float = 30.0  # a hold no peer pulls is freed after this
     kv_timeout_s: float = 10.0  # every wait of a KV transfer; past it the target recomputes
     # a worker streams what its engine produced within stream_interval_ms as one chunk, or sooner
@@ -34,7 +37,8 @@ class EngineConfig:
     # the niceness of vLLM's engine-core process (its step loop); None: as Ray started it (15).
     # Below 15 needs CAP_SYS_NICE, without which the engine keeps Ray's and logs so
     core_nice: int | None = 0
-    cpu_bind: str = ""  # per worker: VLLM_CPU_OMP_THREADS_BIND (e.g. "0"); "" leaves vLLM's default
+    # per worker: VLLM_CPU_OMP_THREADS_BIND (e.g. "0"; per rank, "|"-separated: "0|1"); "": vLLM's
+    cpu_bind: str = ""
     kv_connector: bool = False  # per worker: load Loom's KV connector (workers/kv)
 
     @classmethod
@@ -50,6 +54,8 @@ class EngineConfig:
         return cfg
 
     def validate(self) -> None:
+        if not (isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1):
+            raise EngineConfigError(f"tensor_parallel_size must be an integer >= 1, not {self.tensor_parallel_size!r}")
         if self.max_model_len < 2 or self.block_size < 1 or self.max_num_seqs < 1 or self.num_kv_blocks < 0:
             raise EngineConfigError("max_model_len, block_size and max_num_seqs must be positive, num_kv_blocks >= 0")
         if self.core_nice is not None and not (isinstance(self.core_nice, int) and -20 <= self.core_nice <= 19):

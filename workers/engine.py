@@ -14,11 +14,12 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Protocol
 
 from orchestrator.protocol.engine import KVEndpoints
 from orchestrator.protocol.generation import GenChunk, GenRequest
-from orchestrator.protocol.kv import PULLED_KEY
+from orchestrator.protocol.kv import PULLED_KEY, PullReport
 from workers.config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,10 @@ class VLLMEngine:
             model=cfg.model, tokenizer=cfg.model, max_model_len=cfg.max_model_len,
             dtype=cfg.dtype, enforce_eager=cfg.enforce_eager, enable_prefix_caching=True,
             gpu_memory_utilization=cfg.gpu_memory_utilization, max_num_seqs=cfg.max_num_seqs,
-            seed=cfg.seed, disable_log_stats=False, block_size=cfg.block_size or None,
+            seed=cfg.seed, disable_log_stats=False, tensor_parallel_size=cfg.tensor_parallel_size,
+            # one process per rank beside this one, on the GPUs Ray gave the worker (never Ray's own
+            # executor, which would place the ranks as actors of their own)
+            distributed_executor_backend="mp" if cfg.tensor_parallel_size > 1 else None, block_size=cfg.block_size or None,
             num_gpu_blocks_override=cfg.num_kv_blocks or None, kv_events_config=events,
             kv_transfer_config=_kv_transfer(cfg, host, name) if cfg.kv_connector else None,
         )
@@ -93,19 +97,25 @@ class VLLMEngine:
 
     def note_pulls(self, pulls: list[dict]) -> None:
         """Keeps each finished pull's report under its request's id (vLLM's internal id is the
-        caller's plus "-" and 8 characters)."""
+        caller's plus "-" and 8 characters), one report over every tensor-parallel rank's shard
+        (each rank reports its own; vLLM lets the request run once all have)."""
         for p in pulls:
             p = dict(p)
             rid = p.pop("request_id").rsplit("-", 1)[0]
-            self.pulls[rid] = p
+            report = PullReport(**p)
+            if rid in self.pulls:
+                report = PullReport(**self.pulls[rid]).combine(report)
+            self.pulls[rid] = asdict(report)
         while len(self.pulls) > MAX_PULL_REPORTS:
             self.pulls.popitem(last=False)
 
     def kv_bytes_per_token(self) -> int:
-        """Bytes of KV one token takes over all layers (keys and values)."""
+        """Bytes of KV one token takes over all layers (keys and values) and tensor-parallel ranks
+        (vLLM counts one rank's KV heads)."""
         mc = self.llm.vllm_config.model_config
         pc = self.llm.vllm_config.parallel_config
-        return 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * mc.dtype.itemsize
+        per_rank = 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size() * mc.dtype.itemsize
+        return per_rank * pc.tensor_parallel_size
 
     def kv_endpoints(self) -> KVEndpoints:
         """Where the engine publishes its KV events, as it bound them."""

@@ -187,7 +187,8 @@ class EngineWorker:
 
 @ray.remote(max_concurrency=1000)
 class WorkerActor(EngineWorker):
-    """One engine per actor; schedule with num_gpus=1 on GPU nodes. Started with max_restarts
+    """One engine per actor, on the GPUs of its reservation (one per tensor-parallel rank; its
+    engine's rank processes run beside the actor). Started with max_restarts
     (cluster/runtime.py): an actor whose engine died exits, and Ray starts it again, engine and all."""
 
     def __init__(self, name: str, cfg: EngineConfig):
@@ -200,6 +201,10 @@ class WorkerActor(EngineWorker):
         except Exception:
             await self.health()  # exits if the engine is dead
             raise
+
+    def reservation(self) -> str | None:
+        """The id of the placement group this worker runs in (cluster/reservation.py), if any."""
+        return ray.get_runtime_context().get_placement_group_id()
 
     async def health(self) -> dict:
         state = await super().health()

@@ -33,12 +33,12 @@ class KVHold:
     """Blocks a holder keeps for a target to pull (returned by the holder's request)."""
 
     holder: str  # the holder engine's name
-    host: str  # its side channel
-    port: int
+    host: str  # its side channels' address
+    ports: list[int]  # one side channel per tensor-parallel rank, in rank order
     transfer: str  # the holder's request id: names the held blocks
     block_ids: list[int]  # the holder's blocks, in prompt order, full blocks only
     num_tokens: int  # tokens those blocks hold (block-aligned)
-    block_bytes: int  # bytes one block takes over all layers
+    block_bytes: int  # bytes one block takes over all layers and ranks
     expires_in_s: float
 
     def to_params(self) -> dict:
@@ -51,7 +51,8 @@ class KVHold:
 
 @dataclass
 class PullReport:
-    """What became of one pull, as the target's connector saw it (the job record keeps it)."""
+    """What became of one pull, as the target's connector saw it (the job record keeps it). An
+    engine over several GPUs pulls each rank's shard on its own: ``combine`` makes one report."""
 
     holder: str
     blocks: int
@@ -59,3 +60,10 @@ class PullReport:
     ms: float
     ok: bool
     error: str = ""
+
+    def combine(self, shard: PullReport) -> PullReport:
+        """This pull with another rank's shard of it: every byte, the slowest rank's time, ok
+        only if every shard was."""
+        errors = "; ".join(e for e in (self.error, shard.error) if e)
+        return PullReport(self.holder, max(self.blocks, shard.blocks), self.bytes + shard.bytes,
+                          max(self.ms, shard.ms), self.ok and shard.ok, errors)

@@ -5,8 +5,10 @@
                      kv_connector_extra_config={"name": ..., "host": ..., "hold_s": 30,
                                                 "timeout_s": 10})
 
-The worker half binds its side channel on a free port of ``host`` and tells the scheduler half
-through vLLM's handshake metadata (as the NixlConnector does), so no port is chosen ahead.
+Each worker half (one per tensor-parallel rank) binds its side channel on a free port of
+``host`` and tells the scheduler half through vLLM's handshake metadata (as the NixlConnector
+does), so no port is chosen ahead; a ``KVHold`` carries every rank's port, and rank i of the
+puller pulls rank i's shard from rank i of the holder (both engines have the same size).
 
 A shim: vLLM's connector API on one side, ``SchedulerSide`` (scheduler_side.py) and
 ``WorkerSide`` (worker_side.py) on the other; messages.py has the protocol.
@@ -26,7 +28,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.metrics import KVConnectorStat
 from vllm.v1.request import RequestStatus
 
 from workers.kv.scheduler_side import HolderAddress, SchedulerSide, StepPlan
-from workers.kv.worker_side import WorkerSide
+from workers.kv.worker_side import TPRank, WorkerSide
 
 
 @dataclass
@@ -69,17 +71,21 @@ class LoomConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config, role: KVConnectorRole, kv_cache_config=None):
         super().__init__(vllm_config, role, kv_cache_config)
         extra = self._kv_transfer_config.kv_connector_extra_config
-        me = HolderAddress(str(extra["name"]), str(extra["host"]), 0)  # port: from the worker half
+        me = HolderAddress(str(extra["name"]), str(extra["host"]))  # ports: from the worker halves
+        ranks = vllm_config.parallel_config.tensor_parallel_size
         self.num_blocks = kv_cache_config.num_blocks
         self.sched: SchedulerSide | None = None
         self.worker: WorkerSide | None = None
         if role == KVConnectorRole.SCHEDULER:
             group = kv_cache_config.kv_cache_groups[0]
-            spec = group.kv_cache_spec
-            self.sched = SchedulerSide(me, spec.block_size, spec.page_size_bytes * len(group.layer_names),
+            spec = group.kv_cache_spec  # one rank's pages
+            self.sched = SchedulerSide(me, spec.block_size, spec.page_size_bytes * len(group.layer_names) * ranks,
                                        float(extra.get("hold_s", 30.0)))
         else:
-            self.worker = WorkerSide(me.host, float(extra.get("timeout_s", 10.0)))
+            from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+            self.worker = WorkerSide(me.host, float(extra.get("timeout_s", 10.0)),
+                                     TPRank(get_tensor_model_parallel_rank(), ranks))
 
     # -- scheduler side
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> tuple[int | None, bool]:
@@ -89,7 +95,8 @@ class LoomConnector(KVConnectorBase_V1):
         self.sched.after_alloc(request, blocks, num_external_tokens)
 
     def set_xfer_handshake_metadata(self, metadata: dict[int, KVConnectorHandshakeMetadata]) -> None:
-        self.sched.me.port = metadata[0].port
+        """Every tensor-parallel rank's side channel, in rank order."""
+        self.sched.me.ports = [metadata[rank].port for rank in sorted(metadata)]
 
     def build_connector_meta(self, scheduler_output) -> KVConnectorMetadata:
         return LoomConnectorMeta(self.sched.step_plan())

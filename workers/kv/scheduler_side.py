@@ -33,9 +33,11 @@ class StepPlan:
 
 @dataclass
 class HolderAddress:
+    """This engine as a holder: its name and its side channels (one per tensor-parallel rank)."""
+
     name: str
     host: str
-    port: int
+    ports: list[int] = field(default_factory=list)
 
 
 class SchedulerSide:
@@ -87,7 +89,7 @@ class SchedulerSide:
             if n > 0:
                 hold_s = float(ask.hold_s or self.hold_s)
                 self.plan.holds[request.request_id] = hold_s
-                hold = KVHold(self.me.name, self.me.host, self.me.port, request.request_id, block_ids[:n],
+                hold = KVHold(self.me.name, self.me.host, list(self.me.ports), request.request_id, block_ids[:n],
                               n * self.block_size, self.block_bytes, hold_s)
                 return True, {HOLD_KEY: asdict(hold)}
         return False, None

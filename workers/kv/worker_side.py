@@ -1,6 +1,7 @@
 """The worker half of Loom's KV connector: serves held blocks to pullers and pulls blocks from
 holders, over a pair group per peer (transport.py), in background threads so that no engine step
-waits on a peer.
+waits on a peer. An engine over several GPUs has one worker half per tensor-parallel rank, each
+moving its own shard of the blocks (its KV heads) with the same rank of the peer.
 
 Blocks move as opaque pages: both engines run the same model, dtype, block size and attention
 backend, so a block's bytes in every layer mean the same on both. The staged tensor is
@@ -64,6 +65,22 @@ class BlockPages:
             torch.cuda.synchronize(device)
 
 
+@dataclass(frozen=True)
+class TPRank:
+    """Which tensor-parallel rank of its engine this worker half is, of how many. Rank i holds
+    shard i of every block (its KV heads), and pulls it from rank i of the holder."""
+
+    rank: int = 0
+    size: int = 1
+
+    def port_of(self, hold: KVHold) -> int:
+        """The side channel of this rank's counterpart in the holder."""
+        if len(hold.ports) != self.size:
+            raise TransferError(f"holder {hold.holder} has {len(hold.ports)} tensor-parallel ranks, "
+                                f"this engine {self.size}")
+        return hold.ports[self.rank]
+
+
 @dataclass
 class Holds:
     """The holder's transfers: held (deadline known), being sent, and closed (sent, released or
@@ -113,15 +130,22 @@ class Holds:
 
 
 class WorkerSide:
-    def __init__(self, host: str, timeout_s: float):
+    def __init__(self, host: str, timeout_s: float, rank: TPRank = TPRank()):
         self.host = host
         self.timeout_s = timeout_s
+        self.rank = rank
         self.pages: BlockPages | None = None
         self.holds = Holds()
         self.groups = PairGroups(host, timeout_s)
         self.to_holder: dict[tuple, str] = {}  # (holder, host, port) -> our group with it
         self.tags: dict[str, int] = {}
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loom-kv")
+        # the puller's and the holder's work in pools of their own: a pull waits (up to its timeout)
+        # on a peer's join or send, and that peer may be pulling from this engine at the same time;
+        # with one pool for both, each side's waiting pulls could hold the threads its joins and
+        # sends need, and every pull time out
+        self.pulling = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loom-kv-pull")
+        self.serving = ThreadPoolExecutor(max_workers=4, thread_name_prefix="loom-kv-send")
+        self.joining = ThreadPoolExecutor(max_workers=2, thread_name_prefix="loom-kv-join")
         self.lock = threading.Lock()
         self.opening = threading.Lock()  # one new group at a time (concurrent pulls share it)
         self.received: set[str] = set()  # pulls ended (well or not) since the last report
@@ -138,9 +162,10 @@ class WorkerSide:
     def start(self, plan: StepPlan) -> None:
         self.holds.add(plan.holds, time.monotonic())
         for spec in plan.pulls:
-            self.pool.submit(self._pull, spec)
+            self.pulling.submit(self._pull, spec)
         for hold in plan.releases:
-            self.pool.submit(notify, hold.host, hold.port, Release(hold.transfer), self.timeout_s)
+            if len(hold.ports) == self.rank.size:  # else (a holder of another size) the hold expires
+                self.pulling.submit(notify, hold.host, self.rank.port_of(hold), Release(hold.transfer), self.timeout_s)
 
     def finished(self) -> tuple[set[str], set[str]]:
         with self.lock:
@@ -160,7 +185,7 @@ class WorkerSide:
     # -- the holder's side
     def handle(self, msg) -> Reply:
         if isinstance(msg, Connect):
-            self.pool.submit(self.groups.join, msg)
+            self.joining.submit(self.groups.join, msg)
             return Reply(True)
         if isinstance(msg, Release):
             self.holds.release(msg.transfer)
@@ -178,7 +203,7 @@ class WorkerSide:
         self.pages.enter_thread()
         staged = self.pages.gather(msg.block_ids)
         self.pages.synchronize()
-        self.pool.submit(self._send, msg, group, staged)
+        self.serving.submit(self._send, msg, group, staged)
         return Reply(True, shape=list(staged.shape), dtype=str(staged.dtype).removeprefix("torch."))
 
     def _send(self, msg: Pull, group, staged: torch.Tensor) -> None:
@@ -209,38 +234,40 @@ class WorkerSide:
             self.received.add(spec.request_id)
 
     def _receive(self, hold: KVHold, spec: PullSpec) -> int:
-        key = self._group_with(hold)
+        port = self.rank.port_of(hold)
+        key = self._group_with(hold, port)
         with self.lock:
             tag = self.tags[key] = self.tags.get(key, 0) + 1
-        reply = request(hold.host, hold.port, Pull(hold.transfer, spec.remote_block_ids, key, tag), self.timeout_s)
+        reply = request(hold.host, port, Pull(hold.transfer, spec.remote_block_ids, key, tag), self.timeout_s)
         if not reply.ok:
             raise TransferError(reply.error)
         staged = torch.empty(reply.shape, dtype=getattr(torch, reply.dtype), device=self.pages.layers[0].device)
         try:
             self.groups.get(key).recv(staged, 1, tag, self.timeout_s)
         except Exception:
-            self._forget(hold, key)
+            self._forget((hold.holder, hold.host, port), key)
             raise
         self.pages.scatter(spec.local_block_ids, staged)
         self.pages.synchronize()  # written before vLLM is told the blocks are ready
         return staged.numel() * staged.element_size()
 
-    def _group_with(self, hold: KVHold) -> str:
-        peer = (hold.holder, hold.host, hold.port)
+    def _group_with(self, hold: KVHold, port: int) -> str:
+        peer = (hold.holder, hold.host, port)
         with self.opening:
             key = self.to_holder.get(peer)
             if key is None or self.groups.get(key) is None:
-                key = self.groups.open_to(hold.host, hold.port, hold.holder, self.backend)
+                key = self.groups.open_to(hold.host, port, hold.holder, self.backend)
                 self.to_holder[peer] = key
         return key
 
-    def _forget(self, hold: KVHold, key: str) -> None:
+    def _forget(self, peer: tuple, key: str) -> None:
         with self.opening:
-            self.to_holder.pop((hold.holder, hold.host, hold.port), None)
+            self.to_holder.pop(peer, None)
         self.groups.drop(key)
 
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.pulling, self.serving, self.joining):
+            pool.shutdown(wait=False, cancel_futures=True)
         self.groups.close()

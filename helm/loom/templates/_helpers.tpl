@@ -153,13 +153,22 @@ args (the same mapping `loom serve --config` builds). */}}
 {{- toYaml $cfg }}
 {{- end }}
 
-{{/* Fail early when the worker group cannot hold the Loom workers' GPUs. */}}
+{{/* Fail early when the worker group cannot hold the Loom workers' GPUs. A worker takes
+loom.worker_num_gpus per tensor-parallel rank, all on one pod (its ranks are processes beside it). */}}
 {{- define "loom.checkGpus" -}}
-{{- $need := mulf (float64 .Values.loom.num_workers) (float64 .Values.loom.worker_num_gpus) }}
+{{- $ranks := float64 (.Values.loom.engine.tensor_parallel_size | default 1) }}
+{{- $per := mulf (float64 .Values.loom.worker_num_gpus) $ranks }}
 {{- $pods := ternary .Values.workers.maxReplicas .Values.workers.replicas .Values.enableInTreeAutoscaling }}
-{{- $have := mulf (float64 $pods) (float64 .Values.workers.gpus) }}
-{{- if gt $need $have }}
-{{- fail (printf "loom.num_workers x loom.worker_num_gpus = %v GPUs, but the worker group has %v (workers.%s x workers.gpus)" $need $have (ternary "maxReplicas" "replicas" .Values.enableInTreeAutoscaling)) }}
+{{- $field := ternary "maxReplicas" "replicas" .Values.enableInTreeAutoscaling }}
+{{- if gt $per 0.0 }}
+{{- if gt $per (float64 .Values.workers.gpus) }}
+{{- fail (printf "a worker takes loom.worker_num_gpus x loom.engine.tensor_parallel_size = %v GPUs on one pod, but workers.gpus is %v" $per .Values.workers.gpus) }}
+{{- end }}
+{{- $fit := floor (divf (float64 .Values.workers.gpus) $per) }}
+{{- $have := mulf (float64 $pods) $fit }}
+{{- if gt (float64 .Values.loom.num_workers) $have }}
+{{- fail (printf "loom.num_workers = %v workers of %v GPUs, but the worker group holds %v (workers.%s x %v a pod of workers.gpus = %v GPUs)" .Values.loom.num_workers $per $have $field $fit .Values.workers.gpus) }}
+{{- end }}
 {{- end }}
 {{- if and .Values.gcsFaultTolerance.enabled (not (include "loom.redis.mode" .)) }}
 {{- fail "gcsFaultTolerance.enabled needs Redis: set redis.enabled=true or redis.external.url" }}
