@@ -120,7 +120,6 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(loom, l
         asyncio.run(engine_request(loom.pool.handles[holder], ids, "warm-2r"))
         workers = list(loom.pool.handles)
         wait_until(lambda: loom.placer.index.matched(ids, workers)[holder] == held, timeout=20)
-        seen_here = loom.placer.index.matched(ids, workers)  # this process's own view
         applied = loom.placer.index.applied(holder)  # the batch that stored the prompt, here
         body = {"prompt": prompt, "budget": {"max_total_tokens": 16}}
         with httpx.Client(base_url=serve_url + "/r2", timeout=300) as client:
@@ -131,9 +130,12 @@ def test_two_ingress_replicas_place_a_prompt_where_the_engines_say_it_is(loom, l
             for _ in range(16):  # Serve spreads them: both replicas place (all on one: 2 in 65,536)
                 rec = final_record(client, client.post("/v1/jobs", json=body).json()["id"])
                 placements.append(rec["dag"]["nodes"][0])
-        assert all(p["placement"]["matched"] == seen_here for p in placements) and held >= 96
-        assert len({p["placement"]["by"] for p in placements}) == 2  # both replicas placed ...
-        assert len({p["worker"] for p in placements}) == 1  # ... and alike
+        # every replica saw the prompt where the holder's engine said it was (the other engine's
+        # view is not compared: its own events, from earlier tests, are not waited for here)
+        seen = [(p["placement"]["by"], p["placement"]["matched"], p["worker"]) for p in placements]
+        assert all(matched[holder] == held for _, matched, _ in seen) and held >= 96, seen
+        assert len({by for by, _, _ in seen}) == 2, seen  # both replicas placed ...
+        assert {worker for _, _, worker in seen} == {holder}, seen  # ... there
     finally:
         serve.delete("loom-2r")
 
