@@ -42,6 +42,9 @@ class LoomConfig:
     # each on a node started with that resource); empty: none
     worker_resources: list = field(default_factory=list)
     max_threads_in_flight: int = 64
+    # Ray custom resources the coordinator actor needs (e.g. {"node-a": 0.01} to keep it on a node
+    # started with that resource); empty: wherever Ray puts it (it is restarted elsewhere if lost)
+    coordinator_resources: dict = field(default_factory=dict)
     # KV transfer between workers (workers/kv): a thread placed away from its prefix pulls the
     # prefix's blocks from the worker holding them when the cost model says that beats recomputing.
     # "auto": on for two or more CPU engines; off for one engine (no peer, while the connector costs
@@ -117,6 +120,9 @@ class LoomConfig:
                 for r in self.worker_resources)):
             raise ConfigError(f"worker_resources must hold one mapping of resource -> amount per worker "
                               f"({self.num_workers}), not {self.worker_resources!r}")
+        if not (isinstance(self.coordinator_resources, dict) and all(
+                isinstance(v, int | float) and v >= 0 for v in self.coordinator_resources.values())):
+            raise ConfigError(f"coordinator_resources must map resource -> amount, not {self.coordinator_resources!r}")
         if self.controller_cpus < 0:
             raise ConfigError(f"controller_cpus must be >= 0, not {self.controller_cpus!r}")
         if not Path(self.model).exists() and "/" not in self.model.strip("/"):

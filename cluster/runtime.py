@@ -115,7 +115,7 @@ def reservations(cfg: LoomConfig) -> list[reservation.Reservation]:
 
 
 def start_coordinator(cfg: LoomConfig):
-    return coord_mod.get_or_create(cfg.max_threads_in_flight)
+    return coord_mod.get_or_create(cfg.max_threads_in_flight, cfg.coordinator_resources)
 
 
 def load_tokenizer(cfg: LoomConfig):

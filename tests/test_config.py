@@ -105,8 +105,10 @@ def test_tensor_parallel_engines_bind_each_rank_and_reserve_a_gpu_per_rank():
     ({"engine": {"tensor_parallel_size": 0}}, "tensor_parallel_size must be an integer >= 1"),
     ({"engine": {"tensor_parallel_size": 2}, "worker_cpu_binds": ["0"]}, "one core list per rank"),
     ({"engine": {"tensor_parallel_size": 2}, "worker_num_gpus": 0.5}, "a whole GPU per rank"),
+    ({"coordinator_resources": {"head": -1}}, "coordinator_resources must map resource -> amount"),
+    ({"coordinator_resources": ["head"]}, "coordinator_resources must map resource -> amount"),
 ])
-def test_bad_tensor_parallel_settings_are_refused_with_the_reason(overrides, message):
+def test_bad_placement_settings_are_refused_with_the_reason(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load(overrides=overrides)
 

@@ -60,7 +60,8 @@ class Coordinator:
                         "(its driver died)", job_id)
 
 
-def get_or_create(max_threads_in_flight: int = 64):
-    """The named, detached coordinator shared by every replica and driver."""
+def get_or_create(max_threads_in_flight: int = 64, resources: dict | None = None):
+    """The named, detached coordinator shared by every replica and driver, on a node that has
+    ``resources`` (Ray custom resources; None: wherever Ray puts it)."""
     return Coordinator.options(name=COORDINATOR_NAME, namespace=NAMESPACE, lifetime="detached",
-                               get_if_exists=True).remote(max_threads_in_flight)
+                               get_if_exists=True, resources=resources or None).remote(max_threads_in_flight)

@@ -20,9 +20,12 @@ from orchestrator.protocol.generation import GenChunk, GenRequest
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 64 << 20  # a frame longer than this is a broken or foreign peer
-# A peer gone without closing (its pod or node lost: no FIN, no RST) is found by TCP keepalive:
-# after this long idle, probes this often, this many unanswered
+# A peer gone without closing (its pod or node lost: no FIN, no RST) is found by TCP keepalive
+# while the connection is idle: after this long idle, probes this often, this many unanswered;
+# and while data sent to it waits for its ack, by TCP_USER_TIMEOUT (as long), where TCP would
+# otherwise retransmit for about 15 minutes (tcp_retries2) before giving up
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 5, 2, 3
+PEER_LOST_S = KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES
 
 
 class FrameKind(StrEnum):
@@ -86,11 +89,11 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
 
 
 def keep_alive(writer: asyncio.StreamWriter) -> None:
-    """Turns on TCP keepalive for the connection, so that a read from a peer that vanished fails
-    within about KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES seconds."""
+    """Turns on TCP keepalive and a user timeout for the connection, so that a read from a peer
+    that vanished fails within about PEER_LOST_S seconds, whether or not data was in flight."""
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
-                        ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+                        ("TCP_KEEPCNT", KEEPALIVE_PROBES), ("TCP_USER_TIMEOUT", PEER_LOST_S * 1000)):
         if hasattr(socket, name):  # Linux has all three
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)

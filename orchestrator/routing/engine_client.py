@@ -10,7 +10,6 @@ twice). The lost attempt's tokens stay charged; the node's record lists the atte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from ray.exceptions import RayActorError
@@ -34,6 +33,7 @@ from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import LoomMetrics
 
 MAX_ATTEMPTS = 3  # a request whose worker dies is placed and run again, at most this often
+ABORT_TIMEOUT_S = 5.0  # a worker's answer to an abort
 
 
 class WorkerEngineClient:
@@ -116,11 +116,16 @@ class WorkerEngineClient:
         raise DeadlineReached(f"{req.request_id} stopped at the job's deadline")
 
     async def _abort(self, worker: str, rid: str, progress: Progress, lease: TokenSpender) -> None:
-        with contextlib.suppress(RayActorError):  # a dead worker has nothing left to abort
-            made = await asyncio.shield(self.pool.handle(worker).abort.remote(rid))
-            if made > progress.tokens:  # held back by a quiet stream
-                lease.charge(made - progress.tokens)
-                progress.tokens = made
+        """Stops the request on its worker, within ABORT_TIMEOUT_S: a worker whose node was lost is
+        one Ray waits to restart, and a call to it would wait as long (its stream's loss already
+        ended the request there, if anything is left of it)."""
+        try:
+            made = await asyncio.wait_for(asyncio.shield(self.pool.handle(worker).abort.remote(rid)), ABORT_TIMEOUT_S)
+        except (RayActorError, TimeoutError):  # a dead or unreachable worker has nothing left to abort
+            return
+        if made > progress.tokens:  # held back by a quiet stream
+            lease.charge(made - progress.tokens)
+            progress.tokens = made
 
     async def _consume(self, progress: Progress, req: GenRequest, out: list[int], relay: _Relay,
                        lease: TokenSpender) -> SegmentResult:

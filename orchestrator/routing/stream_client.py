@@ -2,7 +2,7 @@
 workers/stream_server.py): one connection per worker and event loop, requests multiplexed on it.
 
 A broken connection (the worker's process died, or cannot be reached; a worker gone without
-closing it is found by TCP keepalive, wire.keep_alive) fails every request on it with
+closing it is found by TCP keepalive and a user timeout, wire.keep_alive) fails every request on it with
 ``WorkerLost``, which the engine client treats as it treats a dead Ray actor: the request is
 placed again. An engine's failure for one request comes back as ``WorkerRequestFailed``.
 """
