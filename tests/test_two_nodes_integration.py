@@ -29,7 +29,8 @@ def can_make_namespaces() -> str:
 @pytest.fixture(scope="module")
 def outcome() -> dict:
     reason = can_make_namespaces()
-    assert not reason, f"the two-node test {reason}"
+    if reason:  # CI runs as root; a developer's unprivileged run says why it left these out
+        pytest.skip(f"the two-node test {reason}")
     run = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
                          cwd=SCRIPT.parent.parent, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert run.returncode == 0, run.stderr[-4000:]
