@@ -153,8 +153,8 @@ def pulls(puller: Puller, port: int, sizes: list[int], reps: int) -> list[dict]:
 
 
 def faults(ctx, puller: Puller, shape: Shape, device: str, timeout_s: float) -> dict:
-    """A holder that dies after accepting a pull, one that hangs; after each, a pull from a live
-    holder (a pair built again)."""
+    """A holder that dies after accepting a pull, one that hangs, one that cannot be reached;
+    after each, a pull from a live holder (a pair built again)."""
     out = {}
     for fault in (DIE, HANG):
         proc, conn, port = start_holder(ctx, shape, device, timeout_s, f"loom-holder-{fault}")
@@ -167,6 +167,11 @@ def faults(ctx, puller: Puller, shape: Shape, device: str, timeout_s: float) -> 
         proc.join(5)
         if proc.is_alive():
             proc.kill()
+    with socket.socket() as s:  # a port nothing listens on: a holder that cannot be reached
+        s.bind(("127.0.0.1", 0))
+        nobody = s.getsockname()[1]
+    gone = puller.pull(nobody, "unreachable", 2)
+    out["unreachable"] = {"ok": gone.ok, "error": gone.error[:200], "seconds": round(gone.seconds, 3)}
     proc, conn, port = start_holder(ctx, shape, device, timeout_s, "loom-holder-fresh")
     out["fresh_holder_pull_ok"] = puller.pull(port, "fresh", 2).ok
     conn.send("stop")

@@ -1,8 +1,8 @@
 """The KV transport alone, between a holder process and a puller (workers/kv/worker_side.py,
 transport.py, pair_group.py; bench/kv_pair.py runs them), with torch and pyzmq only: pulled
-blocks equal the holder's byte for byte; a holder that dies after accepting a pull, or accepts
-and never sends, fails that pull within the transfer timeout plus a second and the puller lives
-on, and its next pull builds a pair again. On CPU over gloo; the same test over NCCL where CUDA
+blocks equal the holder's byte for byte; a holder that dies after accepting a pull, accepts and
+never sends, or cannot be reached fails that pull within the transfer timeout plus a second and
+the puller lives on, and its next pull builds a pair again. On CPU over gloo; the same test over NCCL where CUDA
 is present (two processes on one GPU, told apart by NCCL_HOSTID, as bench/kv_pair.py does)."""
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_pulls_move_every_byte_and_a_dead_or_hung_holder_fails_only_its_pull(dev
         conn.send("stop")
         proc.join(10)
     out = faults(ctx, puller, shape, device, TIMEOUT_S)
-    for fault in (DIE, HANG):
+    for fault in (DIE, HANG, "unreachable"):
         assert not out[fault]["ok"] and out[fault]["seconds"] <= TIMEOUT_S + 1, out
     assert out[HANG]["next_pull_ok"] and out["fresh_holder_pull_ok"], out  # a pair built again, both times
     puller.side.close()

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import zmq
@@ -58,20 +59,20 @@ class PairGroups:
         if group is not None:
             group.close()
 
-    def open_to(self, peer_host: str, peer_port: int, peer: str, backend: str) -> str:
-        """A new group with the holder ``peer`` (rank 0 here, serving the store); returns its key."""
+    def open_to(self, peer_host: str, peer_port: int, peer: str, backend: str, deadline: Deadline) -> str:
+        """A new group with the holder ``peer`` (rank 0 here, serving the store), built by
+        ``deadline``; returns its key."""
         listen = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listen.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listen.bind((self.host, 0))
         listen.listen()
         port = listen.getsockname()[1]
         key = f"{peer}/{uuid.uuid4().hex[:8]}"
-        reply = request(peer_host, peer_port, Connect(key, self.host, port, backend), self.timeout_s)
-        if not reply.ok:
-            listen.close()
-            raise TransferError(f"{peer} refused a pair group: {reply.error}")
         try:
-            self.put(key, pair_group.build(self.host, port, 0, backend, self.timeout_s, listen, local=self.host))
+            reply = request(peer_host, peer_port, Connect(key, self.host, port, backend), deadline.left())
+            if not reply.ok:
+                raise TransferError(f"{peer} refused a pair group: {reply.error}")
+            self.put(key, pair_group.build(self.host, port, 0, backend, deadline.left(), listen, local=self.host))
         except Exception:
             listen.close()  # the holder never joined: no socket is left listening
             raise
@@ -91,6 +92,29 @@ class PairGroups:
 
 class TransferError(RuntimeError):
     """A transfer could not be done (peer unreachable, refused, timed out, or failed)."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a whole transfer must have ended: each of its waits gets what is left."""
+
+    started: float  # time.monotonic()
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        now = time.monotonic()
+        return cls(now, now + seconds)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        """Seconds left; TransferError once there are none."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TransferError("the transfer's deadline passed")
+        return left
 
 
 def request(host: str, port: int, msg, timeout_s: float) -> Reply:

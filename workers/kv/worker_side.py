@@ -22,7 +22,7 @@ import torch
 from orchestrator.protocol.kv import KVHold, PullReport
 from workers.kv.messages import Connect, Pull, Release, Reply
 from workers.kv.scheduler_side import PullSpec, StepPlan
-from workers.kv.transport import PairGroups, SideChannel, TransferError, backend_for, notify, request
+from workers.kv.transport import Deadline, PairGroups, SideChannel, TransferError, backend_for, notify, request
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,8 @@ class WorkerSide:
     # -- the step, as vLLM drives it
     def start(self, plan: StepPlan) -> None:
         self.holds.add(plan.holds, time.monotonic())
-        for spec in plan.pulls:
-            self.pulling.submit(self._pull, spec)
+        for spec in plan.pulls:  # each pull ends (well or not) within timeout_s of being asked for
+            self.pulling.submit(self._pull, spec, Deadline.after(self.timeout_s))
         for hold in plan.releases:
             if len(hold.ports) == self.rank.size:  # else (a holder of another size) the hold expires
                 self.pulling.submit(notify, hold.host, self.rank.port_of(hold), Release(hold.transfer), self.timeout_s)
@@ -217,12 +217,12 @@ class WorkerSide:
             self.holds.close(msg.transfer)
 
     # -- the puller's side
-    def _pull(self, spec: PullSpec) -> None:
-        hold, t0, err = spec.hold, time.perf_counter(), ""
+    def _pull(self, spec: PullSpec, deadline: Deadline) -> None:
+        hold, err = spec.hold, ""
         nbytes = 0
         self.pages.enter_thread()
         try:
-            nbytes = self._receive(hold, spec)
+            nbytes = self._receive(hold, spec, deadline)
         except Exception as e:  # noqa: BLE001 - any failure: vLLM recomputes these blocks
             err = f"{type(e).__name__}: {e}"
             log.warning("KV pull of %s from %s failed: %s", hold.transfer, hold.holder, err)
@@ -230,20 +230,20 @@ class WorkerSide:
             if err:
                 self.failed_blocks.update(spec.local_block_ids)
             self.reports.append({"request_id": spec.request_id, **asdict(PullReport(
-                hold.holder, len(spec.local_block_ids), nbytes, (time.perf_counter() - t0) * 1000, not err, err))})
+                hold.holder, len(spec.local_block_ids), nbytes, deadline.elapsed() * 1000, not err, err))})
             self.received.add(spec.request_id)
 
-    def _receive(self, hold: KVHold, spec: PullSpec) -> int:
+    def _receive(self, hold: KVHold, spec: PullSpec, deadline: Deadline) -> int:
         port = self.rank.port_of(hold)
-        key = self._group_with(hold, port)
+        key = self._group_with(hold, port, deadline)
         with self.lock:
             tag = self.tags[key] = self.tags.get(key, 0) + 1
-        reply = request(hold.host, port, Pull(hold.transfer, spec.remote_block_ids, key, tag), self.timeout_s)
+        reply = request(hold.host, port, Pull(hold.transfer, spec.remote_block_ids, key, tag), deadline.left())
         if not reply.ok:
             raise TransferError(reply.error)
         staged = torch.empty(reply.shape, dtype=getattr(torch, reply.dtype), device=self.pages.layers[0].device)
         try:
-            self.groups.get(key).recv(staged, 1, tag, self.timeout_s)
+            self.groups.get(key).recv(staged, 1, tag, deadline.left())
         except Exception:
             self._forget((hold.holder, hold.host, port), key)
             raise
@@ -251,13 +251,17 @@ class WorkerSide:
         self.pages.synchronize()  # written before vLLM is told the blocks are ready
         return staged.numel() * staged.element_size()
 
-    def _group_with(self, hold: KVHold, port: int) -> str:
+    def _group_with(self, hold: KVHold, port: int, deadline: Deadline) -> str:
         peer = (hold.holder, hold.host, port)
-        with self.opening:
+        if not self.opening.acquire(timeout=deadline.left()):  # another pull is building a group
+            raise TransferError("the transfer's deadline passed waiting to build a pair group")
+        try:
             key = self.to_holder.get(peer)
             if key is None or self.groups.get(key) is None:
-                key = self.groups.open_to(hold.host, port, hold.holder, self.backend)
+                key = self.groups.open_to(hold.host, port, hold.holder, self.backend, deadline)
                 self.to_holder[peer] = key
+        finally:
+            self.opening.release()
         return key
 
     def _forget(self, peer: tuple, key: str) -> None:
