@@ -11,7 +11,8 @@
   workers, KV transfer on (the cost model may pull) and off (it may only keep or recompute), at
   several concurrencies: job latency, thread prompt tokens recomputed, threads that pulled.
 
-Prints JSON with the machine it ran on.
+Prints JSON with the machine it ran on. The transport alone, a holder and a puller process with
+torch only (CPU or one GPU, faults included), is ``python -m bench.kv_pair``.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,7 +112,8 @@ class TwoNodeCluster:
         return f"{self.ns.host}:{self.gcs}"
 
     def stop(self) -> None:
-        """Ends this cluster's processes only: those that name its temp dir or its GCS port."""
+        """Ends this cluster's processes only (those that name its temp dir or its GCS port), then
+        removes its temp dir."""
         import psutil
 
         mine = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] and p.pid != os.getpid() and any(
@@ -119,6 +121,8 @@ class TwoNodeCluster:
         for p in mine:
             with contextlib.suppress(psutil.Error):
                 p.kill()
+        psutil.wait_procs(mine, timeout=30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def questions(n: int, seed: int) -> list[task.Question]:
