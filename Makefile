@@ -10,7 +10,7 @@ demo: install
 	loom run "$(QUESTION)"
 
 test: install
-	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -p no:cacheprovider
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q -rs -p no:cacheprovider
 
 unit:
 	$(PY) -m pytest -q -m "not integration"
