@@ -1,1 +1,6 @@
-"""Cluster glue: configuration, the Serve application, the local launcher and the CLI."""
+"""Cluster glue, Ray and Serve at the edge: configuration (``config``; the Helm chart's values
+from it in ``helm_values``), Loom's actors brought up on a Ray cluster (``runtime``; each
+worker's reserved resources in ``reservation``), the Serve application (``app``), the ``loom``
+command (``cli``, its inputs in ``inputs``, a job's tree rendered by ``tree``) and the Ray Jobs
+entrypoint (``jobs``).
+"""

@@ -79,3 +79,16 @@ def test_modules_and_functions_stay_small():
                     too_big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: "
                                    f"{node.end_lineno - node.lineno + 1} lines")
     assert not too_big, "\n".join(too_big)
+
+
+def test_each_package_docstring_names_its_modules():
+    """A newcomer finds a module from its package's docstring: every module and subpackage of
+    orchestrator/, workers/ and cluster/ is named (``name``) in its package's ``__init__``."""
+    unnamed = []
+    for init in [*(ROOT / "orchestrator").rglob("__init__.py"), *(ROOT / "workers").rglob("__init__.py"),
+                 ROOT / "cluster" / "__init__.py"]:
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        names = [p.stem for p in init.parent.glob("*.py") if p.stem != "__init__"]
+        names += [p.parent.name for p in init.parent.glob("*/__init__.py")]
+        unnamed += [f"{init.parent.relative_to(ROOT)}: {n}" for n in names if f"``{n}``" not in doc]
+    assert not unnamed, "\n".join(sorted(unnamed))
