@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.published import FORMATS
-from workers.config import EngineConfig, EngineConfigError
+from workers.config import PER_WORKER, EngineConfig, EngineConfigError
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the models the project ships
 DEFAULT_MODEL = str(BUNDLED_MODELS / "loom-arith")
@@ -81,7 +81,7 @@ class LoomConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("cpu_bind", "kv_connector"):
+        for key in PER_WORKER:
             del d["engine"][key]
         return d
 

@@ -73,12 +73,25 @@ class TPRank:
     rank: int = 0
     size: int = 1
 
+    def fits(self, hold: KVHold) -> bool:
+        """The holder's engine has as many ranks as this one (else its shards are not ours)."""
+        return len(hold.ports) == self.size
+
     def port_of(self, hold: KVHold) -> int:
         """The side channel of this rank's counterpart in the holder."""
-        if len(hold.ports) != self.size:
+        if not self.fits(hold):
             raise TransferError(f"holder {hold.holder} has {len(hold.ports)} tensor-parallel ranks, "
                                 f"this engine {self.size}")
         return hold.ports[self.rank]
+
+
+@dataclass(frozen=True)
+class HolderRank:
+    """The holder's rank this worker half pulls from: the holder, its host, that rank's side channel."""
+
+    holder: str
+    host: str
+    port: int
 
 
 @dataclass
@@ -137,7 +150,7 @@ class WorkerSide:
         self.pages: BlockPages | None = None
         self.holds = Holds()
         self.groups = PairGroups(host, timeout_s)
-        self.to_holder: dict[tuple, str] = {}  # (holder, host, port) -> our group with it
+        self.to_holder: dict[HolderRank, str] = {}  # our group with each holder's rank
         self.tags: dict[str, int] = {}
         # the puller's and the holder's work in pools of their own: a pull waits (up to its timeout)
         # on a peer's join or send, and that peer may be pulling from this engine at the same time;
@@ -164,7 +177,7 @@ class WorkerSide:
         for spec in plan.pulls:  # each pull ends (well or not) within timeout_s of being asked for
             self.pulling.submit(self._pull, spec, Deadline.after(self.timeout_s))
         for hold in plan.releases:
-            if len(hold.ports) == self.rank.size:  # else (a holder of another size) the hold expires
+            if self.rank.fits(hold):  # else (a holder of another size) the hold expires
                 self.pulling.submit(notify, hold.host, self.rank.port_of(hold), Release(hold.transfer), self.timeout_s)
 
     def finished(self) -> tuple[set[str], set[str]]:
@@ -234,37 +247,37 @@ class WorkerSide:
             self.received.add(spec.request_id)
 
     def _receive(self, hold: KVHold, spec: PullSpec, deadline: Deadline) -> int:
-        port = self.rank.port_of(hold)
-        key = self._group_with(hold, port, deadline)
+        peer = HolderRank(hold.holder, hold.host, self.rank.port_of(hold))
+        key = self._group_with(peer, deadline)
         with self.lock:
             tag = self.tags[key] = self.tags.get(key, 0) + 1
-        reply = request(hold.host, port, Pull(hold.transfer, spec.remote_block_ids, key, tag), deadline.left())
+        reply = request(peer.host, peer.port, Pull(hold.transfer, spec.remote_block_ids, key, tag), deadline.left())
         if not reply.ok:
             raise TransferError(reply.error)
         staged = torch.empty(reply.shape, dtype=getattr(torch, reply.dtype), device=self.pages.layers[0].device)
         try:
             self.groups.get(key).recv(staged, 1, tag, deadline.left())
         except Exception:
-            self._forget((hold.holder, hold.host, port), key)
+            self._forget(peer, key)
             raise
         self.pages.scatter(spec.local_block_ids, staged)
         self.pages.synchronize()  # written before vLLM is told the blocks are ready
         return staged.numel() * staged.element_size()
 
-    def _group_with(self, hold: KVHold, port: int, deadline: Deadline) -> str:
-        peer = (hold.holder, hold.host, port)
+    def _group_with(self, peer: HolderRank, deadline: Deadline) -> str:
+        """Our pair group with ``peer``, built if there is none."""
         if not self.opening.acquire(timeout=deadline.left()):  # another pull is building a group
             raise TransferError("the transfer's deadline passed waiting to build a pair group")
         try:
             key = self.to_holder.get(peer)
             if key is None or self.groups.get(key) is None:
-                key = self.groups.open_to(hold.host, port, hold.holder, self.backend, deadline)
+                key = self.groups.open_to(peer.host, peer.port, peer.holder, self.backend, deadline)
                 self.to_holder[peer] = key
         finally:
             self.opening.release()
         return key
 
-    def _forget(self, peer: tuple, key: str) -> None:
+    def _forget(self, peer: HolderRank, key: str) -> None:
         with self.opening:
             self.to_holder.pop(peer, None)
         self.groups.drop(key)
