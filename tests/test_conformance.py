@@ -48,3 +48,14 @@ def test_threadweavers_validator_accepts_loom_join_and_refuses_the_old_one(tok):
 
 def test_the_default_budget_lets_multiverse_fork_as_deep_as_its_engine():
     assert JobBudget().max_depth >= MULTIVERSE.max_depth == 6
+
+
+def test_a_guard_replaced_as_the_budget_runs_out_is_in_the_result(tok):
+    """What the job returns is the main lane's context as it stands: after its guard was replaced,
+    also when the budget runs out right there (the next segment is refused)."""
+    case = next(c for c in load_cases("apr") if "<Sub Searches> itself" in c["name"])
+    first = case["rules"][0]["output"]
+    budget = {"max_total_tokens": len(tok.encode(first, add_special_tokens=False)) + 1}
+    record, _ = run_case(tok, {**case, "budget": budget})
+    assert record.result["finish"] == "budget", (record.error, record.notes)
+    assert record.result["text"] == first.replace("<Sub Searches>", "<Calling Sub Searches>")

@@ -44,7 +44,7 @@ class JobContext:
     dag: ThreadDAG = field(default_factory=ThreadDAG)
     emit: Callable[[str], None] | None = None  # the main lane's text, as it grows (a streamed job)
     prompt_len: int = 0
-    main_ids: list[int] = field(default_factory=list)
+    main: Lane | None = None  # the main thread's lane, once the prompt is encoded
 
     def note(self, *notes: str) -> None:
         self.record.notes.extend(notes)

@@ -62,9 +62,9 @@ class JobRunner:
         await self.budget.open_job(record.id, ctx.budget)
         try:
             ids = await asyncio.to_thread(self.prepare, req)
-            ctx.prompt_len, ctx.main_ids = len(ids), ids
-            main = Lane(ids, 0, -1, self.lanes.stops(ctx, thread=False), ctx.budget.max_total_tokens)
-            _, finish = await self.lanes.run_lane(ctx, main)
+            ctx.prompt_len = len(ids)
+            ctx.main = Lane(ids, 0, -1, self.lanes.stops(ctx, thread=False), ctx.budget.max_total_tokens)
+            _, finish = await self.lanes.run_lane(ctx, ctx.main)
             self._write_result(ctx, finish)
         except BudgetExhausted as e:
             ctx.note(str(e))
@@ -111,7 +111,7 @@ class JobRunner:
 
     def _write_result(self, ctx: JobContext, finish: Finish) -> None:
         rec = ctx.record
-        text = self.lanes.joiner.visible(ctx.main_ids[ctx.prompt_len:])
+        text = self.lanes.joiner.visible(ctx.main.ids[ctx.prompt_len:])
         if finish == Finish.STOP:  # the main lane ends on a stop only at one of the caller's: not returned
             text = text[:max(text.rfind(s) for s in ctx.request.stop)]
         rec.result = {"text": text, "answer": extract_answer(text), "finish": finish, "prompt_tokens": ctx.prompt_len,

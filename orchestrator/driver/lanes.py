@@ -59,7 +59,7 @@ class LaneRunner:
             with tracing.span("loom.segment", loom__node=node.id, loom__depth=lane.depth) if first is not node \
                     else nullcontext():
                 out = await self.segment(ctx, node, lane, min(lane.cap, room))
-            self._extend(ctx, lane, node, out.token_ids)
+            self._extend(lane, node, out.token_ids)
             end = await self._after(ctx, lane, node, out)
             if end is not None:
                 return lane.ids, end
@@ -83,10 +83,8 @@ class LaneRunner:
         return out.finish  # the end, or the lane's other stop
 
     @staticmethod
-    def _extend(ctx: JobContext, lane: Lane, node: Node, out: list[int]) -> None:
+    def _extend(lane: Lane, node: Node, out: list[int]) -> None:
         lane.ids, lane.last, lane.cap = lane.ids + out, node.id, lane.cap - len(out)
-        if not lane.is_thread:
-            ctx.main_ids = lane.ids
 
     def _inside_own_block(self, ctx: JobContext, lane: Lane) -> bool:
         """A thread stopped at a closer that belongs to a block it writes itself (a nested fork
@@ -126,7 +124,6 @@ class LaneRunner:
         lane.ids, lane.last = joined.ids, join.id
         join.status = NodeStatus.DONE
         if not lane.is_thread:
-            ctx.main_ids = lane.ids
             ctx.show(self.joiner.text(lane.ids[before:]))
         return joined
 
