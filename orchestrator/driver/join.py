@@ -50,15 +50,15 @@ class Joiner:
 
     def join(self, ctx: JobContext, ids: list[int], plan: Plan, results: list[ThreadOutcome]) -> Joined:
         fmt = ctx.fmt
-        threads = [ThreadResult(r.outline, self.visible(r.ids), r.finish) for r in results]
-        if fmt.join_text == JoinText.REWRITE:
+        if fmt.join_text == JoinText.REWRITE:  # as text: the only join that needs the threads' text
+            threads = [ThreadResult(r.outline, self.visible(r.ids), r.finish) for r in results]
             return Joined(self.context_ids(fmt, fmt.render_join(self.bare(ids), plan, threads)))
         out = list(ids)
         for i, r in enumerate(results):
             out += (r.header if i == 0 else self.encode(fmt.join_header(r.outline, first=False)))
             out += self.closed(fmt, r)
-        out += self.encode(fmt.block_end(threads))
-        end = _worst(results) if fmt.ends_generation(threads) else None
+        out += self.encode(fmt.block_end(results))
+        end = _worst(results) if fmt.ends_generation(results) else None
         if end is not None:
             ctx.note(f"a thread ended by {end}: the block closed and the generation ended, as {fmt.name}'s controller")
         return Joined(out, end)
@@ -69,7 +69,7 @@ class Joiner:
         engine does; either way the format's suffix for an unclosed thread."""
         if r.finish == Finish.STOP:
             return r.ids + self.encode(fmt.after_closer)
-        ids = r.ids[:-1] if r.ids and r.ids[-1] == self.tok.eos_token_id else r.ids
+        ids = self._no_eos(r.ids)
         if r.finish == Finish.LENGTH and fmt.closing.drop_last_on_length:
             ids = ids[:-1]
         return ids + self.encode(fmt.closing.unclosed_suffix)
@@ -89,7 +89,10 @@ class Joiner:
 
     def visible(self, ids: list[int]) -> str:
         """The text of ``ids`` without a final EOS (streamed and final text are decoded alike)."""
-        return self.text(ids[:-1] if ids and ids[-1] == self.tok.eos_token_id else ids)
+        return self.text(self._no_eos(ids))
+
+    def _no_eos(self, ids: list[int]) -> list[int]:
+        return ids[:-1] if ids and ids[-1] == self.tok.eos_token_id else ids
 
 
 def _worst(results: list[ThreadOutcome]) -> Finish:

@@ -27,7 +27,6 @@ class LaneRunner:
     def __init__(self, engine: EngineClient, budget: BudgetOps, tokenizer, max_model_len: int, metrics):
         self.engine = engine
         self.budget = budget
-        self.tok = tokenizer
         self.joiner = Joiner(tokenizer)
         self.max_model_len = max_model_len
         self.metrics = metrics

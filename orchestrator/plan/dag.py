@@ -109,10 +109,6 @@ class ThreadDAG:
         join = self.add(NodeKind.JOIN, [t.id for t in threads], label="join", depth=depth - 1)
         return threads, join
 
-    def link(self, before: int, after: int) -> None:
-        """``before`` must finish before ``after``."""
-        self.edges.append((before, after))
-
     def predecessors(self, node_id: int) -> list[int]:
         return [a for a, b in self.edges if b == node_id]
 

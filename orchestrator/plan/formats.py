@@ -17,8 +17,10 @@ tests/test_conformance.py.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from orchestrator.protocol.segment import Finish
 
@@ -53,6 +55,13 @@ class Plan:
     outlines: tuple[Outline, ...]
     start: int  # offset in the context where the plan's scan began (its last open tag)
     notes: tuple[str, ...] = ()  # what the parse skipped or kept twice, for the record
+
+
+class Ended(Protocol):
+    """A thread as the block's end needs it: how it ended (a ThreadResult, the driver's outcome)."""
+
+    @property
+    def finish(self) -> Finish: ...
 
 
 @dataclass(frozen=True)
@@ -170,13 +179,12 @@ class PlanFormat:
             return r.text + self.after_closer
         return r.text + self.closing.unclosed_suffix
 
-    def block_end(self, results: list[ThreadResult]) -> str:
-        unclosed = any(r.finish != Finish.STOP for r in results)
-        if unclosed and self.closing.ends_generation is not None:
-            return self.closing.ends_generation
-        return self.after_block
+    def block_end(self, results: Sequence[Ended]) -> str:
+        """What follows the last thread: the format's end of the generation where that ends it."""
+        return self.closing.ends_generation if self.ends_generation(results) else self.after_block
 
-    def ends_generation(self, results: list[ThreadResult]) -> bool:
+    def ends_generation(self, results: Sequence[Ended]) -> bool:
+        """A thread that did not end on its closer ends the generation, where the format says so."""
         return self.closing.ends_generation is not None and any(r.finish != Finish.STOP for r in results)
 
     # -- what a model trained on this format writes (tests, training data)
