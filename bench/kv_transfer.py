@@ -1,8 +1,8 @@
 """KV transfer between workers: ``python -m bench.kv_transfer [--part link,engines,jobs]``.
 
 - ``link``: the line rate. Two processes, one gloo pair group built as Loom's transport builds it
-  (workers/kv/transport.py), a plain ``send``/``recv`` of the bytes N KV blocks of the shipped
-  model take; median of repeats.
+  (workers/kv/pair_group.py), a plain ``send``/``recv`` of the bytes N KV blocks of the shipped
+  model take; median of repeats (bench.kv_pair's bare link, with the shipped model's KV shape).
 - ``engines``: the connector. Two real engines (Loom's worker actors); for N blocks, a random
   prompt of N whole blocks is run on worker 0, pinned there (``hold``), and pulled by worker 1's
   request; the pull's own report gives bytes and milliseconds (Pull request, gather, send/recv,
@@ -26,52 +26,10 @@ import statistics
 import time
 
 from bench.common import machine
+from bench.kv_pair import Shape, bare_link
 
 BLOCK_COUNTS = (1, 2, 4, 8, 16, 31)
-
-
-def _link_side(rank: int, port: int, sizes: list[int], reps: int, out) -> None:
-    import torch
-
-    from workers.kv.transport import build_group
-
-    group = build_group("127.0.0.1", port, rank, "gloo", 60.0)
-    results = {}
-    for nbytes in sizes:
-        buf = torch.ones(nbytes // 4, dtype=torch.float32)
-        times = []
-        for k in range(reps + 1):
-            t0 = time.perf_counter()
-            if rank == 0:
-                group.send([buf], 1, k).wait()
-                group.recv([buf[:1]], 1, k).wait()  # the ack: the receiver has all of it
-            else:
-                group.recv([buf], 0, k).wait()
-                group.send([buf[:1]], 0, k).wait()
-            if k:
-                times.append(time.perf_counter() - t0)
-        results[nbytes] = statistics.median(times)
-    if rank == 0:
-        out.put(results)
-
-
-def link(block_bytes: int, reps: int) -> list[dict]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    sizes = [n * block_bytes for n in BLOCK_COUNTS]
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_link_side, args=(r, port, sizes, reps, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = out.get(timeout=600)
-    for p in procs:
-        p.join()
-    return [{"blocks": n, "bytes": b, "ms": round(results[b] * 1000, 3), "gb_per_s": round(b / results[b] / 1e9, 3)}
-            for n, b in zip(BLOCK_COUNTS, sizes)]
+SHIPPED_KV = Shape(layers=4, block=32, heads=6, head=32, dtype="float32")  # models/loom-arith's KV, block 32
 
 
 async def engines(loom, reps: int) -> list[dict]:
@@ -145,9 +103,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     parts = args.part.split(",")
     out: dict = {"machine": machine()}
-    block_bytes = 196608  # the shipped model, float32, block 32 (the engines' own figure when they run)
     if "link" in parts:
-        out["link_gloo_plain"] = link(block_bytes, args.reps)
+        out["link_gloo_plain"] = bare_link(mp.get_context("spawn"), SHIPPED_KV, "cpu", list(BLOCK_COUNTS), args.reps,
+                                           timeout_s=60.0)
     if "engines" in parts or "jobs" in parts:
         out.update(_with_engines(parts, args))
     print(json.dumps(out, indent=2))
