@@ -28,8 +28,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.plan.formats import Outline
+from orchestrator.plan.published import THREADWEAVER as TW
+
 WIDTH = 5  # 5 * 999 * 9 = 44955 < 10**5: five digits always hold the sum
-TW_THREAD_CLOSE = "</Thread>"
 LABELS = "abcde"  # one per term, by position in the question
 
 
@@ -163,8 +165,6 @@ def sum_lines(values: list[int], rev: Callable[[int], str] = rev5) -> str:
 
 def trace(q: Question) -> str:
     """The exact completion the model is trained to write after ``q.prompt``."""
-    from orchestrator.plan.published import THREADWEAVER as TW
-
     tail = sum_lines([t.value for t in q.terms]) + f"\n</think>\nA: {q.answer}"
     if len(q.products) >= 2:
         bodies = [thread_text(label, t) for label, t in labelled_products(q)]
@@ -176,10 +176,8 @@ def labelled_products(q: Question) -> list[tuple[str, Term]]:
     return [(label, t) for label, t in zip(LABELS, q.terms) if t.is_product]
 
 
-def outlines(q: Question) -> list:
+def outlines(q: Question) -> list[Outline]:
     """One outline per product, ``1: a 345*6``: the thread id, then the labelled term."""
-    from orchestrator.plan.formats import Outline
-
     return [Outline(str(i + 1), f"{label} {t}") for i, (label, t) in enumerate(labelled_products(q))]
 
 
@@ -196,8 +194,6 @@ def term_lines(q: Question, inline: bool) -> str:
 def thread_samples(q: Question) -> list[tuple[str, str]]:
     """(context, completion) pairs for threads 2..k as the orchestrator runs them:
     each thread sees the shared prefix and its own header only."""
-    from orchestrator.plan.published import THREADWEAVER as TW
-
     full = q.prompt + trace(q)
     if len(q.products) < 2:
         return []
@@ -211,4 +207,4 @@ def thread_samples(q: Question) -> list[tuple[str, str]]:
 def thread_text(label: str, t: Term) -> str:
     """A thread's text after its header, as ThreadWeaver's data has it: a space, the work, and a
     newline before the closer."""
-    return f" {term_work(label, t)}\n{TW_THREAD_CLOSE}"
+    return f" {term_work(label, t)}\n{TW.thread_close}"
