@@ -36,9 +36,7 @@ class CaseModel:
     prompts: list[str] = field(default_factory=list)
 
     async def generate(self, call: SegmentRequest, lease: TokenSpender, progress: Progress) -> SegmentResult:
-        text = self.tok.decode(call.prompt_ids, skip_special_tokens=False)
-        while text.startswith(self.tok.bos_token):
-            text = text[len(self.tok.bos_token):]
+        text = prompt_text(self.tok, call.prompt_ids)
         self.prompts.append(text)
         rule = max((r for r in self.rules if text.endswith(r.after)), key=lambda r: len(r.after), default=None)
         if rule is None:
@@ -47,11 +45,26 @@ class CaseModel:
         finish, stop = rule.finish, next((s for s in call.stops if rule.output.endswith(s)), None)
         if finish == Finish.EOS:
             ids.append(self.tok.eos_token_id)
-        if len(ids) > call.max_tokens:
-            ids, finish, stop = ids[:call.max_tokens], Finish.LENGTH, None
+        ids, finish, stop = within(ids, finish, stop, call.max_tokens)
         progress.placement, progress.tokens = Placement("case"), len(ids)
         await lease.spend(len(ids))
         return SegmentResult(ids, finish if finish != Finish.STOP or stop else Finish.EOS, stop)
+
+
+def prompt_text(tok, ids: list[int]) -> str:
+    """A prompt's text as a scripted model reads it: without leading BOS (APR's controller sends
+    its BOS as text too)."""
+    text = tok.decode(ids, skip_special_tokens=False)
+    while text.startswith(tok.bos_token):
+        text = text[len(tok.bos_token):]
+    return text
+
+
+def within(ids: list[int], finish: Finish, stop: str | None, max_tokens: int) -> tuple[list[int], Finish, str | None]:
+    """An output cut to the request's ``max_tokens``, as an engine ends it (by length, no stop)."""
+    if len(ids) > max_tokens:
+        return ids[:max_tokens], Finish.LENGTH, None
+    return ids, finish, stop
 
 
 def load_cases(fmt: str) -> list[dict]:

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from conformance import prompt_text, within
 from transformers import AutoTokenizer
 
 from orchestrator.budget.ledger import Ledger
@@ -76,15 +77,11 @@ class ScriptedModel:
         return lo
 
     async def generate(self, call: SegmentRequest, lease: TokenSpender, progress: Progress) -> SegmentResult:
-        text = self.tok.decode(call.prompt_ids, skip_special_tokens=False)
-        while text.startswith(self.tok.bos_token):  # APR's controller sends its BOS as text too
-            text = text[len(self.tok.bos_token):]
+        text = prompt_text(self.tok, call.prompt_ids)
         self.prompts.append(text)
         out, stop = self._cut(self.continuation(text), call.stops)
         ids = self.tok.encode(out, add_special_tokens=False) + ([] if stop else [self.tok.eos_token_id])
-        finish = Finish.STOP if stop else Finish.EOS
-        if len(ids) > call.max_tokens:
-            ids, finish, stop = ids[:call.max_tokens], Finish.LENGTH, None
+        ids, finish, stop = within(ids, Finish.STOP if stop else Finish.EOS, stop, call.max_tokens)
         progress.placement = Placement("scripted")
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
