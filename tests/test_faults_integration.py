@@ -14,6 +14,7 @@ import psutil
 import pytest
 import ray
 from polling import final_record, until, wait_until
+from ports import free_port
 from processes import engine_cores, session_process
 from redis_server import redis_server  # noqa: F401  (fixture)
 
@@ -118,7 +119,6 @@ def test_loom_serve_stops_cleanly_on_sigterm(redis_server, tmp_path):  # noqa: F
     jobs running: it exits within a bound, no process of it is left, and every job it had taken
     is written back (done, or failed with the reason)."""
     import json
-    import socket
     import subprocess
     import sys
 
@@ -126,9 +126,7 @@ def test_loom_serve_stops_cleanly_on_sigterm(redis_server, tmp_path):  # noqa: F
 
     from orchestrator.service.redis_store import RedisJobStore
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump({"host": "127.0.0.1", "port": port, "redis_url": redis_server.url,
                                       "worker_prefix": "loom-stop"}))

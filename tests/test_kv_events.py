@@ -4,11 +4,11 @@ and batches the publisher no longer has lead to a resync."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 
 import pytest
 from polling import wait_until
+from ports import free_port
 from vllm.config import KVEventsConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, EventPublisherFactory, KVEventBatch
 
@@ -19,12 +19,6 @@ from orchestrator.routing.kv_index import KVIndex, block_keys
 B = 4
 
 
-def port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stored(hashes, parent, tokens):
     return BlockStored(block_hashes=hashes, parent_block_hash=parent, token_ids=tokens, block_size=B,
                        lora_id=None, medium="GPU", lora_name=None)
@@ -32,7 +26,7 @@ def stored(hashes, parent, tokens):
 
 @pytest.fixture
 def publisher():
-    pub, replay = port(), port()
+    pub, replay = free_port(), free_port()
     cfg = KVEventsConfig(enable_kv_cache_events=True, publisher="zmq", endpoint=f"tcp://*:{pub}",
                          replay_endpoint=f"tcp://*:{replay}", buffer_steps=3)
     p = EventPublisherFactory.create(cfg)

@@ -9,13 +9,13 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
+from ports import free_port
 
 from models.task import parse_question
 
@@ -97,9 +97,7 @@ def test_missing_input_file_is_named(tmp_path):
 
 
 def test_unreachable_app_is_named(tmp_path):
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    url = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
     (tmp_path / "questions.jsonl").write_text("Q: 1+2\n")
     out = run_jobs(["--input", "questions.jsonl", "--output", "results.jsonl"], cwd=tmp_path, LOOM_URL=url)
     assert out.returncode == 2

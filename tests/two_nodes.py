@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from ports import free_port
 
 from models import task
 
@@ -83,12 +84,6 @@ class Namespace:
         self.kill_all()
         sh("ip", "link", "del", self.here, check=False)
         sh("ip", "netns", "del", self.name, check=False)
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class TwoNodeCluster:
