@@ -51,7 +51,8 @@ class JobAccount:
     def admit(self, n: int, depth: int, now: float, free: int) -> Admission:
         """``admission``, counted when admitted."""
         adm = self.admission(n, depth, now, free)
-        self.forks += adm.admitted
+        if adm.admitted:
+            self.count_fork()
         return adm
 
     def admission(self, n: int, depth: int, now: float, free: int) -> Admission:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator.budget.policy import Grant, JobBudget
+from orchestrator.budget.policy import BudgetError, Grant, JobBudget
 
 if TYPE_CHECKING:
     from orchestrator.budget.account import JobAccount
@@ -50,9 +50,10 @@ class AccountCall(BudgetCall):
     """A call on an open job's account."""
 
     def apply_on(self, ledger: Ledger) -> str:
-        account = ledger.find(self.job_id)
-        if account is None:
-            return f"job {self.job_id!r} is not open in the ledger"
+        try:
+            account = ledger.account(self.job_id)
+        except BudgetError as e:  # not open there: said back to the driver, which restores its accounts
+            return str(e)
         account.apply(self)
         return ""
 

@@ -41,9 +41,6 @@ class Ledger:
             del self.jobs[job_id]
         return gone
 
-    def find(self, job_id: str) -> JobAccount | None:
-        return self.jobs.get(job_id)
-
     def account(self, job_id: str) -> JobAccount:
         account = self.jobs.get(job_id)
         if account is None:
