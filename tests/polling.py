@@ -3,6 +3,7 @@ ends), and for any condition."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 
 import httpx
@@ -33,11 +34,13 @@ def wait_until(cond, timeout: float, every: float = 0.05) -> None:
     raise AssertionError(f"condition not met within {timeout} s")
 
 
-async def until(cond, timeout: float, what: str) -> float:
-    """Seconds until ``await cond()`` is true; fails the test, naming ``what``, if not within ``timeout``."""
+async def until(cond, timeout: float, what: str, every: float = 0.2) -> float:
+    """Seconds until ``cond()`` (awaited, if it is a coroutine function's) is true; fails the test,
+    naming ``what``, if not within ``timeout``."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if await cond():
+        met = cond()
+        if await met if inspect.isawaitable(met) else met:
             return time.monotonic() - t0
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every)
     raise AssertionError(f"{what}: not within {timeout} s")

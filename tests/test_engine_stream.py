@@ -10,6 +10,7 @@ import dataclasses
 import struct
 
 import pytest
+from polling import until
 
 from orchestrator.protocol import wire
 from orchestrator.protocol.generation import GenChunk, GenRequest
@@ -55,8 +56,7 @@ async def served():
 
 async def running(engine: ScriptedEngine, n: int) -> None:
     """Until the engine has started ``n`` requests (each a stream the worker serves)."""
-    while len(engine.started) < n:
-        await asyncio.sleep(0.01)
+    await until(lambda: len(engine.started) >= n, 30, f"{n} requests started", every=0.01)
 
 
 async def tokens(client: StreamClient, req: GenRequest) -> list[int]:
