@@ -84,13 +84,15 @@ def main(argv=None) -> int:
         for interval in [float(x) for x in args.stream_interval_ms.split(",")]:
             cfg = load(overrides={"engine": {"stream_interval_ms": interval}})
             budget = TimedBudget(ReplicatedBudget(runtime.start_coordinator(cfg)))
-            service = JobService(runtime.start(cfg, budget=budget).runner, InProcessJobStore())
+            loom = runtime.start(cfg, budget=budget)
+            service = JobService(loom.runner, InProcessJobStore())
             try:
                 for c in [int(x) for x in args.concurrency.split(",")]:
                     figures = asyncio.run(run(service, budget, questions, c))
                     print(json.dumps({"stream_interval_ms": interval, "workers": cfg.num_workers, **figures,
                                       "machine": machine()}), flush=True)
             finally:
+                loom.pool.close()  # the next interval's engines are new ones
                 runtime.shutdown_actors(cfg)
     finally:
         ray.shutdown()

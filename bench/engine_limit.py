@@ -66,7 +66,7 @@ class EngineCosts:
 
 
 def thread_seconds(lengths: list[int], index: int, costs: EngineCosts) -> float:
-    """SegmentRequest time of thread ``index`` in a block whose threads have ``lengths`` tokens and
+    """Generation time of thread ``index`` in a block whose threads have ``lengths`` tokens and
     start together: the batch is every thread not yet finished."""
     order = sorted(lengths)
     mine, done, t = lengths[index], 0, 0.0

@@ -111,6 +111,7 @@ def main(argv=None) -> int:
             loom.placer.decision_s.clear()
             records, latencies, wall = asyncio.run(run_jobs(service, qs, args.concurrency))
             out["runs"][policy] = figures(records, latencies, wall, list(loom.placer.decision_s))
+            loom.pool.close()  # the next policy's placer follows the engines on its own
     finally:
         runtime.shutdown_actors(cfg)
         ray.shutdown()

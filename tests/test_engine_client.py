@@ -9,6 +9,7 @@ import asyncio
 import time
 
 import pytest
+from polling import until
 
 from orchestrator.budget.lease import BudgetExhausted, TokenLease
 from orchestrator.budget.ledger import Ledger
@@ -93,8 +94,7 @@ async def cluster():
         pool.watch(await w.info())
     client = WorkerEngineClient(pool, placer, KVPulls(pool, placer), metrics=NullMetrics())
     yield client, workers, pool
-    for sub in pool.subscribers.values():
-        sub.stop()
+    pool.close()
     for w in workers.values():
         w.server.close()
 
@@ -133,8 +133,8 @@ async def test_a_request_whose_worker_dies_is_placed_again_and_its_caller_sees_e
         w.stall_first_attempt_at = 5
 
     async def kill_first_worker():
-        while progress.tokens < 5:  # its first five tokens streamed, it hangs: always the same point
-            await asyncio.sleep(0.001)
+        # its first five tokens streamed, it hangs: always the same point
+        await until(lambda: progress.tokens >= 5, 30, "the first worker's five tokens", every=0.001)
         workers[progress.placement.worker].server.close()  # its process gone: every stream breaks
 
     killer = asyncio.ensure_future(kill_first_worker())

@@ -66,6 +66,13 @@ class WorkerPool:
             self.streams[info.name].close()
         self.streams[info.name] = StreamClient(info.stream)
 
+    def close(self) -> None:
+        """Stops following the workers (their KV events, their streams); the workers run on."""
+        for sub in self.subscribers.values():
+            sub.stop()
+        for stream in self.streams.values():
+            stream.close()
+
     def lost(self, name: str) -> None:
         """The worker died under a request: out of placement until Ray has restarted it."""
         self.placer.mark_down(name)
