@@ -28,9 +28,10 @@ from orchestrator.protocol.segment import Placement
 from orchestrator.routing.placement import Placer
 
 
-def forking_questions(n: int, seed: int) -> list[task.Question]:
+def forking_questions(n: int, seed: int, products: int = 3) -> list[task.Question]:
+    """``n`` questions of ``products`` products each (every one forks that wide)."""
     rng = random.Random(seed)
-    return [task.Question(tuple(task.Term(rng.randint(10, 999), rng.randint(2, 9)) for _ in range(3)))
+    return [task.Question(tuple(task.Term(rng.randint(10, 999), rng.randint(2, 9)) for _ in range(products)))
             for _ in range(n)]
 
 

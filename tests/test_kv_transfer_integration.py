@@ -13,29 +13,16 @@ import time
 import psutil
 import pytest
 import ray
-from engine_requests import stream
+from engine_requests import BLOCK, FOUR, generate, no_blocks_in_use, prompt_and_held, prompt_ids
 
 from bench.kv_pair import DIE, Shape, start_holder
 from cluster import runtime
 from cluster.config import load
-from models.task import Question, Term, trace
 from orchestrator.driver.records import JobRequest
-from orchestrator.protocol.generation import GenRequest
 from orchestrator.protocol.kv import PULLED_KEY, KVHold, PullReport
 from orchestrator.routing.link import LinkModel
 
 pytestmark = pytest.mark.integration
-BLOCK = 32
-FOUR = Question((Term(123, 4), Term(56, 7), Term(809, 3), Term(41, 6)))
-
-
-async def generate(handle, rid: str, ids: list[int], n: int = 24, kv: dict | None = None):
-    tokens, last = [], None
-    async for last in stream(handle, GenRequest(rid, ids, n, kv_params=kv)):
-        tokens += last.token_ids
-    return tokens, last
-
-
 async def cold(loom) -> None:
     """Both engines empty, and the index told so (an engine publishes its cleared cache with its
     next step: one 1-token request each)."""
@@ -47,26 +34,6 @@ async def cold(loom) -> None:
     while loom.placer.index.matched(prompt_ids(loom, FOUR), names) != dict.fromkeys(names, 0):
         assert time.monotonic() < deadline, "the index still shows a cleared cache"
         await asyncio.sleep(0.05)
-
-
-async def no_blocks_in_use(*handles, timeout: float = 10.0) -> None:
-    """Every KV block of each engine is free (vLLM resets its prefix cache only then)."""
-    deadline = time.monotonic() + timeout
-    for h in handles:
-        while not await h.reset_prefix_cache.remote():
-            assert time.monotonic() < deadline, "KV blocks still in use"
-            await asyncio.sleep(0.1)
-
-
-def prompt_ids(loom, question: Question, reasoning: int = 300) -> list[int]:
-    """A question part-way through its reasoning: several whole blocks."""
-    return loom.runner.prepare(JobRequest(prompt=question.prompt + trace(question)[:reasoning]))
-
-
-def prompt_and_held(loom, reasoning: int = 300) -> tuple[list[int], int]:
-    """A prompt of FOUR and the tokens of its whole blocks short of its last token (what a pull moves)."""
-    ids = prompt_ids(loom, FOUR, reasoning)
-    return ids, (len(ids) - 1) // BLOCK * BLOCK
 
 
 def pair(loom):

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import ray
+from engine_requests import FOUR, generate, no_blocks_in_use, prompt_and_held
 from ray.util.placement_group import placement_group_table
-from test_kv_transfer_integration import FOUR, generate, no_blocks_in_use, prompt_and_held
 
 from cluster import runtime
 from cluster.config import load

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from ports import free_port
 
+from bench.placement import forking_questions
 from models import task
 
 NEW_JOB_BOUND_S = 120.0
@@ -120,12 +120,6 @@ class TwoNodeCluster:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def questions(n: int, seed: int) -> list[task.Question]:
-    rng = random.Random(seed)
-    return [task.Question(tuple(task.Term(rng.randint(10, 999), rng.randint(2, 9)) for _ in range(4)))
-            for _ in range(n)]
-
-
 async def run_jobs(service, qs: list[task.Question]) -> list:
     from orchestrator.driver.records import JobRequest
 
@@ -168,7 +162,7 @@ def scenario(address: str, ns: Namespace) -> dict:
                                    window=0))
     loom.placer.add_worker(b, loom.placer.profiles[a], loom.placer.link.bytes_per_token[b])
     service = JobService(loom.runner, InProcessJobStore())
-    qs = questions(6, 3)
+    qs = forking_questions(6, 3, products=4)
     spread = outcome(asyncio.run(run_jobs(service, qs)), qs)
     progress("jobs spread over both nodes")
     return {"nodes": sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]), "spread": spread,
