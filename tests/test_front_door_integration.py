@@ -4,6 +4,9 @@ naming the problem, none harms another request, and generated bodies (hypothesis
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -176,4 +179,26 @@ def test_generated_bodies_never_get_a_5xx_and_nothing_accepted_hangs(client):
     for job_id in accepted:
         rec = final_record(client, job_id)
         assert rec["status"] in ("done", "cancelled"), rec
+    good_job_still_answers(client)
+
+
+def test_an_unsupported_method_names_every_method_of_the_path(client):
+    for method in ("DELETE", "OPTIONS", "PUT"):
+        r = client.request(method, "/v1/jobs")
+        assert_json_error(r, 405)
+        assert r.headers["allow"] == "GET, POST"
+
+
+def test_schemathesis_finds_nothing_against_the_published_spec(client, serve_url, tmp_path):
+    """A new user's first check of the API: schemathesis generates requests from /openapi.json
+    (positive and negative, every check) against the running app. It must find no failure, every
+    job it started must end, and the app must still answer right afterwards."""
+    cli = Path(sys.executable).with_name("schemathesis")
+    run = subprocess.run([str(cli), "run", f"{serve_url}/openapi.json", "--checks", "all", "--max-examples", "25",
+                          "--seed", "20261205", "--generation-database", "none", "--workers", "1",
+                          "--request-timeout", "300", "--no-color"],
+                         check=False, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert run.returncode == 0 and "No issues found" in run.stdout, run.stdout[-6000:] + run.stderr[-2000:]
+    for job in client.get("/v1/jobs", params={"limit": 1000}).json()["data"]:
+        assert final_record(client, job["id"])["status"] in ("done", "cancelled")
     good_job_still_answers(client)

@@ -17,7 +17,7 @@ CHAT = {"messages": [{"role": "user", "content": "1*2+3*4"}]}
 @pytest.mark.parametrize("body,msg", [
     ({}, "exactly one"),
     ({"prompt": "x", "messages": [{"role": "user", "content": "x"}]}, "exactly one"),
-    ({"prompt": "  "}, "non-empty"),
+    ({"prompt": "  "}, "'prompt': Value error, must not be blank"),
     ({"prompt": "x", "format": "tot"}, "'format'"),
     ({"prompt": "x", "format": ["threadweaver"]}, "'format'"),
     ({"prompt": "x", "format": {"a": 1}}, "'format'"),
@@ -67,7 +67,8 @@ def test_bad_job_bodies_are_named(body, msg):
     ({"loom": {"budget": {"max_width": "x"}}}, "'loom.budget.max_width"),
     ({"presence_penalty": 1, "logprobs": True}, "unsupported field(s): logprobs, presence_penalty"),
     ({"max_tokens": 0}, "'max_tokens'"),
-    ({"max_tokens": 10, "max_completion_tokens": 20}, "disagree"),
+    ({"max_tokens": 10, "max_completion_tokens": 20}, "not both"),
+    ({"max_tokens": 10, "max_completion_tokens": 10}, "not both"),
     ({"stream_options": {"include_usage": "yes"}}, "'stream_options.include_usage'"),
     ({"model": ["a"]}, "'model'"),
 ])

@@ -13,16 +13,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import contextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from orchestrator.driver.records import JobStatus, RequestError
+from orchestrator.service import openapi as doc
 from orchestrator.service.chat import completion, stream_chat
 from orchestrator.service.health import Health
 from orchestrator.service.jobs import JobService
-from orchestrator.service.schema import chat_request, decode_json, job_request
+from orchestrator.service.schema import ChatBody, JobBody, chat_request, decode_json, job_request
 from orchestrator.service.store import StoreUnavailable
 from orchestrator.telemetry import tracing
 
@@ -74,36 +76,43 @@ def build_app(service: JobService, model_name: str, health: Callable[[], Awaitab
     _job_routes(app, service, max_request_bytes)
     _chat_routes(app, service, model_name, max_request_bytes)
     _info_routes(app, model_name, health)
+    doc.publish(app, model_name)
     return app
 
 
 def _job_routes(app: FastAPI, service: JobService, max_request_bytes: int) -> None:
-    @app.post("/v1/jobs", status_code=202)
+    @app.post("/v1/jobs", status_code=202, response_model=doc.JobAccepted, openapi_extra=doc.body(JobBody),
+              responses={400: doc.BAD_INPUT, 413: doc.TOO_LARGE, 503: doc.UNAVAILABLE})
     async def submit_job(request: Request):
+        """Start a job; it runs in the background (poll GET /v1/jobs/{job_id})."""
         job = job_request(await read_body(request, max_request_bytes))
         with caller_trace(request):
             record = await service.submit(job)
         return JSONResponse({"id": record.id, "status": record.status}, status_code=202)
 
-    @app.get("/v1/jobs")
-    async def list_jobs(limit: int = 100):
-        if not 1 <= limit <= 1000:
-            raise RequestError("limit must be between 1 and 1000")
+    @app.get("/v1/jobs", response_model=doc.JobList, responses={400: doc.BAD_INPUT, 503: doc.UNAVAILABLE})
+    async def list_jobs(limit: int = Query(100, ge=1, le=1000, description="How many, newest first")):
         records = await service.store.list(limit)
         return {"object": "list", "data": [{"id": r.id, "status": r.status, "created": r.created}
                                            for r in records]}
 
-    @app.get("/v1/jobs/{job_id}")
+    @app.get("/v1/jobs/{job_id}", response_model=doc.JobRecordOut,
+             responses={404: doc.error_doc("No job with this id"), 503: doc.UNAVAILABLE})
     async def get_job(job_id: str):
         record = await service.store.get(job_id)
         if record is None:
             return error(404, f"no job {job_id!r}")
-        return record.to_json()
+        return JSONResponse(record.to_json())
 
 
 def _chat_routes(app: FastAPI, service: JobService, model_name: str, max_request_bytes: int) -> None:
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=doc.ChatCompletion, openapi_extra=doc.body(ChatBody), responses={
+        200: {"content": {"text/event-stream": {"schema": doc.SSE_EVENT}},
+              "description": "A chat.completion; with stream: true, chat.completion.chunk server-sent events"},
+        400: doc.BAD_INPUT, 404: doc.error_doc("The model is not served here"), 413: doc.TOO_LARGE,
+        500: doc.error_doc("The job failed (the message says why)"), 503: doc.UNAVAILABLE})
     async def chat(request: Request):
+        """OpenAI's chat completion; the job forks as the model plans."""
         body, job = chat_request(await read_body(request, max_request_bytes))
         if body.model not in (None, model_name):
             return error(404, f"model {body.model!r} is not served here; try {model_name!r}", "model_not_found")
@@ -120,14 +129,24 @@ def _chat_routes(app: FastAPI, service: JobService, model_name: str, max_request
 
 
 def _info_routes(app: FastAPI, model_name: str, health: Callable[[], Awaitable[Health]] | None) -> None:
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=doc.ModelList)
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "loom"}]}
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=doc.HealthOut,
+             responses={503: {"model": doc.HealthOut, "description": "No worker is well, or no coordinator"}})
     async def healthz():
         state = await health() if health else Health("ok", model=model_name)
         return JSONResponse(state.to_json(), status_code=200 if state.can_take_work else 503)
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """The methods the request's path answers to, over all of the app's routes."""
+    methods: set[str] = set()
+    for route in app.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -143,8 +162,11 @@ def _error_handlers(app: FastAPI) -> None:
         return error(503, f"{exc}; retry shortly", headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(HTTPException)
-    async def _http(_, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def _http(request: Request, exc: HTTPException):
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
+        return error(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):

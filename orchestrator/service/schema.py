@@ -10,11 +10,12 @@ message naming the field, which the API answers with a 400.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from orchestrator.budget.policy import BudgetError, JobBudget
+from orchestrator.budget.policy import LIMITS, BudgetError, JobBudget
 from orchestrator.driver.records import JobRequest, RequestError
 from orchestrator.plan.published import FORMATS
 
@@ -33,15 +34,55 @@ def _unicode(text: str) -> str:
     return text
 
 
+def _whole(value: object) -> object:
+    """A whole float (``3.0``) as the integer JSON Schema says it is; anything else as it is."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = BeforeValidator(_whole)
 Text = Annotated[str, AfterValidator(_unicode)]
-NonEmpty = Annotated[str, Field(min_length=1), AfterValidator(_unicode)]
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():  # str.strip and the schema's \S (Python's re: str.isspace) agree on blanks
+        raise ValueError("must not be blank")
+    return text
+
+
+Prompt = Annotated[str, AfterValidator(_unicode), AfterValidator(_not_blank),
+                   WithJsonSchema({"type": "string", "pattern": r"\S", "description": "Not blank"})]
 Format = Literal[tuple(FORMATS)]  # type: ignore[valid-type]
 Mode = Literal["parallel", "sequential"]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), Whole]
+TokenCap = Annotated[int, Field(ge=1, le=MAX_TOKENS), Whole]
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), AfterValidator(_unicode)]
-Budget = dict[str, int | float]  # bounds per field: JobBudget (the same check as the config's)
+
+
+def budget_schema() -> dict:
+    """The JSON Schema of a budget: each of JobBudget's fields with its bounds (LIMITS)."""
+    def field_schema(f) -> dict:
+        lo, hi = LIMITS[f.name]
+        kind = "integer" if f.type in (int, "int") else "number"
+        return {"type": kind, "minimum": lo, "maximum": hi}
+    return {"type": "object", "additionalProperties": False,
+            "description": "Limits for this job; each field omitted takes the server's default.",
+            "properties": {f.name: field_schema(f) for f in fields(JobBudget)}}
+
+
+# bounds per field: JobBudget (the same check as the config's); documented field by field
+Budget = Annotated[dict[str, int | float], WithJsonSchema(budget_schema())]
+
+
+def _exactly_one(*names: str, kinds: tuple[str, ...]) -> dict:
+    """JSON Schema: exactly one of ``names`` given (present and not null)."""
+    return {"oneOf": [{"required": [n], "properties": {n: {"type": k}}} for n, k in zip(names, kinds)]}
+
+
+def _not_both(a: str, b: str) -> dict:
+    """JSON Schema: not both of ``a`` and ``b`` given as integers."""
+    return {"not": {"required": [a, b], "properties": {a: {"type": "integer"}, b: {"type": "integer"}}}}
 
 
 class _Strict(BaseModel):
@@ -58,7 +99,9 @@ class JobBody(_Strict):
     """``POST /v1/jobs``: a raw ``prompt`` (completion-style) or ``messages`` (the model's chat
     template renders them)."""
 
-    prompt: Text | None = None
+    model_config = ConfigDict(json_schema_extra=_exactly_one("prompt", "messages", kinds=("string", "array")))
+
+    prompt: Prompt | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
     format: Format | None = None  # None: the model's own (cluster/runtime.py resolves it)
     mode: Mode = "parallel"
@@ -71,8 +114,6 @@ class JobBody(_Strict):
     def to_request(self) -> JobRequest:
         if (self.prompt is None) == (self.messages is None):
             raise RequestError("give exactly one of 'prompt' or 'messages'")
-        if self.prompt is not None and not self.prompt.strip():
-            raise RequestError("'prompt' must be a non-empty string")
         _check_budget(self.budget, "budget")
         messages = None if self.messages is None else [m.model_dump(exclude_none=True) for m in self.messages]
         return JobRequest(prompt=self.prompt, messages=messages, format=self.format, mode=self.mode,
@@ -92,7 +133,9 @@ class LoomOptions(_Strict):
 
 class ChatBody(_Strict):
     """``POST /v1/chat/completions``: OpenAI's fields that mean something here, plus ``loom``.
-    ``max_tokens`` (or ``max_completion_tokens``) caps the job's total generated tokens."""
+    ``max_tokens`` (or ``max_completion_tokens``, not both) caps the job's total generated tokens."""
+
+    model_config = ConfigDict(json_schema_extra=_not_both("max_tokens", "max_completion_tokens"))
 
     messages: list[Message] = Field(min_length=1)
     model: Text | None = None
@@ -101,27 +144,26 @@ class ChatBody(_Strict):
     temperature: Temperature = 0.0
     top_p: TopP = 1.0
     seed: Seed | None = None
-    stop: StopText | list[StopText] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
-    n: Literal[1] = 1
+    stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
+    max_tokens: TokenCap | None = None
+    max_completion_tokens: TokenCap | None = None
+    n: Annotated[Literal[1], Whole] = 1
     user: Text | None = None
     loom: LoomOptions = Field(default_factory=LoomOptions)
 
     def to_request(self) -> JobRequest:
-        if None not in (self.max_tokens, self.max_completion_tokens) and \
-                self.max_tokens != self.max_completion_tokens:
-            raise RequestError("'max_tokens' and 'max_completion_tokens' disagree; give one")
+        if None not in (self.max_tokens, self.max_completion_tokens):
+            raise RequestError("give one of 'max_tokens' and 'max_completion_tokens', not both")
         budget = dict(self.loom.budget)
         cap = self.max_completion_tokens or self.max_tokens
         if cap is not None:
             budget["max_total_tokens"] = cap
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        return JobBody.model_validate({
+        return _validated(JobBody, {
             "messages": [m.model_dump(exclude_none=True) for m in self.messages],
             "format": self.loom.format, "mode": self.loom.mode, "budget": budget,
             "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": stop,
-        }).to_request()
+        }).to_request()  # a JobBody's own check failing here would be a gap in ChatBody's: still a 400
 
 
 def _check_budget(budget: dict, where: str) -> None:
