@@ -10,6 +10,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 SERVE_PORT = 8765
 METRICS_PORT = 8766
+TRACE_PROJECT = "loom-tests"  # the trace server's project every process of the session exports to
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +21,26 @@ def loom_config():
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def trace_server(tmp_path_factory):
+    """A real OTLP trace server (Arize Phoenix, bench/trace_server.py), started before Ray so that
+    every process of the session (Serve replicas, workers) exports its spans to it, as a cluster
+    whose OTEL_* variables name a team's collector does. Spans sent while it is still starting are
+    retried by the exporters; tests that read it call ``wait_ready``."""
+    from bench.trace_server import PhoenixServer
+
+    server = PhoenixServer(tmp_path_factory.mktemp("phoenix"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(trace_server):
     import ray
 
+    os.environ.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+                      OTEL_EXPORTER_OTLP_ENDPOINT=trace_server.url, OTEL_BSP_SCHEDULE_DELAY="200",
+                      OTEL_RESOURCE_ATTRIBUTES=f"openinference.project.name={TRACE_PROJECT}")
     ray.init(num_cpus=4, include_dashboard=False, namespace="loom", log_to_driver=False,
              _metrics_export_port=METRICS_PORT)
     yield ray

@@ -36,7 +36,8 @@ async def test_forked_job_is_one_trace_with_the_thread_tree(service, spans, loom
     for t in threads:
         (req,) = [r for r in requests if r.parent.span_id == t.context.span_id]
         assert req.attributes["gen_ai.usage.output_tokens"] > 0
-        assert req.attributes["gen_ai.usage.input_tokens"] > req.attributes["loom.prefix.cached_tokens"] > 0
+        assert req.attributes["gen_ai.usage.input_tokens"] > req.attributes["loom.prefix.cached_tokens"]
+        assert req.attributes["loom.prefix.source"] in ("local", "pulled")  # the context's KV reused, either way
         assert req.attributes["loom.worker"] in loom.pool.handles
     segments = [s for s in got if s.name == "loom.segment"]
     assert len(segments) == 2 and all(by_id[s.parent.span_id] is job for s in segments)

@@ -97,8 +97,8 @@ class EngineWorker:
         self.active[req.request_id] = 0
         submitted = time.time()
         # not made current: an async generator resumes in its caller's context at each yield
-        span = tracing.tracer().start_span("loom.engine.generate", context=tracing.extract(req.trace))
-        tracing.set_attrs(span, loom__worker=self.name, gen_ai__usage__input_tokens=len(req.prompt_ids))
+        span = tracing.server_span("loom.engine.generate", req.trace, loom__worker=self.name,
+                                   gen_ai__usage__input_tokens=len(req.prompt_ids))
         made = self._counted(req.request_id, self.engine.generate(req))
         out = quiet(made) if req.quiet else batched(made, self.cfg.stream_interval_ms / 1000, self.cfg.stream_max_tokens)
         sent = 0

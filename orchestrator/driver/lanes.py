@@ -9,6 +9,7 @@ threads itself (noted in the record).
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import nullcontext
 
 from orchestrator.budget.lease import BudgetExhausted, TokenLease
@@ -106,12 +107,13 @@ class LaneRunner:
     async def fork(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan) -> Joined | None:
         """Runs the plan's threads and joins them into the lane; None when the fork is refused."""
         depth = lane.depth + 1
+        asked_at = time.monotonic()
         adm = await self.budget.admit_fork(ctx.record.id, len(plan.outlines), depth)
+        self.metrics.forked(adm.width, len(plan.outlines), time.monotonic() - asked_at)
         if not adm.admitted:
             ctx.note(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
             self.metrics.rejected(adm.reason)
             return None
-        self.metrics.forked(adm.width)
         if adm.reason:
             ctx.note(adm.reason)
         threads, join = ctx.dag.fork(node.id, [o.id for o in plan.outlines], depth)
@@ -147,6 +149,7 @@ class LaneRunner:
                               loom__depth=node.depth):
                 ids, finish = await self.run_lane(ctx, sub, first=node)
         finally:
+            self.metrics.thread_ended()
             await self.budget.end_thread(ctx.record.id)
         return ThreadOutcome(outline, header, ids[len(base):], finish)
 

@@ -20,6 +20,7 @@ from orchestrator.protocol.segment import (
     DeadlineReached,
     Finish,
     Placement,
+    PrefixSource,
     Progress,
     SegmentRequest,
     SegmentResult,
@@ -30,7 +31,7 @@ from orchestrator.routing.placement import Placer
 from orchestrator.routing.pool import WorkerPool
 from orchestrator.routing.stream_client import WorkerLost
 from orchestrator.telemetry import tracing
-from orchestrator.telemetry.metrics import LoomMetrics
+from orchestrator.telemetry.metrics import KVPullOutcome, LoomMetrics
 
 MAX_ATTEMPTS = 3  # a request whose worker dies is placed and run again, at most this often
 ABORT_TIMEOUT_S = 5.0  # a worker's answer to an abort
@@ -73,13 +74,16 @@ class WorkerEngineClient:
         rid = request_id(call.job_id, call.node_id, len(ids), len(progress.attempts))
         hold, why = await self.pulls.hold(rid, ids, placement, progress) if placement.source else (None, "")
         s = call.sampling
-        req = GenRequest(rid, ids, call.max_tokens, call.stops, s.temperature, s.seed, s.top_p, trace=tracing.inject(),
-                         kv_params=hold.to_params() if hold else None,
-                         quiet=not call.streamed and lease.covers(call.max_tokens))
-        with tracing.span(f"chat {self.model_name}", gen_ai__operation__name="chat",
-                          gen_ai__request__model=self.model_name, gen_ai__request__max_tokens=call.max_tokens,
-                          gen_ai__request__temperature=s.temperature,
-                          gen_ai__usage__input_tokens=len(ids), loom__worker=placement.worker) as span:
+        with tracing.span(f"chat {self.model_name}", tracing.Kind.LLM, gen_ai__operation__name="chat",
+                          gen_ai__provider__name="loom", gen_ai__request__model=self.model_name,
+                          gen_ai__request__max_tokens=call.max_tokens, gen_ai__request__temperature=s.temperature,
+                          gen_ai__request__top_p=s.top_p, gen_ai__request__seed=s.seed, gen_ai__response__id=rid,
+                          gen_ai__usage__input_tokens=len(ids), loom__worker=placement.worker,
+                          loom__placement__reason=placement.reason, loom__placement__by=placement.by) as span:
+            # the worker's span is this span's child: the context is injected inside it
+            req = GenRequest(rid, ids, call.max_tokens, call.stops, s.temperature, s.seed, s.top_p,
+                             trace=tracing.inject(), kv_params=hold.to_params() if hold else None,
+                             quiet=not call.streamed and lease.covers(call.max_tokens))
             self.placer.started(placement.worker)
             out: list[int] = []
             try:
@@ -92,12 +96,18 @@ class WorkerEngineClient:
 
     def _observe(self, span, call: SegmentRequest, progress: Progress, generated: int) -> None:
         prefix = progress.prefix
-        tracing.set_attrs(span, gen_ai__usage__output_tokens=generated, loom__node=call.node_id,
+        tracing.set_attrs(span, gen_ai__usage__output_tokens=generated, gen_ai__response__model=self.model_name,
+                          llm__token_count__prompt=len(call.prompt_ids), llm__token_count__completion=generated,
+                          loom__node=call.node_id,
+                          gen_ai__usage__cache_read__input_tokens=progress.cached_tokens,
                           loom__prefix__cached_tokens=progress.cached_tokens, loom__prefix__source=prefix.source,
                           loom__kv__pulled_from=prefix.worker if prefix.bytes else "",
                           loom__kv__bytes=prefix.bytes, loom__kv__ms=prefix.ms)
         ttft = progress.first_token - progress.started if progress.first_token else None
-        self.metrics.request_done(len(call.prompt_ids), generated, progress.cached_tokens, ttft)
+        pull = None
+        if progress.placement.source:  # a pull was to be made: did it come?
+            pull = KVPullOutcome(prefix.source == PrefixSource.PULLED, prefix.tokens, prefix.bytes)
+        self.metrics.request_done(len(call.prompt_ids), generated, progress.cached_tokens, ttft, pull)
 
     async def _stream(self, lease: TokenSpender, progress: Progress, req: GenRequest, out: list[int],
                       relay: _Relay) -> SegmentResult:

@@ -6,13 +6,25 @@ this module never needs Ray.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 TIME_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300]
 WIDTH_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 32, 64]
 
 
+@dataclass(frozen=True)
+class KVPullOutcome:
+    """A request's pull of its prompt's leading KV from a peer, as the metrics count it."""
+
+    ok: bool
+    tokens: int
+    bytes: int
+
+
 class LoomMetrics:
+    def __init__(self):
+        self._running = 0  # threads started and not ended, in this process
     @cached_property
     def jobs(self):
         from ray.util.metrics import Counter
@@ -30,6 +42,46 @@ class LoomMetrics:
         from ray.util.metrics import Histogram
 
         return Histogram("loom_fork_width", "Threads run at once per admitted fork", boundaries=WIDTH_BUCKETS)
+
+    @cached_property
+    def in_flight(self):
+        from ray.util.metrics import Gauge
+
+        return Gauge("loom_threads_in_flight", "Threads running now (this driver's jobs; sum over drivers)")
+
+    @cached_property
+    def forks(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_forks_total", "Forks by outcome: admitted (every thread at once), narrowed "
+                       "(fewer at once, in waves), refused (decoded sequentially)", tag_keys=("outcome",))
+
+    @cached_property
+    def admission_time(self):
+        from ray.util.metrics import Histogram
+
+        return Histogram("loom_fork_admission_seconds", "Seconds to admit a fork: a round trip to the budget "
+                         "coordinator (replicated budget)", boundaries=TIME_BUCKETS)
+
+    @cached_property
+    def kv_pulls(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_kv_pulls_total", "Prefix KV pulls from a peer worker, by outcome (pulled, failed)",
+                       tag_keys=("outcome",))
+
+    @cached_property
+    def kv_pull_bytes(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_kv_pull_bytes_total", "Bytes of prefix KV pulled from peer workers")
+
+    @cached_property
+    def recomputed(self):
+        from ray.util.metrics import Counter
+
+        return Counter("loom_recomputed_prefix_tokens_total", "Prompt tokens computed again: neither in the "
+                       "worker's prefix cache nor pulled from a peer")
 
     @cached_property
     def tokens(self):
@@ -57,8 +109,16 @@ class LoomMetrics:
         return Histogram("loom_time_to_first_token_seconds", "Seconds from an engine request to its first token",
                          boundaries=TIME_BUCKETS)
 
-    def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None) -> None:
+    def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None,
+                     pull: KVPullOutcome | None = None) -> None:
         # a Counter refuses 0: a request that failed before its first token counts nothing
+        pulled = pull.tokens if pull is not None and pull.ok else 0
+        if prompt - cached - pulled > 0:
+            self.recomputed.inc(prompt - cached - pulled)
+        if pull is not None:
+            self.kv_pulls.inc(tags={"outcome": "pulled" if pull.ok else "failed"})
+            if pull.bytes:
+                self.kv_pull_bytes.inc(pull.bytes)
         if prompt:
             self.tokens.inc(prompt, tags={"kind": "prompt"})
         if generated:
@@ -68,11 +128,21 @@ class LoomMetrics:
         if ttft is not None and ttft >= 0:
             self.ttft.observe(ttft)
 
-    def forked(self, width: int) -> None:
-        self.fork_width.observe(width)
+    def forked(self, width: int, asked: int, admission_s: float) -> None:
+        self.admission_time.observe(max(0.0, admission_s))
+        outcome = "refused" if width == 0 else "admitted" if width >= asked else "narrowed"
+        self.forks.inc(tags={"outcome": outcome})
+        if width:
+            self.fork_width.observe(width)
 
     def threads_started(self, k: int) -> None:
         self.threads.inc(k)
+        self._running += k
+        self.in_flight.set(self._running)
+
+    def thread_ended(self) -> None:
+        self._running -= 1
+        self.in_flight.set(self._running)
 
     def job_done(self, status: str, queue_s: float) -> None:
         self.jobs.inc(tags={"status": status})
@@ -85,8 +155,10 @@ class LoomMetrics:
 class NullMetrics:
     """Records nothing: for drivers run outside Ray (unit tests of the control flow)."""
 
-    def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None) -> None: ...
-    def forked(self, width: int) -> None: ...
+    def request_done(self, prompt: int, generated: int, cached: int, ttft: float | None,
+                     pull: KVPullOutcome | None = None) -> None: ...
+    def forked(self, width: int, asked: int, admission_s: float) -> None: ...
     def threads_started(self, k: int) -> None: ...
+    def thread_ended(self) -> None: ...
     def job_done(self, status: str, queue_s: float) -> None: ...
     def rejected(self, reason: str) -> None: ...

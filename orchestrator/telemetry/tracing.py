@@ -2,7 +2,10 @@
 
 Context crosses every Ray and Serve hop explicitly as a W3C ``traceparent`` carrier (a
 plain dict in the request dataclasses), not through Ray's tracing hook. Attributes follow
-the gen_ai semantic conventions plus Loom's own ``loom.*``; no prompt or output text is
+the OpenTelemetry GenAI semantic conventions (``gen_ai.*``; engine requests are CLIENT spans
+named ``chat {model}``) plus Loom's own ``loom.*``, and each span says its OpenInference kind
+(``openinference.span.kind``: CHAIN for job, segment, block and thread, LLM for an engine request)
+so that trace servers built on it (Arize Phoenix) draw the tree; no prompt or output text is
 recorded. Export is chosen by the standard variables:
 OTEL_TRACES_EXPORTER=otlp (OTEL_EXPORTER_OTLP_ENDPOINT, ...) | console | none (default).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from enum import StrEnum
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -66,12 +70,29 @@ def extract(carrier: dict | None):
     return _PROPAGATOR.extract(carrier or {})
 
 
+class Kind(StrEnum):
+    """OpenInference's span kinds that Loom's spans are."""
+
+    CHAIN = "CHAIN"  # a job and its parts
+    LLM = "LLM"  # one request to a model
+
+
 @contextmanager
-def span(name: str, **attrs):
-    """A span, child of the current one; ``a__b=v`` sets attribute ``a.b``."""
-    with tracer().start_as_current_span(name) as s:
-        set_attrs(s, **attrs)
+def span(name: str, kind: Kind = Kind.CHAIN, **attrs):
+    """A span, child of the current one; ``a__b=v`` sets attribute ``a.b``. An LLM span is an
+    OpenTelemetry CLIENT span (a call to the engine)."""
+    otel_kind = trace.SpanKind.CLIENT if kind is Kind.LLM else trace.SpanKind.INTERNAL
+    with tracer().start_as_current_span(name, kind=otel_kind) as s:
+        set_attrs(s, openinference__span__kind=kind.value, **attrs)
         yield s
+
+
+def server_span(name: str, carrier: dict | None, **attrs):
+    """A started (not current) SERVER span, child of the caller's context in ``carrier``: the
+    side of a call that receives it (a worker's engine request). End it with ``.end()``."""
+    s = tracer().start_span(name, context=extract(carrier), kind=trace.SpanKind.SERVER)
+    set_attrs(s, openinference__span__kind=Kind.CHAIN.value, **attrs)
+    return s
 
 
 def set_attrs(s, **attrs) -> None:
