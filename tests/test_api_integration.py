@@ -74,7 +74,7 @@ def test_models_and_health(client):
 
 @pytest.mark.parametrize("path,body,status,msg", [
     ("/v1/jobs", b"not json", 400, "not valid JSON"),
-    ("/v1/jobs", {"prompt": ""}, 400, "non-empty"),
+    ("/v1/jobs", {"prompt": ""}, 400, "must not be blank"),
     ("/v1/jobs", {"prompt": "x", "budget": {"max_width": 0}}, 400, "max_width"),
     ("/v1/jobs", {"prompt": "x", "format": "tot"}, 400, "'format'"),
     ("/v1/chat/completions", {"messages": []}, 400, "'messages'"),

@@ -64,16 +64,16 @@ def test_forked_jobs_show_in_prometheus(serve_url, prometheus):
     eventually(prometheus, narrowed, before[narrowed] + 1)
     assert prometheus.value('sum(ray_loom_forks_total{outcome="admitted"})') >= 1
     assert prometheus.value("sum(ray_loom_threads_started_total)") >= 6
-    assert prometheus.query("ray_loom_threads_in_flight"), "no threads-in-flight gauge"
-    assert prometheus.value("sum(ray_loom_threads_in_flight)") == 0  # every thread has ended
+    in_flight = "sum(ray_loom_threads_started_total) - sum(ray_loom_threads_ended_total)"
+    assert prometheus.query(in_flight) and prometheus.value(in_flight) == 0  # every thread has ended
     tokens = {r["metric"]["kind"]: float(r["value"][1]) for r in
               prometheus.query("sum by (kind) (ray_loom_tokens_total)")}
     assert tokens["generated"] > 0 and tokens["prompt"] > tokens["cached"] > 0
     recomputed = prometheus.value("sum(ray_loom_recomputed_prefix_tokens_total)")
     assert 0 < recomputed <= tokens["prompt"] - tokens["cached"]
     assert prometheus.value("sum(ray_loom_fork_admission_seconds_count)") >= 2
-    assert prometheus.value("histogram_quantile(0.95, sum by (le) (rate(ray_loom_fork_admission_seconds_bucket[5m])))") \
-        < 60
+    mean_admission = "sum(ray_loom_fork_admission_seconds_sum) / sum(ray_loom_fork_admission_seconds_count)"
+    assert 0 < prometheus.value(mean_admission) < 60  # a coordinator round trip
     prometheus.query("sum by (outcome) (ray_loom_kv_pulls_total)")  # parses; pulls happen when placement chooses
 
 

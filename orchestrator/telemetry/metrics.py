@@ -23,8 +23,6 @@ class KVPullOutcome:
 
 
 class LoomMetrics:
-    def __init__(self):
-        self._running = 0  # threads started and not ended, in this process
     @cached_property
     def jobs(self):
         from ray.util.metrics import Counter
@@ -44,10 +42,11 @@ class LoomMetrics:
         return Histogram("loom_fork_width", "Threads run at once per admitted fork", boundaries=WIDTH_BUCKETS)
 
     @cached_property
-    def in_flight(self):
-        from ray.util.metrics import Gauge
+    def threads_ended(self):
+        from ray.util.metrics import Counter
 
-        return Gauge("loom_threads_in_flight", "Threads running now (this driver's jobs; sum over drivers)")
+        # threads in flight = started - ended, summed over every driver (counters add up; gauges would not)
+        return Counter("loom_threads_ended_total", "Threads ended (done, cancelled or failed)")
 
     @cached_property
     def forks(self):
@@ -137,12 +136,9 @@ class LoomMetrics:
 
     def threads_started(self, k: int) -> None:
         self.threads.inc(k)
-        self._running += k
-        self.in_flight.set(self._running)
 
     def thread_ended(self) -> None:
-        self._running -= 1
-        self.in_flight.set(self._running)
+        self.threads_ended.inc()
 
     def job_done(self, status: str, queue_s: float) -> None:
         self.jobs.inc(tags={"status": status})
