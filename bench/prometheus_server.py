@@ -22,8 +22,7 @@ MISSING = ("no prometheus: the metrics tests need the real server, found none in
 @dataclass
 class PrometheusServer:
     dir: Path
-    targets: list[str] = field(default_factory=list)  # host:port, each scraped at /metrics
-    sd_file: str = ""  # or a file of targets (Ray writes one: /tmp/ray/prom_metrics_service_discovery.json)
+    targets: list[str]  # host:port, each scraped at /metrics
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
 
@@ -36,10 +35,8 @@ class PrometheusServer:
         if binary is None:
             raise RuntimeError(MISSING)
         config = self.dir / "prometheus.yml"
-        found = f"file_sd_configs: [{{files: ['{self.sd_file}']}}]" if self.sd_file else \
-            f"static_configs: [{{targets: {self.targets}}}]"
         config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-                          f"scrape_configs: [{{job_name: loom, {found}}}]\n")
+                          f"scrape_configs: [{{job_name: loom, static_configs: [{{targets: {self.targets}}}]}}]\n")
         with open(self.dir / "prometheus.log", "wb") as log:
             self.proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir}/data",
                                           f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],

@@ -2,7 +2,7 @@
 scraped by a real Prometheus, a few forked jobs, and headless-Chromium screenshots of one job's
 trace and of Loom's metrics, saved to docs/ (or --out).
 
-    python -m bench.screenshots [--out docs] [--jobs 6]
+    python -m bench.screenshots [--out docs] [--seconds 120]
 
 Needs Phoenix (scripts/install.sh puts it in .tools/phoenix), Debian's prometheus and chromium
 (installed with apt-get here when missing and run as root).
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,39 +20,19 @@ from urllib.parse import quote
 
 import httpx
 
+from bench.browser import screenshot
 from bench.common import free_port
 from bench.prometheus_server import PrometheusServer
 from bench.trace_server import PhoenixServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "loom"
-RAY_TARGETS = "/tmp/ray/prom_metrics_service_discovery.json"  # Ray writes its metrics endpoints here
+RAY_SESSION = Path("/tmp/ray/session_latest")  # the Ray that `loom serve` started
 QUESTIONS = ["Q: 23*4+56*7+8*9", "Q: 12*3+45*6", "Q: 71*5+6*8+9*4+2*3", "Q: 34*7+8*9", "Q: 905*9+14*3+220*6",
              "Q: 5*6+7*8+9*2"]
-PANELS = ["sum by (kind) (rate(ray_loom_tokens_total[1m]))", "sum by (outcome) (ray_loom_forks_total)",
-          "histogram_quantile(0.95, sum by (le) (rate(ray_loom_time_to_first_token_seconds_bucket[1m])))"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars"]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium")
-    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                       "--no-install-recommends chromium", shell=True, check=True, stdout=subprocess.DEVNULL)
-        found = shutil.which("chromium")
-    if found is None:
-        sys.exit("screenshots: no chromium on PATH (Debian: apt-get install chromium)")
-    return found
-
-
-def screenshot(url: str, out: Path, wait_ms: int = 20000) -> None:
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1600,1000",
-                        f"--virtual-time-budget={wait_ms}", f"--screenshot={out}", url],
-                       check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    print(f"saved {out}")
+PANELS = ["sum by (kind) (rate(ray_loom_tokens_total[30s]))", "sum by (outcome) (ray_loom_forks_total)"]
+TRACE_DRAWN = "document.body.innerText.includes('loom.engine.generate')"  # the span tree, down to the workers
+GRAPHS_DRAWN = f"document.querySelectorAll('.graph svg path').length >= {len(PANELS)}"
 
 
 def start_loom(port: int, phoenix: PhoenixServer | None, log: Path, project: str = PROJECT,
@@ -84,15 +63,23 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None
     sys.exit("loom serve did not become healthy")
 
 
-def run_jobs(url: str, n: int) -> list[dict]:
-    records = []
+def ray_metrics_port() -> int:
+    """The metrics export port of the Ray node `loom serve` started (Ray writes it in its session dir)."""
+    (found,) = RAY_SESSION.glob("metrics_export_port_*")
+    return int(found.read_text().strip())
+
+
+def run_jobs(url: str, seconds: float) -> list[dict]:
+    """Forked jobs one after another for ``seconds`` (the metrics then have a curve to draw)."""
+    records, deadline = [], time.monotonic() + seconds
     with httpx.Client(base_url=url, timeout=300) as client:
-        for question in (QUESTIONS * n)[:n]:
+        while time.monotonic() < deadline:
+            question = QUESTIONS[len(records) % len(QUESTIONS)]
             job = client.post("/v1/jobs", json={"prompt": question + "\n"}).json()["id"]
             while (rec := client.get(f"/v1/jobs/{job}").json())["status"] in ("queued", "running"):
                 time.sleep(0.2)
             records.append(rec)
-            print(f"{rec['id']} {rec['status']} {rec['result'].get('answer')}")
+    print(f"{len(records)} jobs, {sum(r['status'] == 'done' for r in records)} done")
     return records
 
 
@@ -116,8 +103,9 @@ def graph_url(prometheus: PrometheusServer) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
-    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=120, help="how long to run jobs")
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="loom-screens-"))
     phoenix, port = PhoenixServer(work), free_port()
     phoenix.start()
@@ -126,13 +114,13 @@ def main() -> int:
     prometheus = None
     try:
         wait_healthy(f"http://127.0.0.1:{port}", loom)
-        prometheus = PrometheusServer(work, sd_file=RAY_TARGETS)
+        prometheus = PrometheusServer(work, [f"127.0.0.1:{ray_metrics_port()}"])
         prometheus.start()
-        records = run_jobs(f"http://127.0.0.1:{port}", args.jobs)
-        time.sleep(20)  # Ray exports metrics every few seconds; Prometheus scrapes every second
+        records = run_jobs(f"http://127.0.0.1:{port}", args.seconds)
+        time.sleep(15)  # Ray exports metrics every few seconds; Prometheus scrapes every second
         forked = max(records, key=lambda r: sum(n["kind"] == "thread" for n in r["dag"]["nodes"]))
-        screenshot(trace_url(phoenix, forked["id"]), args.out / "trace-phoenix.png", wait_ms=30000)
-        screenshot(graph_url(prometheus), args.out / "metrics-prometheus.png")
+        screenshot(trace_url(phoenix, forked["id"]), args.out / "trace-phoenix.png", TRACE_DRAWN)
+        screenshot(graph_url(prometheus), args.out / "metrics-prometheus.png", GRAPHS_DRAWN)
     finally:
         loom.terminate()
         loom.wait(timeout=120)
