@@ -1,5 +1,5 @@
-"""What the benches share: the machine they ran on, running work at a concurrency, and the
-latency figures the comparisons print."""
+"""What the benches share: the machine they ran on, the servers they start, running work at a
+concurrency, and the latency figures the comparisons print."""
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +7,11 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
+
+import httpx
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -16,6 +19,33 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def wait_answering(url: str, proc: subprocess.Popen, timeout: float, log: Callable[[], str] = str) -> None:
+    """Returns once GET ``url`` answers 200; raises RuntimeError (with ``log()``) if the server's
+    process exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited ({proc.returncode}): {log()}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answered {url} within {timeout} s: {log()}")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def machine() -> str:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.common import free_port
+from bench.common import free_port, stop_process, wait_answering
 
 MISSING = ("no prometheus: the metrics tests need the real server, found none in $LOOM_PROMETHEUS or on PATH. "
            "`make install` installs Debian's package as root (apt-get install -y prometheus), or point "
@@ -41,17 +40,7 @@ class PrometheusServer:
             self.proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={self.dir}/data",
                                           f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited ({self.proc.returncode}): {self.log()}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus did not answer on port {self.port}: {self.log()}")
+        wait_answering(f"{self.url}/-/ready", self.proc, timeout, self.log)
 
     def query(self, promql: str) -> list[dict]:
         """An instant query's result vector; raises on a PromQL error (naming it)."""
@@ -70,13 +59,7 @@ class PrometheusServer:
         return set(httpx.get(f"{self.url}/api/v1/label/__name__/values", timeout=30).json()["data"])
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
         path = self.dir / "prometheus.log"

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from bench.browser import screenshot
-from bench.common import free_port
+from bench.common import free_port, stop_process, wait_answering
 from bench.prometheus_server import PrometheusServer
 from bench.trace_server import PhoenixServer
 
@@ -35,12 +35,12 @@ TRACE_DRAWN = "document.body.innerText.includes('loom.engine.generate')"  # the 
 GRAPHS_DRAWN = f"document.querySelectorAll('.graph svg path').length >= {len(PANELS)}"
 
 
-def start_loom(port: int, phoenix: PhoenixServer | None, log: Path, project: str = PROJECT,
-               workers: int = 2) -> subprocess.Popen:
-    """`loom serve` (the shipped config) on ``port``, exporting its spans to ``phoenix`` (None: off)."""
-    otel = {"OTEL_TRACES_EXPORTER": "none"} if phoenix is None else {
+def start_loom(port: int, otlp: str | None, log: Path, project: str = PROJECT, workers: int = 2) -> subprocess.Popen:
+    """`loom serve` (the shipped config) on ``port``, exporting its spans over OTLP/HTTP to ``otlp``
+    (a trace server's base URL; None: export off)."""
+    otel = {"OTEL_TRACES_EXPORTER": "none"} if otlp is None else {
         "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": phoenix.url, "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
     env = {**os.environ, **otel, "LOOM_PORT": str(port), "LOOM_NUM_WORKERS": str(workers),
            "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     with open(log, "wb") as out:
@@ -50,17 +50,10 @@ def start_loom(port: int, phoenix: PhoenixServer | None, log: Path, project: str
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"loom serve exited ({proc.returncode})")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    sys.exit("loom serve did not become healthy")
+    try:
+        wait_answering(f"{url}/healthz", proc, timeout)
+    except RuntimeError as e:
+        sys.exit(f"loom serve: {e}")
 
 
 def ray_metrics_port() -> int:
@@ -110,7 +103,7 @@ def main() -> int:
     phoenix, port = PhoenixServer(work), free_port()
     phoenix.start()
     phoenix.wait_ready()
-    loom = start_loom(port, phoenix, work / "loom.log")
+    loom = start_loom(port, phoenix.url, work / "loom.log")
     prometheus = None
     try:
         wait_healthy(f"http://127.0.0.1:{port}", loom)
@@ -122,8 +115,7 @@ def main() -> int:
         screenshot(trace_url(phoenix, forked["id"]), args.out / "trace-phoenix.png", TRACE_DRAWN)
         screenshot(graph_url(prometheus), args.out / "metrics-prometheus.png", GRAPHS_DRAWN)
     finally:
-        loom.terminate()
-        loom.wait(timeout=120)
+        stop_process(loom, timeout=120)
         if prometheus is not None:
             prometheus.stop()
         phoenix.stop()

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.common import free_port
+from bench.common import free_port, stop_process, wait_answering
 
 ROOT = Path(__file__).resolve().parent.parent
 MISSING = ("no Phoenix trace server: the trace tests need the real one. `make install` (scripts/install.sh) "
@@ -57,17 +55,7 @@ class PhoenixServer:
             self.proc = subprocess.Popen([binary, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"phoenix exited ({self.proc.returncode}): {self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"phoenix did not answer on port {self.port} within {timeout} s: {self.log()}")
+        wait_answering(f"{self.url}/readyz", self.proc, timeout, self.log)
 
     def spans(self, project: str, **filters) -> list[dict]:
         """Every span of ``project`` that matches ``filters`` (the REST API's: trace_id=...,
@@ -86,13 +74,7 @@ class PhoenixServer:
                 return out
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
         path = self.dir / "phoenix.log"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from enum import StrEnum
+from functools import lru_cache
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -56,7 +57,14 @@ def _exporter_from_env():
 
 
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER)
+    """Loom's tracer from the installed provider (made once per provider: the SDK's get_tracer
+    builds a new one on every call, which showed in a profile of the ingress's event loop)."""
+    return _tracer_of(trace.get_tracer_provider())
+
+
+@lru_cache(maxsize=4)
+def _tracer_of(provider: trace.TracerProvider) -> trace.Tracer:
+    return provider.get_tracer(TRACER)
 
 
 def inject() -> dict:
@@ -82,23 +90,27 @@ def span(name: str, kind: Kind = Kind.CHAIN, **attrs):
     """A span, child of the current one; ``a__b=v`` sets attribute ``a.b``. An LLM span is an
     OpenTelemetry CLIENT span (a call to the engine)."""
     otel_kind = trace.SpanKind.CLIENT if kind is Kind.LLM else trace.SpanKind.INTERNAL
-    with tracer().start_as_current_span(name, kind=otel_kind) as s:
-        set_attrs(s, openinference__span__kind=kind.value, **attrs)
+    with tracer().start_as_current_span(name, kind=otel_kind,
+                                        attributes=_named(openinference__span__kind=kind.value, **attrs)) as s:
         yield s
 
 
 def server_span(name: str, carrier: dict | None, **attrs):
     """A started (not current) SERVER span, child of the caller's context in ``carrier``: the
     side of a call that receives it (a worker's engine request). End it with ``.end()``."""
-    s = tracer().start_span(name, context=extract(carrier), kind=trace.SpanKind.SERVER)
-    set_attrs(s, openinference__span__kind=Kind.CHAIN.value, **attrs)
-    return s
+    return tracer().start_span(name, context=extract(carrier), kind=trace.SpanKind.SERVER,
+                               attributes=_named(openinference__span__kind=Kind.CHAIN.value, **attrs))
 
 
 def set_attrs(s, **attrs) -> None:
-    for key, value in attrs.items():
-        if value is not None:
-            s.set_attribute(key.replace("__", "."), value)
+    """Sets ``a__b=v`` as attribute ``a.b`` (None values skipped), all at once; nothing to do on
+    a span that records nothing (tracing off)."""
+    if s.is_recording():
+        s.set_attributes(_named(**attrs))
+
+
+def _named(**attrs) -> dict:
+    return {key.replace("__", "."): value for key, value in attrs.items() if value is not None}
 
 
 def attach(carrier: dict | None):
