@@ -10,8 +10,6 @@ Needs Phoenix (scripts/install.sh puts it in .tools/phoenix), Debian's prometheu
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,45 +19,17 @@ from urllib.parse import quote
 import httpx
 
 from bench.browser import screenshot
-from bench.common import free_port, stop_process, wait_answering
+from bench.common import free_port, stop_process
+from bench.loom_server import PROJECT, ray_metrics_port, start_loom, wait_healthy
 from bench.prometheus_server import PrometheusServer
 from bench.trace_server import PhoenixServer
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = "loom"
-RAY_SESSION = Path("/tmp/ray/session_latest")  # the Ray that `loom serve` started
 QUESTIONS = ["Q: 23*4+56*7+8*9", "Q: 12*3+45*6", "Q: 71*5+6*8+9*4+2*3", "Q: 34*7+8*9", "Q: 905*9+14*3+220*6",
              "Q: 5*6+7*8+9*2"]
 PANELS = ["sum by (kind) (rate(ray_loom_tokens_total[30s]))", "sum by (outcome) (ray_loom_forks_total)"]
 TRACE_DRAWN = "document.body.innerText.includes('loom.engine.generate')"  # the span tree, down to the workers
 GRAPHS_DRAWN = f"document.querySelectorAll('.graph svg path').length >= {len(PANELS)}"
-
-
-def start_loom(port: int, otlp: str | None, log: Path, project: str = PROJECT, workers: int = 2) -> subprocess.Popen:
-    """`loom serve` (the shipped config) on ``port``, exporting its spans over OTLP/HTTP to ``otlp``
-    (a trace server's base URL; None: export off)."""
-    otel = {"OTEL_TRACES_EXPORTER": "none"} if otlp is None else {
-        "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
-    env = {**os.environ, **otel, "LOOM_PORT": str(port), "LOOM_NUM_WORKERS": str(workers),
-           "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--config",
-                                 str(ROOT / "cluster" / "serve_config.yaml")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
-    try:
-        wait_answering(f"{url}/healthz", proc, timeout)
-    except RuntimeError as e:
-        sys.exit(f"loom serve: {e}")
-
-
-def ray_metrics_port() -> int:
-    """The metrics export port of the Ray node `loom serve` started (Ray writes it in its session dir)."""
-    (found,) = RAY_SESSION.glob("metrics_export_port_*")
-    return int(found.read_text().strip())
 
 
 def run_jobs(url: str, seconds: float) -> list[dict]:
@@ -79,11 +49,10 @@ def run_jobs(url: str, seconds: float) -> list[dict]:
 def trace_url(phoenix: PhoenixServer, job_id: str, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        roots = phoenix.spans(PROJECT, name="loom.job", attribute=f'loom.job.id:"{job_id}"')
-        if roots:
+        if (root := phoenix.job_root(PROJECT, job_id)) is not None:
             projects = httpx.get(f"{phoenix.url}/v1/projects", timeout=30).json()["data"]
             project_id = next(p["id"] for p in projects if p["name"] == PROJECT)
-            return f"{phoenix.url}/projects/{project_id}/traces/{roots[0]['context']['trace_id']}"
+            return f"{phoenix.url}/projects/{project_id}/traces/{root['context']['trace_id']}"
         time.sleep(1)
     sys.exit(f"no trace of {job_id} in Phoenix")
 

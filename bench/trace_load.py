@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from bench.common import free_port, machine, run_concurrently, stop_process
-from bench.screenshots import start_loom, wait_healthy
+from bench.loom_server import start_loom, wait_healthy
 from bench.trace_server import PhoenixServer
 
 QUESTIONS = [f"Q: {a}*{b}+{c}*{d}+{e}*9" for a, b, c, d, e in
@@ -57,13 +57,7 @@ async def run_jobs(url: str, n: int, concurrency: int, on_done=None) -> tuple[li
 
 def check_traces(phoenix: PhoenixServer, project: str, url: str, jobs: list[str]) -> dict:
     """Per job, is its trace complete in the backend; and spans with a missing parent."""
-    spans, seen = [], -1
-    for _ in range(24):  # the exporters' last batches, and the server filing them: until it stops growing
-        time.sleep(5)
-        spans = phoenix.spans(project)
-        if len(spans) == seen:
-            break
-        seen = len(spans)
+    spans = settled(lambda: phoenix.spans(project), every_s=5, size=len)
     by_trace: dict[str, list[dict]] = {}
     for s in spans:
         by_trace.setdefault(s["context"]["trace_id"], []).append(s)
@@ -89,15 +83,21 @@ def report(system: str, round_: int, jobs: list[str], latencies: list[float], wa
     return line
 
 
+def settled(read, every_s: float, size=lambda value: value, tries: int = 24):
+    """``read()`` once two reads ``every_s`` apart have the same ``size`` (the exporters' last
+    batches, and the server filing them), or the last read after ``tries``."""
+    value, seen = None, None
+    for _ in range(tries):
+        time.sleep(every_s)
+        value = read()
+        if size(value) == seen:
+            break
+        seen = size(value)
+    return value
+
+
 def sink_spans(url: str) -> int:
-    """The sink's count once it has stopped growing (the exporters' last batches)."""
-    seen = -1
-    while True:
-        time.sleep(8)
-        count = httpx.get(f"{url}/count", timeout=10).json()["spans"]
-        if count == seen:
-            return count
-        seen = count
+    return settled(lambda: httpx.get(f"{url}/count", timeout=10).json()["spans"], every_s=8)
 
 
 def start_systems(work: Path, targets: dict[str, str | None]) -> tuple[dict, dict]:

@@ -73,6 +73,11 @@ class PhoenixServer:
             if not cursor:
                 return out
 
+    def job_root(self, project: str, job_id: str) -> dict | None:
+        """The root span (``loom.job``) of the job's trace, once the server has it."""
+        roots = self.spans(project, name="loom.job", attribute=f'loom.job.id:"{job_id}"')
+        return roots[0] if roots else None
+
     def stop(self) -> None:
         stop_process(self.proc)
 

@@ -63,9 +63,8 @@ def trace_of(server, rec: dict, timeout: float = 90.0) -> list[dict]:
     want = len(requests_of(rec))
     deadline, spans = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
-        roots = server.spans(TRACE_PROJECT, name="loom.job", attribute=f'loom.job.id:"{rec["id"]}"')
-        if roots:
-            spans = server.spans(TRACE_PROJECT, trace_id=roots[0]["context"]["trace_id"])
+        if (root := server.job_root(TRACE_PROJECT, rec["id"])) is not None:
+            spans = server.spans(TRACE_PROJECT, trace_id=root["context"]["trace_id"])
             names = Counter(s["name"] for s in spans)
             if names[f"chat {model_of(rec)}"] >= want and names["loom.engine.generate"] >= want:
                 return spans
