@@ -4,13 +4,16 @@ trace server killed part-way through a run.
 
     python -m bench.trace_load [--jobs 500] [--concurrency 32] [--rounds 2] [--no-phoenix]
 
-Three servers, one engine each, up at once: export off; export to an OTLP sink that only counts
-(bench/otlp_sink.py: the cost of exporting in Loom's processes); export to Phoenix (which, on one
-machine, also pays the trace server ingesting on the same cores). Prints one JSON line per run:
-system, round, jobs done, jobs/s, mean latency; for the sink the spans it received; for Phoenix
-in round 0 the traces checked in the backend: jobs with a complete trace (a root, and a client
-and a worker span for every engine request of the record) and spans whose parent is missing.
-Then Phoenix killed once a fifth of a run's jobs have answered. The machine line comes first.
+Four servers, one engine each, up at once: export off, twice (two servers: the spread of export
+off is that of runs and of servers, which differ by where their processes land on the cores);
+export to an OTLP sink that only counts (bench/otlp_sink.py: the cost of exporting in Loom's
+processes); export to Phoenix (which, on one machine, also pays the trace server ingesting on the
+same cores). Prints one JSON line per run: system, server, round, jobs done, jobs/s, mean latency;
+for the sink the spans it received; for Phoenix in round 0 the traces checked in the backend: jobs
+with a complete trace (a root, and a client and a worker span for every engine request of the
+record) and spans whose parent is missing. Then a summary line: each system's jobs/s range, and
+whether every export-on run lies within export off's range. Then Phoenix killed once a fifth of a
+run's jobs have answered. The machine line comes first.
 """
 from __future__ import annotations
 
@@ -75,12 +78,34 @@ def check_traces(phoenix: PhoenixServer, project: str, url: str, jobs: list[str]
     return {"spans_in_backend": len(spans), "traces_complete": complete, "orphan_spans": orphans}
 
 
-def report(system: str, round_: int, jobs: list[str], latencies: list[float], wall: float, n: int,
+def report(server: str, round_: int, jobs: list[str], latencies: list[float], wall: float, n: int,
            **extra) -> dict:
-    line = {"system": system, "round": round_, "jobs": n, "done": len(jobs), "jobs_per_s": round(len(jobs) / wall, 3),
+    line = {"system": system_of(server), "server": server, "round": round_, "jobs": n, "done": len(jobs), "jobs_per_s": round(len(jobs) / wall, 3),
             "mean_latency_s": round(statistics.mean(latencies), 3), **extra}
     print(json.dumps(line), flush=True)
     return line
+
+
+def system_of(server: str) -> str:
+    """export_off_2 -> export_off: the servers that run the same system."""
+    return server.rsplit("_", 1)[0] if server[-1].isdigit() else server
+
+
+def summary(lines: list[dict]) -> dict:
+    """Each system's jobs/s range over its runs; whether each export-on system's slowest run is
+    no slower than export off's slowest (inside its spread, or faster), and its mean as a share
+    of export off's mean."""
+    runs: dict[str, list[float]] = {}
+    for line in lines:
+        runs.setdefault(line["system"], []).append(line["jobs_per_s"])
+    off = runs["export_off"]
+    out = {"summary": {name: [min(v), max(v)] for name, v in runs.items()}}
+    for name, v in runs.items():
+        if name != "export_off":
+            out[f"{name}_within_off_spread"] = min(v) >= min(off)
+            out[f"{name}_mean_vs_off"] = round(statistics.mean(v) / statistics.mean(off), 3)
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def settled(read, every_s: float, size=lambda value: value, tries: int = 24):
@@ -110,7 +135,7 @@ def start_systems(work: Path, targets: dict[str, str | None]) -> tuple[dict, dic
     return servers, {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
 
-def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink: str) -> None:
+def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink: str) -> dict:
     before = sink_spans(sink) if name == "export_sink" else 0
     jobs, latencies, wall = asyncio.run(run_jobs(url, args.jobs, args.concurrency))
     extra = {}
@@ -118,7 +143,7 @@ def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink
         extra = {"spans_received": sink_spans(sink) - before}
     elif name == "export_phoenix" and round_ == 0:
         extra = check_traces(phoenix, "trace-load", url, jobs)
-    report(name, round_, jobs, latencies, wall, args.jobs, **extra)
+    return report(name, round_, jobs, latencies, wall, args.jobs, **extra)
 
 
 def main() -> int:
@@ -133,7 +158,7 @@ def main() -> int:
     phoenix, sink_port = PhoenixServer(work), free_port()
     sink_proc = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink", "--port", str(sink_port)])
     sink = f"http://127.0.0.1:{sink_port}"
-    targets = {"export_off": None, "export_sink": sink}
+    targets = {"export_off": None, "export_off_2": None, "export_sink": sink}
     if not args.no_phoenix:
         phoenix.start()
         phoenix.wait_ready()
@@ -141,10 +166,11 @@ def main() -> int:
     servers = {}
     try:
         servers, urls = start_systems(work, targets)
-        names = list(urls)
+        names, lines = list(urls), []
         for r in range(args.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:  # each system first in turn
-                one_run(name, urls[name], args, r, phoenix, sink)
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each server first in turn
+                lines.append(one_run(name, urls[name], args, r, phoenix, sink))
+        summary(lines)
         if not args.no_phoenix:
             kill_backend_mid_run(args, phoenix, urls)
     finally:
