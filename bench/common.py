@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import httpx
 
@@ -46,6 +47,24 @@ def stop_process(proc: subprocess.Popen | None, timeout: float = 30) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of process ``pid`` and everything under it, by process
+    title (``ray::WorkerActor``, ``VLLM::EngineCore``, ``raylet``, ...)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    out: dict[str, float] = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            title = (proc.cmdline() or [proc.name()])[0].split()[0] or proc.name()
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        name = Path(title).name if "/" in title else title
+        out[name] = out.get(name, 0.0) + times.user + times.system
+    return out
 
 
 def machine() -> str:

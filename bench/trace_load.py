@@ -8,7 +8,8 @@ Four servers, one engine each, up at once: export off, twice (two servers: the s
 off is that of runs and of servers, which differ by where their processes land on the cores);
 export to an OTLP sink that only counts (bench/otlp_sink.py: the cost of exporting in Loom's
 processes); export to Phoenix (which, on one machine, also pays the trace server ingesting on the
-same cores). Prints one JSON line per run: system, server, round, jobs done, jobs/s, mean latency;
+same cores). Prints one JSON line per run: system, server, round, jobs done, jobs/s, mean latency,
+the server's CPU milliseconds per job by process (its whole process tree, during the run);
 for the sink the spans it received; for Phoenix in round 0 the traces checked in the backend: jobs
 with a complete trace (a root, and a client and a worker span for every engine request of the
 record) and spans whose parent is missing. Then a summary line: each system's jobs/s range, and
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, machine, run_concurrently, stop_process
+from bench.common import cpu_seconds, free_port, machine, run_concurrently, stop_process
 from bench.loom_server import start_loom, wait_healthy
 from bench.trace_server import PhoenixServer
 
@@ -135,14 +136,17 @@ def start_systems(work: Path, targets: dict[str, str | None]) -> tuple[dict, dic
     return servers, {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
 
-def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink: str) -> dict:
+def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink: str, pid: int) -> dict:
     before = sink_spans(sink) if name == "export_sink" else 0
+    cpu = cpu_seconds(pid)
     jobs, latencies, wall = asyncio.run(run_jobs(url, args.jobs, args.concurrency))
-    extra = {}
+    spent = {k: v - cpu.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
+    extra = {"cpu_ms_per_job": {k: round(v * 1000 / max(len(jobs), 1), 2) for k, v in sorted(spent.items())
+                                if v > 0.05}}
     if name == "export_sink":
-        extra = {"spans_received": sink_spans(sink) - before}
+        extra["spans_received"] = sink_spans(sink) - before
     elif name == "export_phoenix" and round_ == 0:
-        extra = check_traces(phoenix, "trace-load", url, jobs)
+        extra.update(check_traces(phoenix, "trace-load", url, jobs))
     return report(name, round_, jobs, latencies, wall, args.jobs, **extra)
 
 
@@ -169,7 +173,7 @@ def main() -> int:
         names, lines = list(urls), []
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:  # each server first in turn
-                lines.append(one_run(name, urls[name], args, r, phoenix, sink))
+                lines.append(one_run(name, urls[name], args, r, phoenix, sink, servers[name].pid))
         summary(lines)
         if not args.no_phoenix:
             kill_backend_mid_run(args, phoenix, urls)

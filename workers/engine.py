@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Protocol
 
-from orchestrator.protocol.engine import KVEndpoints
+from orchestrator.protocol.engine import KVEndpoints, StepSample
 from orchestrator.protocol.generation import GenChunk, GenRequest
 from orchestrator.protocol.kv import PULLED_KEY, PullReport
-from workers.config import EngineConfig
+from workers.config import EngineBackend, EngineConfig
 
 log = logging.getLogger(__name__)
 
 MAX_PULL_REPORTS = 10000  # reports kept for requests that have not finished (aborted ones age out)
+MAX_STEP_SAMPLES = 50000  # the last steps' timings kept (bench.sim_profile reads them)
 
 
 class Engine(Protocol):
@@ -37,9 +39,19 @@ class Engine(Protocol):
     def eos_token_id(self) -> int | None: ...
     def vocab_size(self) -> int: ...
     def scheduler(self) -> dict: ...
+    def step_samples(self) -> list[StepSample]: ...
     def kv_bytes_per_token(self) -> int: ...
     def kv_endpoints(self) -> KVEndpoints: ...
     def shutdown(self) -> None: ...
+
+
+def make_engine(cfg: EngineConfig, host: str, name: str) -> Engine:
+    """The engine ``cfg.engine_backend`` names."""
+    if cfg.engine_backend is EngineBackend.SIM:
+        from workers.sim.engine import SimEngine
+
+        return SimEngine(cfg, host, name)
+    return VLLMEngine(cfg, host, name)
 
 
 class VLLMEngine:
@@ -72,6 +84,7 @@ class VLLMEngine:
         self.cfg = cfg
         self.scheduler_stats = None  # vLLM's SchedulerStats of the last step
         self.pulls: OrderedDict[str, dict] = OrderedDict()  # request id -> its KV pull's report
+        self.steps: deque[StepSample] = deque(maxlen=MAX_STEP_SAMPLES)
         self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stats_logger])
         self.tokenizer = self.llm.get_tokenizer()
         self.added = dict(self.tokenizer.get_added_vocab())  # added token text -> id
@@ -87,6 +100,9 @@ class VLLMEngine:
             def __init__(self, *_): ...
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+                if iteration_stats is not None and (iteration_stats.inter_token_latencies_iter or
+                                                    iteration_stats.time_to_first_tokens_iter):
+                    engine.note_step(iteration_stats)
                 if scheduler_stats is not None:
                     engine.scheduler_stats = scheduler_stats
                     engine.note_pulls((scheduler_stats.kv_connector_stats or {}).get("pulls", []))
@@ -94,6 +110,16 @@ class VLLMEngine:
             def log_engine_initialized(self): ...
 
         return KeepLast()
+
+    def note_step(self, it) -> None:
+        """Keeps a step's timing from vLLM's IterationStats (a step that made tokens)."""
+        itl, first = it.inter_token_latencies_iter, it.time_to_first_tokens_iter
+        self.steps.append(StepSample(len(itl), it.prompt_token_stats.computed,
+                                     statistics.median(itl) if itl else 0.0,
+                                     statistics.median(first) if first else 0.0))
+
+    def step_samples(self) -> list[StepSample]:
+        return list(self.steps)
 
     def note_pulls(self, pulls: list[dict]) -> None:
         """Keeps each finished pull's report under its request's id (vLLM's internal id is the

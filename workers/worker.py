@@ -20,7 +20,7 @@ import time
 
 import ray
 
-from orchestrator.protocol.engine import EngineLoad, EngineProfile, WorkerInfo
+from orchestrator.protocol.engine import EngineLoad, EngineProfile, StepSample, WorkerInfo
 from orchestrator.protocol.generation import GenChunk, GenRequest
 from orchestrator.protocol.kv import HOLD_KEY, HoldRequest, KVHold
 from orchestrator.telemetry import tracing
@@ -37,13 +37,13 @@ class EngineWorker:
     """The worker's logic, usable without Ray (the actor below wraps it)."""
 
     def __init__(self, name: str, cfg: EngineConfig, engine=None, host: str = "127.0.0.1"):
-        from workers.engine import VLLMEngine
+        from workers.engine import make_engine
 
         self.name = name
         self.cfg = cfg
         self.host = host
         tracing.setup()  # this process exports its own spans (OTEL_* env), children of the job's
-        self.engine = engine or VLLMEngine(cfg, host, name)
+        self.engine = engine or make_engine(cfg, host, name)
         self.active: dict[str, int] = {}  # request id -> tokens its engine made so far
         self.stats = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
         self.log: list[dict] = []  # per finished request: id, times, tokens (bounded)
@@ -174,6 +174,10 @@ class EngineWorker:
 
     def request_log(self) -> list[dict]:
         return list(self.log)
+
+    def step_samples(self) -> list[StepSample]:
+        """The engine's last steps as it timed them (bench.sim_profile fits a profile to them)."""
+        return self.engine.step_samples()
 
     def encode(self, text: str, bos: bool = False) -> list[int]:
         return self.engine.encode(text, bos)

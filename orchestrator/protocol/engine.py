@@ -55,6 +55,19 @@ class EngineLoad:
 
 
 @dataclass(frozen=True)
+class StepSample:
+    """One engine step as the engine timed it (vLLM: its iteration stats): the requests it
+    decoded, the prompt tokens it prefilled, its seconds (the decoded requests' median time since
+    their previous token; 0 when it decoded none) and the median time to first token of the
+    requests it prefilled (from their arrival at the engine; 0: none)."""
+
+    decoding: int
+    prefilled: int
+    seconds: float
+    first_token_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """What a worker tells the engine client once its engine is up."""
 

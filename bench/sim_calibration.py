@@ -1,0 +1,128 @@
+"""Does the simulated engine reproduce the real one? The same questions through `loom serve` over
+the real CPU engine and over a simulated engine (the measured CPU profile, documents recorded
+from the real engine's answers), at concurrency 1 and 16, both servers up at once and taking
+turns in rounds.
+
+    python -m bench.sim_calibration [--questions 24] [--workloads mix,five] [--concurrency 1,16] [--rounds 2]
+
+First the real server answers every question once; each answer's job record gives the document
+the simulated model writes (the prompt as the chat template renders it, then the record's text).
+Then both servers take turns. Prints one JSON line per round, workload, concurrency and system
+(mean, p50, p90 request seconds, exact answers, jobs/s, the server's CPU milliseconds per job by
+process over its whole process tree), then per round, workload and concurrency
+the simulated server's mean and p90 as ratios of the real one's, and whether both lie within 15%.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import yaml
+
+from bench.common import cpu_seconds, free_port, latency_figures, machine, run_concurrently, stop_process
+from bench.loom_server import ROOT, start_loom, wait_healthy
+from bench.peers import messages, workload
+from models import task
+from orchestrator.driver.job import extract_answer
+
+TOLERANCE = 0.15
+
+
+async def ask(client: httpx.AsyncClient, q: task.Question) -> dict:
+    r = await client.post("/v1/chat/completions", json={"model": "loom-arith", "messages": messages(q)})
+    r.raise_for_status()
+    return r.json()
+
+
+def record_documents(url: str, questions: list[task.Question], path: Path) -> None:
+    """What the real engine wrote for each question: its prompt and its job's whole text."""
+    async def run() -> list[str]:
+        async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+            docs = []
+            for q in questions:
+                job = (await ask(client, q))["loom"]["job_id"]
+                rec = (await client.get(f"/v1/jobs/{job}")).json()
+                docs.append(q.prompt + rec["result"]["text"])
+            return docs
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in asyncio.run(run())))
+
+
+def sim_config(work: Path, documents: Path) -> Path:
+    cfg = yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text())
+    cfg["engine"] = {**cfg.get("engine", {}), "engine_backend": "sim", "sim_documents": str(documents)}
+    path = work / "sim.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+async def measure(url: str, questions: list[task.Question], concurrency: int) -> dict:
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await ask(client, questions[0])  # warm-up
+        bodies, latencies, wall = await run_concurrently(lambda q: ask(client, q), questions, concurrency)
+    right = sum(extract_answer(b["choices"][0]["message"]["content"]) == f"A: {q.answer}"
+                for q, b in zip(questions, bodies))
+    return {**latency_figures(latencies), "exact": round(right / len(questions), 3),
+            "jobs_per_s": round(len(questions) / wall, 3)}
+
+
+def compare(real: dict, sim: dict) -> dict:
+    mean, p90 = sim["mean_s"] / real["mean_s"], sim["p90_s"] / real["p90_s"]
+    return {"sim_mean_vs_real": round(mean, 3), "sim_p90_vs_real": round(p90, 3),
+            "within_15pct": abs(mean - 1) <= TOLERANCE and abs(p90 - 1) <= TOLERANCE}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=24)
+    parser.add_argument("--workloads", default="mix,five")
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    print(json.dumps({"machine": machine()}), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="loom-sim-calibration-"))
+    workloads = {w: workload(w, args.questions, args.seed) for w in args.workloads.split(",")}
+    levels = [int(c) for c in args.concurrency.split(",")]
+    ports = {"real": free_port(), "sim": free_port()}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    servers = {}
+    try:
+        servers["real"] = start_loom(ports["real"], None, work / "real.log", workers=1)
+        wait_healthy(urls["real"], servers["real"])
+        documents = work / "recorded.jsonl"
+        record_documents(urls["real"], [q for qs in workloads.values() for q in qs], documents)
+        servers["sim"] = start_loom(ports["sim"], None, work / "sim.log", workers=1,
+                                    config=sim_config(work, documents))
+        wait_healthy(urls["sim"], servers["sim"])
+        for r in range(args.rounds):
+            for name, questions in workloads.items():
+                for c in levels:
+                    order = ["real", "sim"] if r % 2 == 0 else ["sim", "real"]
+                    rows = {s: measure_row(urls[s], servers[s].pid, s, r, name, questions, c) for s in order}
+                    print(json.dumps({"round": r, "workload": name, "concurrency": c,
+                                      **compare(rows["real"], rows["sim"])}), flush=True)
+    finally:
+        for proc in servers.values():
+            stop_process(proc, timeout=120)
+    return 0
+
+
+def measure_row(url: str, pid: int, system: str, round_: int, name: str, questions, c: int) -> dict:
+    before = cpu_seconds(pid)
+    row = asyncio.run(measure(url, questions, c))
+    spent = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
+    row["cpu_ms_per_job"] = {k: round(v * 1000 / (len(questions) + 1), 1) for k, v in sorted(spent.items()) if v > 0.05}
+    print(json.dumps({"round": round_, "workload": name, "concurrency": c, "system": system, **row}), flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    if os.environ.get("RAY_ADDRESS"):
+        sys.exit("unset RAY_ADDRESS: each server starts its own Ray")
+    sys.exit(main())

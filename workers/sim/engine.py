@@ -1,0 +1,183 @@
+"""The Engine protocol (workers/engine.py) over a simulated engine: a Scheduler stepping in real
+time on the worker's event loop, each step sleeping the profile's seconds for its batch, its
+outputs streamed as vLLM's DELTA outputs are, its KV events published as vLLM's.
+
+Needs the model's directory for its tokenizer (``tokenizer.json``) and shape (``config.json``:
+KV bytes per token, BOS and EOS), never its weights. A machine too slow to keep up shows as
+``lag_s``: the time the step loop fell more than a step behind its own clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from orchestrator.protocol.engine import KVEndpoints, StepSample
+from orchestrator.protocol.generation import GenChunk, GenRequest
+from workers.config import EngineConfig
+from workers.sim import profile
+from workers.sim.block_cache import BlockCache
+from workers.sim.events import EventPublisher
+from workers.sim.scheduler import Finish, Output, Scheduler, SimRequest
+from workers.sim.script import Script
+
+MAX_STEP_SAMPLES = 50000
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a simulated engine needs of a model: its KV size and special tokens."""
+
+    kv_bytes_per_token: int
+    bos: int | None
+    eos: int | None
+
+    @classmethod
+    def of(cls, model: str, dtype: str) -> ModelShape:
+        path = Path(model) / "config.json"
+        if not path.is_file():
+            raise ValueError(f"engine_backend sim needs a model directory with config.json and tokenizer.json: {model}")
+        c = json.loads(path.read_text())
+        head = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+        kv_heads = c.get("num_key_value_heads", c["num_attention_heads"])
+        width = DTYPE_BYTES.get(dtype if dtype != "auto" else c.get("dtype", c.get("torch_dtype", "bfloat16")), 2)
+        return cls(2 * c["num_hidden_layers"] * kv_heads * head * width, c.get("bos_token_id"), c.get("eos_token_id"))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    output: Output
+    at: float  # wall clock at the end of the step that made it
+
+
+class SimEngine:
+    def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1", name: str = "engine"):
+        self.cfg, self.name = cfg, name
+        self.shape = ModelShape.of(cfg.model, cfg.dtype)
+        self.tokenizer = Tokenizer.from_file(str(Path(cfg.model) / "tokenizer.json"))
+        self.profile = profile.load(cfg.sim_profile)
+        blocks = cfg.num_kv_blocks or cfg.kv_cache_gib * 2**30 // (cfg.block_size * self.shape.kv_bytes_per_token)
+        self.cache = BlockCache(blocks, cfg.block_size)
+        self.sched = Scheduler(self.cache, self.profile, cfg.max_num_seqs, cfg.max_model_len)
+        self.script = Script.load(cfg.sim_documents, self.encode, self.shape.eos, self.shape.bos)
+        self.events = EventPublisher(host, cfg.block_size)
+        self.streams: dict[str, asyncio.Queue[Delivery]] = {}
+        self.stepping: asyncio.Task | None = None
+        self.wake = asyncio.Event()
+        self.lag_s = 0.0
+        self.steps: deque[StepSample] = deque(maxlen=MAX_STEP_SAMPLES)
+
+    async def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
+        sim = SimRequest(req.request_id, list(req.prompt_ids), self.script.continuation(req.prompt_ids) or [],
+                         self.script.filler, req.max_tokens, self._stops(req.stop),
+                         None if req.ignore_eos else self.shape.eos)
+        if -(-len(sim.prompt) // self.cache.block_size) > self.cache.num_blocks:
+            raise ValueError(f"prompt of {len(sim.prompt)} tokens needs more KV blocks than the engine has")
+        await asyncio.sleep(self.profile.arrival_s)
+        self.sched.add(sim)
+        queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.streams[req.request_id] = queue
+        self._start()
+        first, finished = 0.0, False
+        try:
+            while not finished:
+                d = await queue.get()
+                first = first or (d.at if d.output.token_ids else 0.0)
+                finished = d.output.finish is not None
+                yield GenChunk(request_id=req.request_id, token_ids=d.output.token_ids, finished=finished,
+                               finish_reason=d.output.finish.value if finished else None,
+                               stop_reason=d.output.stop_reason, prompt_tokens=len(sim.prompt),
+                               cached_tokens=sim.cached, first_token_at=first,
+                               finished_at=d.at if finished else 0.0)
+        finally:
+            self.streams.pop(req.request_id, None)
+            if not finished:  # the caller stopped reading: the engine stops the request
+                self.sched.abort(req.request_id)
+
+    def _stops(self, stop: list[str]) -> dict[tuple[int, ...], str]:
+        return {tuple(self.encode(s)): s for s in stop if s}
+
+    def _start(self) -> None:
+        self.wake.set()
+        if self.stepping is None:
+            self.events.start()
+            self.stepping = asyncio.create_task(self._step_loop())
+
+    async def _step_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            plan = self.sched.schedule() if self.sched.has_work() else None
+            if plan is None or not plan.work:
+                self.wake.clear()
+                await self.wake.wait()
+                deadline = loop.time()
+                continue
+            deadline += plan.seconds
+            await asyncio.sleep(deadline - loop.time())
+            behind = loop.time() - deadline
+            if behind > plan.seconds:  # more than a step behind: the machine cannot keep up
+                self.lag_s += behind
+                deadline = loop.time()
+            if plan.decoding:
+                self.steps.append(StepSample(plan.decoding, plan.prefilled, plan.seconds))
+            self._deliver(self.sched.complete(plan))
+            await self.events.publish(self.cache.take_events())
+
+    def _deliver(self, outputs: list[Output]) -> None:
+        now = time.time()
+        for out in outputs:
+            queue = self.streams.get(out.request.id)
+            if queue is not None:
+                queue.put_nowait(Delivery(out, now))
+
+    async def abort(self, request_id: str) -> None:
+        req = self.sched.abort(request_id)
+        if req is not None:
+            self._deliver([Output(req, [], Finish.ABORT)])
+            await self.events.publish(self.cache.take_events())
+
+    async def check_health(self) -> None:
+        if self.stepping is not None and self.stepping.done():
+            raise RuntimeError(f"simulated engine's step loop ended: {self.stepping.exception()!r}")
+
+    async def reset_prefix_cache(self) -> bool:
+        cleared = self.cache.clear()
+        await self.events.publish(self.cache.take_events())
+        return cleared
+
+    def scheduler(self) -> dict:
+        return self.sched.load()
+
+    def step_samples(self) -> list[StepSample]:
+        return list(self.steps)
+
+    def kv_bytes_per_token(self) -> int:
+        return self.shape.kv_bytes_per_token
+
+    def kv_endpoints(self) -> KVEndpoints:
+        return self.events.endpoints
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=bos).ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def eos_token_id(self) -> int | None:
+        return self.shape.eos
+
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def shutdown(self) -> None:
+        if self.stepping is not None:
+            self.stepping.cancel()
+        self.events.close()

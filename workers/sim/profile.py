@@ -1,0 +1,77 @@
+"""How long a simulated engine step takes: seconds from the batch the step runs.
+
+A step decodes one token for each running sequence past its prefill and prefills up to the
+step's token budget. Its time is the decode time at that batch size (piecewise linear between
+the profile's measured sizes, extended along the last segment past the largest; a step of
+prefill only costs a batch of one's), plus the prefilled tokens times seconds per prefilled
+token. A request reaches the scheduler ``arrival_s`` after it is submitted (vLLM: the hop from
+the API process to the engine core and back). A profile names its source: measured here
+(``bench.sim_profile`` records a real engine's), or published figures, cited.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+DEFAULT = "cpu-loom-arith"
+
+
+class ProfileError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    name: str
+    source: str  # where the figures come from: the machine and engine measured, or a citation
+    prefill_s_per_token: float
+    decode_s: dict[int, float]  # running sequences -> seconds per decode step
+    max_batched_tokens: int = 2048  # tokens one step computes (vLLM's max_num_batched_tokens)
+    arrival_s: float = 0.0  # from a request's submission to its first schedulable step
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.decode_s or any(b < 1 or s <= 0 for b, s in self.decode_s.items()):
+            raise ProfileError(f"profile {self.name}: decode_s needs batch sizes >= 1 with seconds > 0")
+        if self.prefill_s_per_token < 0 or self.arrival_s < 0 or self.max_batched_tokens < 1:
+            raise ProfileError(f"profile {self.name}: prefill_s_per_token and arrival_s >= 0, max_batched_tokens >= 1")
+
+    def step_s(self, decoding: int, prefilled: int) -> float:
+        """Seconds of a step decoding ``decoding`` sequences and prefilling ``prefilled`` tokens."""
+        return self.decode_step_s(max(decoding, 1)) + prefilled * self.prefill_s_per_token
+
+    def decode_step_s(self, batch: int) -> float:
+        sizes = sorted(self.decode_s)
+        if len(sizes) == 1 or batch <= sizes[0]:
+            return self.decode_s[sizes[0]]
+        hi = next((b for b in sizes if b >= batch), sizes[-1])  # past the largest: the last segment
+        lo = sizes[sizes.index(hi) - 1]
+        slope = (self.decode_s[hi] - self.decode_s[lo]) / (hi - lo)
+        return self.decode_s[lo] + slope * (batch - lo)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "prefill_s_per_token": self.prefill_s_per_token,
+                "decode_s": {str(b): s for b, s in sorted(self.decode_s.items())},
+                "max_batched_tokens": self.max_batched_tokens, "arrival_s": self.arrival_s, "notes": self.notes}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepProfile:
+        try:
+            return cls(name=d["name"], source=d["source"], prefill_s_per_token=float(d["prefill_s_per_token"]),
+                       decode_s={int(b): float(s) for b, s in d["decode_s"].items()},
+                       max_batched_tokens=int(d.get("max_batched_tokens", 2048)),
+                       arrival_s=float(d.get("arrival_s", 0.0)), notes=list(d.get("notes", [])))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProfileError(f"not a step profile: {type(e).__name__}: {e}") from e
+
+
+def load(name_or_path: str) -> StepProfile:
+    """A shipped profile by name (workers/sim/profiles/<name>.json), or a JSON file's path; ""
+    is the default (measured here, the shipped model on the CPU engine)."""
+    path = Path(name_or_path) if name_or_path.endswith(".json") else PROFILES / f"{name_or_path or DEFAULT}.json"
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in PROFILES.glob("*.json")))
+        raise ProfileError(f"no step profile {name_or_path!r} (shipped: {shipped}; or a .json path)")
+    return StepProfile.from_dict(json.loads(path.read_text()))
