@@ -16,7 +16,10 @@ as the real ones). The fit:
   profile then extended past 64);
 - prefill: the median over steps that decoded and prefilled of (seconds - decode at that batch)
   / tokens prefilled;
-- arrival: the median over steps that only prefilled of (time to first token - the step).
+- arrival: the median over steps that only prefilled of (time to first token - the step);
+- host busy share: the CPU seconds vLLM's engine-core process spent during the load over the
+  seconds its steps took (the engine busy): what workers/sim/host_load.py spins beside a
+  simulated engine.
 Prints the profile (and the machine) and writes it.
 """
 from __future__ import annotations
@@ -33,13 +36,14 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import free_port, machine, run_concurrently, stop_process
+from bench.common import cpu_seconds, free_port, machine, run_concurrently, stop_process
 from bench.loom_server import start_loom, wait_healthy
 from bench.peers import messages, workload
 from orchestrator.protocol.engine import StepSample
 from workers.sim.profile import PROFILES, StepProfile
 
 MIN_STEPS = 20
+ENGINE_CORE = "VLLM::EngineCore"  # the engine-core process's title
 BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # upper bounds of batch size groups
 
 
@@ -62,7 +66,7 @@ def engine_steps() -> list[StepSample]:
         ray.shutdown()
 
 
-def fit(steps: list[StepSample], max_batched_tokens: int, source: str) -> StepProfile:
+def fit(steps: list[StepSample], max_batched_tokens: int, source: str, core_cpu_s: float) -> StepProfile:
     by_bucket = defaultdict(list)
     for s in steps:
         if s.decoding and not s.prefilled:
@@ -78,12 +82,15 @@ def fit(steps: list[StepSample], max_batched_tokens: int, source: str) -> StepPr
     only = [s.first_token_s - base.step_s(0, s.prefilled) - s.prefilled * per_token
             for s in steps if not s.decoding and s.prefilled and s.first_token_s]
     arrival = max(0.0, statistics.median(only)) if only else 0.0
+    busy_s = sum(s.seconds for s in steps if s.decoding)
     return StepProfile(
         name="cpu-loom-arith", source=source, prefill_s_per_token=round(per_token, 8), decode_s=decode,
         max_batched_tokens=max_batched_tokens, arrival_s=round(arrival, 6),
+        host_busy_share=round(min(1.0, core_cpu_s / busy_s), 3) if busy_s else 0.0,
         notes=[(f"{len(steps)} steps: {sum(len(v) for v in by_bucket.values())} decode only, {len(mixed)} decode "
                f"and prefill, {len(only)} prefill only; groups of batch sizes (up to {', '.join(map(str, BUCKETS))}) "
-               f"with fewer than {MIN_STEPS} decode-only steps left out")])
+               f"with fewer than {MIN_STEPS} decode-only steps left out"),
+               f"engine core CPU {core_cpu_s:.2f} s over {busy_s:.2f} s of steps"])
 
 
 def main() -> int:
@@ -98,9 +105,11 @@ def main() -> int:
     server = start_loom(port, None, work / "loom.log", workers=1)
     try:
         wait_healthy(url, server)
+        before = cpu_seconds(server.pid).get(ENGINE_CORE, 0.0)
         for c in (int(x) for x in args.concurrency.split(",")):
             for name in ("mix", "five"):
                 asyncio.run(drive(url, workload(name, args.questions, args.seed + c), c))
+        core_cpu_s = cpu_seconds(server.pid).get(ENGINE_CORE, 0.0) - before
         steps = engine_steps()
     finally:
         stop_process(server, timeout=120)
@@ -110,7 +119,7 @@ def main() -> int:
     source = (f"measured by bench.sim_profile on {date.today()}: {machine()}; vllm {vllm.__version__}, "
               f"torch {torch.__version__}; model loom-arith (float32) in `loom serve`, one worker, its steps "
               f"as vLLM timed them under bench.peers' workloads at concurrency {args.concurrency}")
-    prof = fit(steps, 2048, source)
+    prof = fit(steps, 2048, source, core_cpu_s)
     print(json.dumps({"machine": machine(), **prof.to_dict()}, indent=1))
     Path(args.out).write_text(json.dumps(prof.to_dict(), indent=1) + "\n")
     return 0

@@ -113,7 +113,7 @@ def tok():
 
 def script_of(tok, texts: list[str]) -> Script:
     return Script([tok.encode(t, add_special_tokens=False).ids + [2] for t in texts], eos=2, bos=1,
-                  filler=tok.token_to_id("."))
+                  newline=tok.token_to_id("\n"), filler=tok.token_to_id("."))
 
 
 def test_a_prompt_continues_its_document_and_a_thread_its_own_part(tok):
@@ -292,3 +292,54 @@ def test_the_backend_is_checked():
     with pytest.raises(EngineConfigError, match="engine_backend must be one of vllm, sim"):
         EngineConfig.from_dict({"model": MODEL, "engine_backend": "simulated"})
     assert EngineConfig.from_dict({"model": MODEL, "engine_backend": "sim"}).engine_backend is EngineBackend.SIM
+
+
+def test_the_host_load_spins_only_while_the_engine_is_busy():
+    import psutil
+
+    from workers.sim.host_load import HostLoad
+
+    load = HostLoad(0.5, nice=None)
+    try:
+        cpu = psutil.Process(load.proc.pid)
+
+        def spent() -> float:
+            return sum(cpu.cpu_times()[:2])
+
+        load.set_busy(True)
+        wait_until(lambda: spent() > 0.05, 30.0)
+        load.set_busy(False)
+        wait_until(lambda: idle(spent), 30.0)
+    finally:
+        load.close()
+    assert load.proc.returncode is not None
+
+
+def idle(spent) -> bool:
+    """No CPU spent over a quarter of a second (a process blocked on its pipe spends none)."""
+    import time
+
+    before = spent()
+    time.sleep(0.25)
+    return spent() - before < 0.01
+
+
+def test_synthetic_documents_fork_as_threadweaver_and_each_thread_writes_its_own_part(tok):
+    import random
+
+    from bench.sim_documents import THREAD_MAX, THREAD_MIN, document
+    from orchestrator.plan.published import THREADWEAVER as TW
+
+    rng = random.Random(3)
+    texts = [document(rng, str(n)) for n in range(4)]
+    script = script_of(tok, texts)
+    for text in texts:
+        prefix = text[:text.index(TW.tags.plan_close) + len(TW.tags.plan_close)]
+        plan = TW.find_plan(prefix)
+        assert 2 <= len(plan.outlines) <= 8
+        for outline in plan.outlines:
+            header = TW.header_first.format(id=outline.id)  # every thread's prompt has it
+            written = tok.decode(script.continuation(tok.encode(prefix + header).ids), skip_special_tokens=False)
+            body = written[:written.index(TW.tags.thread_close)]
+            work = len(body) - len(f" {outline.text}\n")  # drawn length, a final newline in place of spaces
+            assert body.startswith(f" {outline.text}\n") and THREAD_MIN - 1 <= work <= THREAD_MAX + 1

@@ -24,6 +24,7 @@ from workers.config import EngineConfig
 from workers.sim import profile
 from workers.sim.block_cache import BlockCache
 from workers.sim.events import EventPublisher
+from workers.sim.host_load import HostLoad
 from workers.sim.scheduler import Finish, Output, Scheduler, SimRequest
 from workers.sim.script import Script
 
@@ -72,6 +73,7 @@ class SimEngine:
         self.stepping: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.lag_s = 0.0
+        self.host = HostLoad(self.profile.host_busy_share, cfg.core_nice) if self.profile.host_busy_share else None
         self.steps: deque[StepSample] = deque(maxlen=MAX_STEP_SAMPLES)
 
     async def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
@@ -116,8 +118,10 @@ class SimEngine:
         while True:
             plan = self.sched.schedule() if self.sched.has_work() else None
             if plan is None or not plan.work:
+                self._busy(False)
                 self.wake.clear()
                 await self.wake.wait()
+                self._busy(True)
                 deadline = loop.time()
                 continue
             deadline += plan.seconds
@@ -130,6 +134,10 @@ class SimEngine:
                 self.steps.append(StepSample(plan.decoding, plan.prefilled, plan.seconds))
             self._deliver(self.sched.complete(plan))
             await self.events.publish(self.cache.take_events())
+
+    def _busy(self, busy: bool) -> None:
+        if self.host is not None:
+            self.host.set_busy(busy)
 
     def _deliver(self, outputs: list[Output]) -> None:
         now = time.time()
@@ -180,4 +188,6 @@ class SimEngine:
     def shutdown(self) -> None:
         if self.stepping is not None:
             self.stepping.cancel()
+        if self.host is not None:
+            self.host.close()
         self.events.close()

@@ -30,6 +30,7 @@ class StepProfile:
     decode_s: dict[int, float]  # running sequences -> seconds per decode step
     max_batched_tokens: int = 2048  # tokens one step computes (vLLM's max_num_batched_tokens)
     arrival_s: float = 0.0  # from a request's submission to its first schedulable step
+    host_busy_share: float = 0.0  # of a core the engine's host side keeps busy while it works (host_load.py)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -37,6 +38,8 @@ class StepProfile:
             raise ProfileError(f"profile {self.name}: decode_s needs batch sizes >= 1 with seconds > 0")
         if self.prefill_s_per_token < 0 or self.arrival_s < 0 or self.max_batched_tokens < 1:
             raise ProfileError(f"profile {self.name}: prefill_s_per_token and arrival_s >= 0, max_batched_tokens >= 1")
+        if not 0 <= self.host_busy_share <= 1:
+            raise ProfileError(f"profile {self.name}: host_busy_share within 0..1")
 
     def step_s(self, decoding: int, prefilled: int) -> float:
         """Seconds of a step decoding ``decoding`` sequences and prefilling ``prefilled`` tokens."""
@@ -54,7 +57,8 @@ class StepProfile:
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "prefill_s_per_token": self.prefill_s_per_token,
                 "decode_s": {str(b): s for b, s in sorted(self.decode_s.items())},
-                "max_batched_tokens": self.max_batched_tokens, "arrival_s": self.arrival_s, "notes": self.notes}
+                "max_batched_tokens": self.max_batched_tokens, "arrival_s": self.arrival_s,
+                "host_busy_share": self.host_busy_share, "notes": self.notes}
 
     @classmethod
     def from_dict(cls, d: dict) -> StepProfile:
@@ -62,7 +66,8 @@ class StepProfile:
             return cls(name=d["name"], source=d["source"], prefill_s_per_token=float(d["prefill_s_per_token"]),
                        decode_s={int(b): float(s) for b, s in d["decode_s"].items()},
                        max_batched_tokens=int(d.get("max_batched_tokens", 2048)),
-                       arrival_s=float(d.get("arrival_s", 0.0)), notes=list(d.get("notes", [])))
+                       arrival_s=float(d.get("arrival_s", 0.0)), host_busy_share=float(d.get("host_busy_share", 0.0)),
+                       notes=list(d.get("notes", [])))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ProfileError(f"not a step profile: {type(e).__name__}: {e}") from e
 
