@@ -67,6 +67,16 @@ def cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def cpu_since(pid: int, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds by process title spent since ``before`` (an earlier ``cpu_seconds(pid)``)."""
+    return {name: s - before.get(name, 0.0) for name, s in cpu_seconds(pid).items()}
+
+
+def ms_per_job(spent: dict[str, float], jobs: int) -> dict[str, float]:
+    """CPU milliseconds per job by process title, for those that spent over 50 ms in all."""
+    return {name: round(s * 1000 / max(jobs, 1), 2) for name, s in sorted(spent.items()) if s > 0.05}
+
+
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
 

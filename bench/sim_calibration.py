@@ -25,7 +25,16 @@ from pathlib import Path
 import httpx
 import yaml
 
-from bench.common import cpu_seconds, free_port, latency_figures, machine, run_concurrently, stop_process
+from bench.common import (
+    cpu_seconds,
+    cpu_since,
+    free_port,
+    latency_figures,
+    machine,
+    ms_per_job,
+    run_concurrently,
+    stop_process,
+)
 from bench.loom_server import ROOT, start_loom, wait_healthy
 from bench.peers import messages, workload
 from models import task
@@ -116,8 +125,7 @@ def main() -> int:
 def measure_row(url: str, pid: int, system: str, round_: int, name: str, questions, c: int) -> dict:
     before = cpu_seconds(pid)
     row = asyncio.run(measure(url, questions, c))
-    spent = {k: v - before.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
-    row["cpu_ms_per_job"] = {k: round(v * 1000 / (len(questions) + 1), 1) for k, v in sorted(spent.items()) if v > 0.05}
+    row["cpu_ms_per_job"] = ms_per_job(cpu_since(pid, before), len(questions) + 1)  # (and the warm-up)
     print(json.dumps({"round": round_, "workload": name, "concurrency": c, "system": system, **row}), flush=True)
     return row
 

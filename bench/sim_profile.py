@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import sys
@@ -36,9 +37,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import cpu_seconds, free_port, machine, run_concurrently, stop_process
+from bench.common import cpu_seconds, cpu_since, free_port, machine, run_concurrently, stop_process
 from bench.loom_server import start_loom, wait_healthy
-from bench.peers import messages, workload
+from bench.peers import ask_loom, workload
 from orchestrator.protocol.engine import StepSample
 from workers.sim.profile import PROFILES, StepProfile
 
@@ -49,10 +50,7 @@ BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)  # upper
 
 async def drive(url: str, questions: list, concurrency: int) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        async def ask(q):
-            r = await client.post("/v1/chat/completions", json={"model": "loom-arith", "messages": messages(q)})
-            r.raise_for_status()
-        await run_concurrently(ask, questions, concurrency)
+        await run_concurrently(functools.partial(ask_loom, client), questions, concurrency)
 
 
 def engine_steps() -> list[StepSample]:
@@ -105,11 +103,11 @@ def main() -> int:
     server = start_loom(port, None, work / "loom.log", workers=1)
     try:
         wait_healthy(url, server)
-        before = cpu_seconds(server.pid).get(ENGINE_CORE, 0.0)
+        before = cpu_seconds(server.pid)
         for c in (int(x) for x in args.concurrency.split(",")):
             for name in ("mix", "five"):
                 asyncio.run(drive(url, workload(name, args.questions, args.seed + c), c))
-        core_cpu_s = cpu_seconds(server.pid).get(ENGINE_CORE, 0.0) - before
+        core_cpu_s = cpu_since(server.pid, before).get(ENGINE_CORE, 0.0)
         steps = engine_steps()
     finally:
         stop_process(server, timeout=120)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import cpu_seconds, free_port, machine, run_concurrently, stop_process
+from bench.common import cpu_seconds, cpu_since, free_port, machine, ms_per_job, run_concurrently, stop_process
 from bench.loom_server import start_loom, wait_healthy
 from bench.trace_server import PhoenixServer
 
@@ -140,9 +140,7 @@ def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink
     before = sink_spans(sink) if name == "export_sink" else 0
     cpu = cpu_seconds(pid)
     jobs, latencies, wall = asyncio.run(run_jobs(url, args.jobs, args.concurrency))
-    spent = {k: v - cpu.get(k, 0.0) for k, v in cpu_seconds(pid).items()}
-    extra = {"cpu_ms_per_job": {k: round(v * 1000 / max(len(jobs), 1), 2) for k, v in sorted(spent.items())
-                                if v > 0.05}}
+    extra = {"cpu_ms_per_job": ms_per_job(cpu_since(pid, cpu), len(jobs))}
     if name == "export_sink":
         extra["spans_received"] = sink_spans(sink) - before
     elif name == "export_phoenix" and round_ == 0:

@@ -60,7 +60,7 @@ def test_profiles_load_by_name_or_path_and_bad_ones_are_named(tmp_path):
 def test_full_blocks_are_cached_shared_and_published_once():
     cache = BlockCache(8, B)
     a, b = BlockTable(), BlockTable()
-    assert cache.grow(a, list(range(10)))  # two full blocks and a partial
+    assert cache.grow(a, list(range(10)), 10)  # two full blocks and a partial
     (stored,) = cache.take_events()
     assert stored.kind is EventKind.STORED and stored.parent_block_hash is None
     assert stored.token_ids == list(range(8)) and len(stored.block_hashes) == 2
@@ -68,19 +68,19 @@ def test_full_blocks_are_cached_shared_and_published_once():
     hits = cache.hits(list(range(9)))
     assert hits == stored.block_hashes
     cache.reference(b, hits)
-    assert cache.grow(b, list(range(8)) + [99])
+    assert cache.grow(b, list(range(8)) + [99], 9)
     assert cache.take_events() == [] and cache.used() == 4  # shared blocks, one partial each
 
 
 def test_freed_blocks_stay_cached_until_evicted_last_block_first():
     cache = BlockCache(4, B)
     a = BlockTable()
-    assert cache.grow(a, list(range(12)))  # three blocks
+    assert cache.grow(a, list(range(12)), 12)  # three blocks
     (stored,) = cache.take_events()
     cache.release(a)
     assert cache.used() == 0 and cache.hits(list(range(12))) == stored.block_hashes  # still cached
     b = BlockTable()
-    assert cache.grow(b, [50 + i for i in range(8)])  # two blocks: one never used, one evicted
+    assert cache.grow(b, [50 + i for i in range(8)], 8)  # two blocks: one never used, one evicted
     removed = [e for e in cache.take_events() if e.kind is EventKind.REMOVED]
     assert [e.block_hashes for e in removed] == [[stored.block_hashes[2]]]  # the request's last block
     assert cache.hits(list(range(12))) == stored.block_hashes[:2]
@@ -89,8 +89,8 @@ def test_freed_blocks_stay_cached_until_evicted_last_block_first():
 def test_blocks_in_use_are_never_evicted_and_a_full_cache_says_no():
     cache = BlockCache(2, B)
     a, b = BlockTable(), BlockTable()
-    assert cache.grow(a, list(range(8)))
-    assert not cache.grow(b, [9] * 4)
+    assert cache.grow(a, list(range(8)), 8)
+    assert not cache.grow(b, [9] * 4, 4)
     assert b.hashes == [] and cache.used() == 2
     assert not cache.clear()  # blocks in use
     cache.release(a)

@@ -50,7 +50,7 @@ def make_engine(cfg: EngineConfig, host: str, name: str) -> Engine:
     if cfg.engine_backend is EngineBackend.SIM:
         from workers.sim.engine import SimEngine
 
-        return SimEngine(cfg, host, name)
+        return SimEngine(cfg, host)
     return VLLMEngine(cfg, host, name)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+KV_EVENTS_END_SEQ = (-1).to_bytes(8, "big", signed=True)  # a KV event publisher's end-of-replay marker
+
 
 @dataclass(frozen=True)
 class KVEndpoints:

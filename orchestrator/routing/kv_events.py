@@ -16,11 +16,10 @@ import threading
 import msgpack
 import zmq
 
-from orchestrator.protocol.engine import KVEndpoints
+from orchestrator.protocol.engine import KV_EVENTS_END_SEQ, KVEndpoints
 from orchestrator.routing.kv_index import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent, KVIndex
 
 log = logging.getLogger(__name__)
-END_SEQ = (-1).to_bytes(8, "big", signed=True)  # the publisher's end-of-replay marker
 REPLAY_TIMEOUT_MS = 2000
 POLL_MS = 100
 
@@ -111,7 +110,7 @@ class KVEventSubscriber(threading.Thread):
             dealer.send_multipart((b"", start.to_bytes(8, "big")))
             while dealer.poll(REPLAY_TIMEOUT_MS):
                 frames = dealer.recv_multipart()
-                if frames[-2] == END_SEQ:
+                if frames[-2] == KV_EVENTS_END_SEQ:
                     return
                 seq = int.from_bytes(frames[-2], "big")
                 if before is not None and seq >= before:

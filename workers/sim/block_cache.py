@@ -69,14 +69,20 @@ class BlockCache:
 
     def hits(self, ids: list[int]) -> list[int]:
         """The hashes of the leading full blocks of ``ids`` that are cached."""
-        out, parent = [], None
-        for start in range(0, len(ids) - len(ids) % self.block_size, self.block_size):
-            h = chain_hash(parent, ids[start:start + self.block_size])
+        out = []
+        for h, _ in self._chain(ids, len(ids), 0, None):
             if h not in self.blocks:
                 break
             out.append(h)
-            parent = h
         return out
+
+    def _chain(self, ids: list[int], upto: int, first: int, parent: int | None):
+        """(hash, tokens) of each full block among ``ids[:upto]`` from block ``first`` on, chained
+        from ``parent`` (the hash of block ``first - 1``)."""
+        for start in range(first * self.block_size, upto - self.block_size + 1, self.block_size):
+            tokens = ids[start:start + self.block_size]
+            parent = chain_hash(parent, tokens)
+            yield parent, tokens
 
     def can_take(self, hits: list[int], new_blocks: int) -> bool:
         """Whether ``hits`` can be referenced and ``new_blocks`` more taken."""
@@ -88,34 +94,29 @@ class BlockCache:
             self._ref(h)
         table.hashes.extend(hits)
 
-    def grow(self, table: BlockTable, ids: list[int]) -> bool:
-        """The request has computed ``ids``: the full blocks among them are cached (shared where
-        the same block is cached already) and the rest is its partial block. False, with
+    def grow(self, table: BlockTable, ids: list[int], upto: int) -> bool:
+        """The request has computed ``ids[:upto]``: the full blocks among them are cached (shared
+        where the same block is cached already) and the rest is its partial block. False, with
         nothing changed, when the blocks are not there (the request waits or is preempted)."""
-        parent = table.hashes[-1] if table.hashes else None
-        new = []
-        for start in range(len(table.hashes) * self.block_size, len(ids) - self.block_size + 1, self.block_size):
-            parent = chain_hash(parent, ids[start:start + self.block_size])
-            new.append(parent)
-        fresh = [h for h in new if h not in self.blocks]
-        fresh_set = set(fresh)
-        partial = len(ids) % self.block_size > 0
-        if self._room(exclude=new) + table.partial < len(fresh) + partial:
+        previous = table.hashes[-1] if table.hashes else None
+        new = list(self._chain(ids, upto, len(table.hashes), previous))
+        fresh = [(h, tokens) for h, tokens in new if h not in self.blocks]
+        partial = upto % self.block_size > 0
+        if self._room(exclude=[h for h, _ in new]) + table.partial < len(fresh) + partial:
             return False
-        for h in new:
+        for h, _ in new:
             if h in self.blocks:
                 self._ref(h)
         self.partials -= table.partial
         self._evict_for(len(fresh) + partial)
-        previous = table.hashes[-1] if table.hashes else None
-        for i, h in enumerate(new):
-            if h in fresh_set:
-                tokens = ids[(len(table.hashes) + i) * self.block_size:(len(table.hashes) + i + 1) * self.block_size]
-                self.blocks[h] = Block(h, new[i - 1] if i else previous, tokens, refs=1)
-        table.hashes.extend(new)
+        parents = [previous] + [h for h, _ in new]
+        for i, (h, tokens) in enumerate(new):
+            if h not in self.blocks:
+                self.blocks[h] = Block(h, parents[i], tokens, refs=1)
+        table.hashes.extend(h for h, _ in new)
         table.partial = partial
         self.partials += partial
-        self._stored(fresh)
+        self._stored([h for h, _ in fresh])
         return True
 
     def release(self, table: BlockTable) -> None:

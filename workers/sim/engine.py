@@ -3,8 +3,8 @@ time on the worker's event loop, each step sleeping the profile's seconds for it
 outputs streamed as vLLM's DELTA outputs are, its KV events published as vLLM's.
 
 Needs the model's directory for its tokenizer (``tokenizer.json``) and shape (``config.json``:
-KV bytes per token, BOS and EOS), never its weights. A machine too slow to keep up shows as
-``lag_s``: the time the step loop fell more than a step behind its own clock.
+KV bytes per token, BOS and EOS), never its weights. On a machine too slow to keep up, a step
+loop more than a step behind its own clock starts it again from now (the engine runs slower).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from orchestrator.protocol.engine import KVEndpoints, StepSample
 from orchestrator.protocol.generation import GenChunk, GenRequest
 from workers.config import EngineConfig
+from workers.engine import MAX_STEP_SAMPLES
 from workers.sim import profile
 from workers.sim.block_cache import BlockCache
 from workers.sim.events import EventPublisher
@@ -28,7 +29,6 @@ from workers.sim.host_load import HostLoad
 from workers.sim.scheduler import Finish, Output, Scheduler, SimRequest
 from workers.sim.script import Script
 
-MAX_STEP_SAMPLES = 50000
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1}
 
 
@@ -59,8 +59,7 @@ class Delivery:
 
 
 class SimEngine:
-    def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1", name: str = "engine"):
-        self.cfg, self.name = cfg, name
+    def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1"):
         self.shape = ModelShape.of(cfg.model, cfg.dtype)
         self.tokenizer = Tokenizer.from_file(str(Path(cfg.model) / "tokenizer.json"))
         self.profile = profile.load(cfg.sim_profile)
@@ -72,7 +71,6 @@ class SimEngine:
         self.streams: dict[str, asyncio.Queue[Delivery]] = {}
         self.stepping: asyncio.Task | None = None
         self.wake = asyncio.Event()
-        self.lag_s = 0.0
         self.host = HostLoad(self.profile.host_busy_share, cfg.core_nice) if self.profile.host_busy_share else None
         self.steps: deque[StepSample] = deque(maxlen=MAX_STEP_SAMPLES)
 
@@ -80,8 +78,6 @@ class SimEngine:
         sim = SimRequest(req.request_id, list(req.prompt_ids), self.script.continuation(req.prompt_ids) or [],
                          self.script.filler, req.max_tokens, self._stops(req.stop),
                          None if req.ignore_eos else self.shape.eos)
-        if -(-len(sim.prompt) // self.cache.block_size) > self.cache.num_blocks:
-            raise ValueError(f"prompt of {len(sim.prompt)} tokens needs more KV blocks than the engine has")
         await asyncio.sleep(self.profile.arrival_s)
         self.sched.add(sim)
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -126,9 +122,7 @@ class SimEngine:
                 continue
             deadline += plan.seconds
             await asyncio.sleep(deadline - loop.time())
-            behind = loop.time() - deadline
-            if behind > plan.seconds:  # more than a step behind: the machine cannot keep up
-                self.lag_s += behind
+            if loop.time() - deadline > plan.seconds:  # more than a step behind: the machine cannot keep up
                 deadline = loop.time()
             if plan.decoding:
                 self.steps.append(StepSample(plan.decoding, plan.prefilled, plan.seconds))
@@ -148,9 +142,8 @@ class SimEngine:
 
     async def abort(self, request_id: str) -> None:
         req = self.sched.abort(request_id)
-        if req is not None:
+        if req is not None:  # (its blocks go back; freeing publishes nothing)
             self._deliver([Output(req, [], Finish.ABORT)])
-            await self.events.publish(self.cache.take_events())
 
     async def check_health(self) -> None:
         if self.stepping is not None and self.stepping.done():

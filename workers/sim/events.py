@@ -18,11 +18,10 @@ import msgpack
 import zmq
 import zmq.asyncio
 
-from orchestrator.protocol.engine import KVEndpoints
+from orchestrator.protocol.engine import KV_EVENTS_END_SEQ, KVEndpoints
 from workers.sim.block_cache import CacheEvent, EventKind
 
 TOPIC = b""
-END_SEQ = (-1).to_bytes(8, "big", signed=True)
 BUFFER_BATCHES = 10_000  # kept for replay (vLLM's buffer_steps)
 
 
@@ -68,7 +67,7 @@ class EventPublisher:
             for seq, payload in list(self.buffer):
                 if int.from_bytes(seq, "big") >= first:
                     await self.router.send_multipart((client, b"", TOPIC, seq, payload))
-            await self.router.send_multipart((client, b"", b"", END_SEQ, b""))
+            await self.router.send_multipart((client, b"", b"", KV_EVENTS_END_SEQ, b""))
 
     def start(self) -> None:
         """Answers replays from now on (a subscriber asks for one as it connects); on the loop."""

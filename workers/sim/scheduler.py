@@ -79,6 +79,8 @@ class Scheduler:
     def add(self, req: SimRequest) -> None:
         if len(req.prompt) >= self.max_model_len:
             raise ValueError(f"prompt of {len(req.prompt)} tokens does not fit max_model_len {self.max_model_len}")
+        if self._blocks(len(req.prompt)) > self.cache.num_blocks:
+            raise ValueError(f"prompt of {len(req.prompt)} tokens needs more KV blocks than the engine has")
         self.waiting.append(req)
 
     def abort(self, request_id: str) -> SimRequest | None:
@@ -130,7 +132,7 @@ class Scheduler:
             req = self.waiting[0]
             bs = self.cache.block_size
             hits = self.cache.hits(req.tokens)[:(len(req.tokens) - 1) // bs]  # one token always computed
-            if not self.cache.can_take(hits, -(-len(req.tokens) // bs) - len(hits)):
+            if not self.cache.can_take(hits, self._blocks(len(req.tokens)) - len(hits)):
                 return
             self.waiting.popleft()
             self.cache.reference(req.table, hits)
@@ -139,10 +141,13 @@ class Scheduler:
                 req.cached, req.started = req.computed, True
             self.running.append(req)
 
+    def _blocks(self, tokens: int) -> int:
+        return -(-tokens // self.cache.block_size)
+
     def _blocks_for(self, req: SimRequest, tokens: int) -> bool:
         """Blocks for ``req``'s first ``tokens`` tokens, preempting the latest started requests
         for them; False when ``req`` itself was preempted."""
-        while not self.cache.grow(req.table, req.tokens[:tokens]):
+        while not self.cache.grow(req.table, req.tokens, tokens):
             victim = self.running[-1]
             self._preempt(victim)
             if victim is req:

@@ -81,17 +81,19 @@ class Script:
 
 
 def _common_prefix(text: str, doc: str) -> int:
-    lo, hi = 0, min(len(text), len(doc))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if doc.startswith(text[:mid]) else (lo, mid - 1)
-    return lo
+    return _largest(min(len(text), len(doc)), lambda n: doc.startswith(text[:n]))
 
 
 def _longest_tail(text: str, doc: str) -> int:
     """The length of the longest tail of ``text`` found in ``doc`` (a shorter one always is)."""
-    lo, hi = 0, min(len(text), len(doc))
+    return _largest(min(len(text), len(doc)), lambda n: text[len(text) - n:] in doc)
+
+
+def _largest(most: int, holds) -> int:
+    """The largest n in 0..``most`` for which ``holds(n)``, where it holds for every n below one
+    that holds (bisection)."""
+    lo, hi = 0, most
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if text[len(text) - mid:] in doc else (lo, mid - 1)
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid - 1)
     return lo
