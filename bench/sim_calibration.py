@@ -4,12 +4,17 @@ from the real engine's answers), at concurrency 1 and 16, both servers up at onc
 turns in rounds.
 
     python -m bench.sim_calibration [--questions 24] [--workloads mix,five] [--concurrency 1,16] [--rounds 2]
+                                    [--profile NAME_OR_PATH]
 
 First the real server answers every question once; each answer's job record gives the document
 the simulated model writes (the prompt as the chat template renders it, then the record's text).
+Then, unless ``--profile`` names one, the real server answers bench.sim_profile's load (other
+questions) and the simulated engine's profile is fitted to its steps there and then (this VM's
+speed drifts by up to 2x within the hour: a profile from another hour is another machine's).
 Then both servers take turns. Prints one JSON line per round, workload, concurrency and system
 (mean, p50, p90 request seconds, exact answers, jobs/s, the server's CPU milliseconds per job by
-process over its whole process tree), then per round, workload and concurrency
+process over its whole process tree; the engine requests' mean time to first token and per
+later token), then per round, workload and concurrency
 the simulated server's mean and p90 as ratios of the real one's, and whether both lie within 15%.
 """
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -62,9 +68,10 @@ def record_documents(url: str, questions: list[task.Question], path: Path) -> No
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in asyncio.run(run())))
 
 
-def sim_config(work: Path, documents: Path) -> Path:
+def sim_config(work: Path, documents: Path, prof: str) -> Path:
     cfg = yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text())
-    cfg["engine"] = {**cfg.get("engine", {}), "engine_backend": "sim", "sim_documents": str(documents)}
+    cfg["engine"] = {**cfg.get("engine", {}), "engine_backend": "sim", "sim_documents": str(documents),
+                     "sim_profile": prof}
     path = work / "sim.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -74,10 +81,22 @@ async def measure(url: str, questions: list[task.Question], concurrency: int) ->
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         await ask(client, questions[0])  # warm-up
         bodies, latencies, wall = await run_concurrently(lambda q: ask(client, q), questions, concurrency)
+        records = [(await client.get(f"/v1/jobs/{b['loom']['job_id']}")).json() for b in bodies]
     right = sum(extract_answer(b["choices"][0]["message"]["content"]) == f"A: {q.answer}"
                 for q, b in zip(questions, bodies))
     return {**latency_figures(latencies), "exact": round(right / len(questions), 3),
-            "jobs_per_s": round(len(questions) / wall, 3)}
+            "jobs_per_s": round(len(questions) / wall, 3), **engine_request_figures(records)}
+
+
+def engine_request_figures(records: list[dict]) -> dict:
+    """Over the jobs' engine requests (their records' nodes): mean milliseconds to the first token
+    and per later token, as the driver saw them."""
+    nodes = [n for r in records for n in r["dag"]["nodes"] if n["first_token"] and n["tokens"] > 1]
+    if not nodes:
+        return {}
+    return {"request_ttft_ms": round(1000 * statistics.mean(n["first_token"] - n["started"] for n in nodes), 2),
+            "request_itl_ms": round(1000 * statistics.mean((n["ended"] - n["first_token"]) / (n["tokens"] - 1)
+                                                           for n in nodes), 3)}
 
 
 def compare(real: dict, sim: dict) -> dict:
@@ -93,6 +112,7 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", default="", help="the simulated engine's profile (default: fitted now)")
     args = parser.parse_args()
     print(json.dumps({"machine": machine()}), flush=True)
     work = Path(tempfile.mkdtemp(prefix="loom-sim-calibration-"))
@@ -106,8 +126,9 @@ def main() -> int:
         wait_healthy(urls["real"], servers["real"])
         documents = work / "recorded.jsonl"
         record_documents(urls["real"], [q for qs in workloads.values() for q in qs], documents)
+        prof = args.profile or fit_now(servers["real"].pid, urls["real"], work)
         servers["sim"] = start_loom(ports["sim"], None, work / "sim.log", workers=1,
-                                    config=sim_config(work, documents))
+                                    config=sim_config(work, documents, prof))
         wait_healthy(urls["sim"], servers["sim"])
         for r in range(args.rounds):
             for name, questions in workloads.items():
@@ -120,6 +141,21 @@ def main() -> int:
         for proc in servers.values():
             stop_process(proc, timeout=120)
     return 0
+
+
+def fit_now(pid: int, url: str, work: Path) -> str:
+    """A profile of the real server's engine fitted now (bench.sim_profile's load and fit, on
+    other questions): this VM's speed drifts by up to 2x within the hour, and a profile measured
+    at another time compares the simulator with another machine."""
+    from bench import sim_profile
+
+    load_args = argparse.Namespace(concurrency=sim_profile.CONCURRENCY, questions=24, seed=11)
+    core_cpu_s, spends, steps = sim_profile.load(pid, url, load_args)
+    prof = sim_profile.fit(steps, 2048, f"fitted by bench.sim_calibration on {machine()}", core_cpu_s, spends)
+    path = work / "profile.json"
+    path.write_text(json.dumps(prof.to_dict(), indent=1))
+    print(json.dumps({"profile": prof.to_dict()}), flush=True)
+    return str(path)
 
 
 def measure_row(url: str, pid: int, system: str, round_: int, name: str, questions, c: int) -> dict:

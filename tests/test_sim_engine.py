@@ -40,6 +40,15 @@ def test_decode_step_time_is_piecewise_linear_and_extends_past_the_largest_batch
     assert p.step_s(4, 100) == pytest.approx(0.02 + 0.1)
     assert p.step_s(4, 0) == pytest.approx(0.02)
     assert p.step_s(0, 100) == pytest.approx(0.01 + 0.1)  # a step of prefill only: a batch of one's
+    fixed = profile(prefill_step_s=0.004)
+    assert fixed.step_s(4, 100) == pytest.approx(0.02 + 0.004 + 0.1) and fixed.step_s(4, 0) == pytest.approx(0.02)
+
+
+def test_the_shipped_gpu_profile_cites_its_figures():
+    p = load("h100-qwen3-8b")
+    assert p.decode_step_s(8) == pytest.approx(0.0097) and p.decode_step_s(64) == pytest.approx(0.02664)
+    assert "ML.ENERGY" in p.source and "Vidur" in p.source and p.kv_tokens == 377062
+    assert p.host_busy_share == 0 and p.worker_cpu_s_per_step == 0  # nothing emulated on the host
 
 
 def test_profiles_load_by_name_or_path_and_bad_ones_are_named(tmp_path):
@@ -288,10 +297,48 @@ async def test_loom_s_index_sees_what_the_simulated_engine_caches(engine_cfg):
             sub.join(5)
 
 
-def test_the_backend_is_checked():
+def test_the_backend_and_the_clock_are_checked():
     with pytest.raises(EngineConfigError, match="engine_backend must be one of vllm, sim"):
         EngineConfig.from_dict({"model": MODEL, "engine_backend": "simulated"})
     assert EngineConfig.from_dict({"model": MODEL, "engine_backend": "sim"}).engine_backend is EngineBackend.SIM
+    with pytest.raises(EngineConfigError, match="sim_time_scale must be within 1..1000"):
+        EngineConfig.from_dict({"model": MODEL, "sim_time_scale": 0.5})
+
+
+async def test_a_slowed_clock_stretches_every_step_and_the_engine_says_its_speed_on_it(engine_cfg):
+    """The same request on a clock 20 times slower: 20 times the wall time between its first and
+    last tokens, and the speed the engine reports for placement is its profile's, on that clock."""
+    from dataclasses import replace
+
+    spans = {}
+    for scale in (1.0, 20.0):
+        async with sim_engine(replace(engine_cfg, sim_time_scale=scale)) as engine:
+            chunks = await collect(engine, GenRequest("r", engine.encode("Q: 1+1\n", bos=True), 40, ignore_eos=True))
+            spans[scale] = chunks[-1].finished_at - chunks[-1].first_token_at
+            known = engine.known_profile()
+            assert known.decode_step_s[1] == pytest.approx(0.001 * scale)
+            assert known.prefill_s_per_token == pytest.approx(0.00001 * scale)
+    assert spans[20.0] >= 0.99 * 39 * 0.001 * 20  # 39 steps of 1 ms, slowed 20 times: never sooner
+
+
+def test_the_front_end_load_makes_the_process_spend_its_due_and_no_more():
+    import time
+
+    from workers.sim.front_end import FrontEndLoad
+
+    load = FrontEndLoad(per_step_s=0.002, per_token_s=0.0001)
+    t0 = time.process_time()
+    for _ in range(20):
+        load.charge(tokens=10)  # due: 20 x (2 ms + 10 x 0.1 ms) = 60 ms
+    spent = time.process_time() - t0
+    assert 0.058 <= spent < 0.12  # (what the process spent between making the load and t0 paid a little)
+    busy = time.process_time()
+    while time.process_time() - busy < 0.1:  # the process's own work pays what is due next
+        pass
+    load.resume()  # ... but not what it spent while the engine was idle
+    t0 = time.process_time()
+    load.charge(tokens=0)
+    assert time.process_time() - t0 >= 0.002
 
 
 def test_the_host_load_spins_only_while_the_engine_is_busy():
@@ -331,15 +378,22 @@ def test_synthetic_documents_fork_as_threadweaver_and_each_thread_writes_its_own
     from orchestrator.plan.published import THREADWEAVER as TW
 
     rng = random.Random(3)
-    texts = [document(rng, str(n)) for n in range(4)]
+    docs = [document(rng, str(n)) for n in range(4)]
+    texts = [d.text for d in docs]
     script = script_of(tok, texts)
-    for text in texts:
+    for doc in docs:
+        text = doc.text
+        assert text.startswith(doc.question) and doc.question.startswith("Q: synthetic ")
         prefix = text[:text.index(TW.tags.plan_close) + len(TW.tags.plan_close)]
         plan = TW.find_plan(prefix)
         assert 2 <= len(plan.outlines) <= 8
+        bodies = []
         for outline in plan.outlines:
             header = TW.header_first.format(id=outline.id)  # every thread's prompt has it
             written = tok.decode(script.continuation(tok.encode(prefix + header).ids), skip_special_tokens=False)
             body = written[:written.index(TW.tags.thread_close)]
             work = len(body) - len(f" {outline.text}\n")  # drawn length, a final newline in place of spaces
             assert body.startswith(f" {outline.text}\n") and THREAD_MIN - 1 <= work <= THREAD_MAX + 1
+            bodies.append(len(body) + len(TW.tags.thread_close))
+        # its critical path: everything written but the threads beside the longest
+        assert doc.critical_tokens == len(text) - len(doc.question) - sum(bodies) + max(bodies)

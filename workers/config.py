@@ -25,6 +25,9 @@ class EngineConfig:
     # here on the CPU engine) and the documents its model writes (JSONL of {"text": ...}; "": none)
     sim_profile: str = ""
     sim_documents: str = ""
+    # sim only: every simulated second takes this many real ones (a cluster of simulated engines
+    # that one machine cannot step in real time; a bench divides what it measures by it)
+    sim_time_scale: float = 1.0
     max_model_len: int = 1024
     # the shipped model is tiny; fp32 leaves fewer near-ties between batched and single decoding than bf16
     dtype: str = "float32"
@@ -82,5 +85,7 @@ class EngineConfig:
             raise EngineConfigError(f"stream_interval_ms must be within 0..1000, not {self.stream_interval_ms!r}")
         if not 1 <= self.stream_max_tokens <= 4096:
             raise EngineConfigError(f"stream_max_tokens must be within 1..4096, not {self.stream_max_tokens!r}")
+        if not (isinstance(self.sim_time_scale, (int, float)) and 1 <= self.sim_time_scale <= 1000):
+            raise EngineConfigError(f"sim_time_scale must be within 1..1000, not {self.sim_time_scale!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise EngineConfigError(f"gpu_memory_utilization must be within (0, 1], not {self.gpu_memory_utilization!r}")

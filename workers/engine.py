@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Protocol
 
-from orchestrator.protocol.engine import KVEndpoints, StepSample
+from orchestrator.protocol.engine import EngineProfile, KVEndpoints, StepSample
 from orchestrator.protocol.generation import GenChunk, GenRequest
 from orchestrator.protocol.kv import PULLED_KEY, PullReport
 from workers.config import EngineBackend, EngineConfig
@@ -40,6 +40,7 @@ class Engine(Protocol):
     def vocab_size(self) -> int: ...
     def scheduler(self) -> dict: ...
     def step_samples(self) -> list[StepSample]: ...
+    def known_profile(self) -> EngineProfile | None: ...
     def kv_bytes_per_token(self) -> int: ...
     def kv_endpoints(self) -> KVEndpoints: ...
     def shutdown(self) -> None: ...
@@ -120,6 +121,10 @@ class VLLMEngine:
 
     def step_samples(self) -> list[StepSample]:
         return list(self.steps)
+
+    def known_profile(self) -> EngineProfile | None:
+        """None: a real engine's speed is measured (EngineWorker.profile)."""
+        return None
 
     def note_pulls(self, pulls: list[dict]) -> None:
         """Keeps each finished pull's report under its request's id (vLLM's internal id is the

@@ -1,6 +1,8 @@
 """The Engine protocol (workers/engine.py) over a simulated engine: a Scheduler stepping in real
-time on the worker's event loop, each step sleeping the profile's seconds for its batch, its
-outputs streamed as vLLM's DELTA outputs are, its KV events published as vLLM's.
+time on the worker's event loop, each step sleeping the profile's seconds for its batch (times
+``sim_time_scale``: a slowed clock for clusters one machine cannot step in real time), its
+outputs streamed as vLLM's DELTA outputs are (those its reader has not taken yet merged), its KV
+events published as vLLM's.
 
 Needs the model's directory for its tokenizer (``tokenizer.json``) and shape (``config.json``:
 KV bytes per token, BOS and EOS), never its weights. On a machine too slow to keep up, a step
@@ -18,13 +20,14 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from orchestrator.protocol.engine import KVEndpoints, StepSample
+from orchestrator.protocol.engine import EngineProfile, KVEndpoints, StepSample
 from orchestrator.protocol.generation import GenChunk, GenRequest
 from workers.config import EngineConfig
 from workers.engine import MAX_STEP_SAMPLES
 from workers.sim import profile
 from workers.sim.block_cache import BlockCache
 from workers.sim.events import EventPublisher
+from workers.sim.front_end import FrontEndLoad
 from workers.sim.host_load import HostLoad
 from workers.sim.scheduler import Finish, Output, Scheduler, SimRequest
 from workers.sim.script import Script
@@ -58,12 +61,25 @@ class Delivery:
     at: float  # wall clock at the end of the step that made it
 
 
+async def _merged(queue: asyncio.Queue[Delivery]) -> tuple[list[int], Delivery]:
+    """The next delivery, with every one queued behind it up to a request's end: their tokens
+    and the last of them (vLLM's output collector merges DELTA outputs its reader has not taken)."""
+    d = await queue.get()
+    tokens = list(d.output.token_ids)
+    while d.output.finish is None and not queue.empty():
+        d = queue.get_nowait()
+        tokens += d.output.token_ids
+    return tokens, d
+
+
 class SimEngine:
     def __init__(self, cfg: EngineConfig, host: str = "127.0.0.1"):
         self.shape = ModelShape.of(cfg.model, cfg.dtype)
         self.tokenizer = Tokenizer.from_file(str(Path(cfg.model) / "tokenizer.json"))
         self.profile = profile.load(cfg.sim_profile)
-        blocks = cfg.num_kv_blocks or cfg.kv_cache_gib * 2**30 // (cfg.block_size * self.shape.kv_bytes_per_token)
+        self.scale = cfg.sim_time_scale  # real seconds per simulated second
+        blocks = (cfg.num_kv_blocks or self.profile.kv_tokens // cfg.block_size
+                  or cfg.kv_cache_gib * 2**30 // (cfg.block_size * self.shape.kv_bytes_per_token))
         self.cache = BlockCache(blocks, cfg.block_size)
         self.sched = Scheduler(self.cache, self.profile, cfg.max_num_seqs, cfg.max_model_len)
         self.script = Script.load(cfg.sim_documents, self.encode, self.shape.eos, self.shape.bos)
@@ -72,13 +88,15 @@ class SimEngine:
         self.stepping: asyncio.Task | None = None
         self.wake = asyncio.Event()
         self.host = HostLoad(self.profile.host_busy_share, cfg.core_nice) if self.profile.host_busy_share else None
+        self.front = (FrontEndLoad(self.profile.worker_cpu_s_per_step, self.profile.worker_cpu_s_per_token)
+                      if self.profile.worker_cpu_s_per_step or self.profile.worker_cpu_s_per_token else None)
         self.steps: deque[StepSample] = deque(maxlen=MAX_STEP_SAMPLES)
 
     async def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
         sim = SimRequest(req.request_id, list(req.prompt_ids), self.script.continuation(req.prompt_ids) or [],
                          self.script.filler, req.max_tokens, self._stops(req.stop),
                          None if req.ignore_eos else self.shape.eos)
-        await asyncio.sleep(self.profile.arrival_s)
+        await asyncio.sleep(self.profile.arrival_s * self.scale)
         self.sched.add(sim)
         queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self.streams[req.request_id] = queue
@@ -86,10 +104,10 @@ class SimEngine:
         first, finished = 0.0, False
         try:
             while not finished:
-                d = await queue.get()
-                first = first or (d.at if d.output.token_ids else 0.0)
+                tokens, d = await _merged(queue)
+                first = first or (d.at if tokens else 0.0)
                 finished = d.output.finish is not None
-                yield GenChunk(request_id=req.request_id, token_ids=d.output.token_ids, finished=finished,
+                yield GenChunk(request_id=req.request_id, token_ids=tokens, finished=finished,
                                finish_reason=d.output.finish.value if finished else None,
                                stop_reason=d.output.stop_reason, prompt_tokens=len(sim.prompt),
                                cached_tokens=sim.cached, first_token_at=first,
@@ -120,18 +138,24 @@ class SimEngine:
                 self._busy(True)
                 deadline = loop.time()
                 continue
-            deadline += plan.seconds
+            step_s = plan.seconds * self.scale
+            deadline += step_s
             await asyncio.sleep(deadline - loop.time())
-            if loop.time() - deadline > plan.seconds:  # more than a step behind: the machine cannot keep up
+            if loop.time() - deadline > step_s:  # more than a step behind: the machine cannot keep up
                 deadline = loop.time()
             if plan.decoding:
                 self.steps.append(StepSample(plan.decoding, plan.prefilled, plan.seconds))
-            self._deliver(self.sched.complete(plan))
+            outputs = self.sched.complete(plan)
+            if self.front is not None:
+                self.front.charge(sum(len(o.token_ids) for o in outputs))
+            self._deliver(outputs)
             await self.events.publish(self.cache.take_events())
 
     def _busy(self, busy: bool) -> None:
         if self.host is not None:
             self.host.set_busy(busy)
+        if busy and self.front is not None:
+            self.front.resume()
 
     def _deliver(self, outputs: list[Output]) -> None:
         now = time.time()
@@ -159,6 +183,11 @@ class SimEngine:
 
     def step_samples(self) -> list[StepSample]:
         return list(self.steps)
+
+    def known_profile(self) -> EngineProfile:
+        """Its profile's speed on its clock (a slowed clock: real seconds, as a worker would measure)."""
+        return EngineProfile(self.profile.prefill_s_per_token * self.scale,
+                             {b: s * self.scale for b, s in self.profile.decode_s.items()})
 
     def kv_bytes_per_token(self) -> int:
         return self.shape.kv_bytes_per_token
