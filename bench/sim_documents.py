@@ -7,7 +7,8 @@ Each document is a question line ``Q: synthetic <seed>-<n>``, then ``<think>``, 
 parallel block in ThreadWeaver's layout (orchestrator.plan.published.THREADWEAVER.render_block:
 the plan, each thread after its header, joined as the authors' controller joins them), a
 conclusion, ``</think>`` and an answer line. Lengths are in the shipped tokenizer's tokens (one
-character each), drawn from a seeded distribution:
+character each), drawn from a seeded distribution (a document's critical path: all it writes but
+the threads other than the longest, which run beside it):
 - outlines per plan: uniform over 2..8;
 - thread length: log-normal, median THREAD_MEDIAN tokens, sigma THREAD_SIGMA, clipped to
   THREAD_MIN..THREAD_MAX (a few hundred to a few thousand);
@@ -22,6 +23,7 @@ import json
 import math
 import random
 import string
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.plan.formats import Outline
@@ -47,13 +49,23 @@ def thread_length(rng: random.Random) -> int:
     return int(min(THREAD_MAX, max(THREAD_MIN, rng.lognormvariate(math.log(THREAD_MEDIAN), THREAD_SIGMA))))
 
 
-def document(rng: random.Random, name: str) -> str:
+@dataclass(frozen=True)
+class Document:
+    question: str  # its first line: the prompt a job sends
+    text: str  # the whole document, the question first
+    critical_tokens: int  # tokens written on its critical path: all but the threads other than the longest
+
+
+def document(rng: random.Random, name: str) -> Document:
     k = rng.randint(*OUTLINES)
     outlines = [Outline(str(i + 1), words(rng, rng.randint(20, 60)).strip()) for i in range(k)]
     bodies = [f" {o.text}\n{words(rng, thread_length(rng))}{TW.tags.thread_close}" for o in outlines]
     tail = words(rng, rng.randint(*CONCLUSION)) + f"</think>\nA: {rng.randint(0, 99999)}"
     block = TW.render_block(outlines, bodies, after=tail)
-    return f"Q: synthetic {name}\n<think>\n" + words(rng, rng.randint(*PREAMBLE)) + block
+    question = f"Q: synthetic {name}\n"
+    text = question + "<think>\n" + words(rng, rng.randint(*PREAMBLE)) + block
+    lengths = [len(b) for b in bodies]
+    return Document(question, text, len(text) - len(question) - sum(lengths) + max(lengths))
 
 
 def main() -> None:
@@ -63,7 +75,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    docs = [document(rng, f"{args.seed}-{n}") for n in range(args.jobs)]
+    docs = [document(rng, f"{args.seed}-{n}").text for n in range(args.jobs)]
     Path(args.out).write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     print(json.dumps({"documents": len(docs), "longest_tokens": max(map(len, docs)) + 1,
                       "mean_tokens": round(sum(map(len, docs)) / len(docs))}))

@@ -30,22 +30,25 @@ NAMESPACE = "loom"
 class Coordinator:
     def __init__(self, max_threads_in_flight: int = 64):
         self.ledger = Ledger(max_threads_in_flight)
+        self.calls = 0  # admit_fork and apply calls answered (bench.cluster counts them per second)
 
     def restore(self, accounts: dict[str, JobAccount]) -> None:
         for job_id, usage in accounts.items():
             self.ledger.restore(job_id, usage)
 
     def admit_fork(self, job_id: str, n: int, depth: int, now: float) -> Admission:
+        self.calls += 1
         self._expire()
         return self.ledger.admit_fork(job_id, n, depth, now)
 
     def apply(self, calls: list[BudgetCall]) -> Applied:
+        self.calls += 1
         self._expire()
         errors = self.ledger.apply(calls)
         return Applied(errors, self.ledger.in_flight, self.ledger.max_threads_in_flight)
 
     def cluster(self) -> dict:
-        return self.ledger.cluster()
+        return {**self.ledger.cluster(), "calls": self.calls}
 
     def usage(self, job_id: str) -> JobUsage:
         """A job's account as this ledger has it (raises BudgetError for a job it does not know)."""

@@ -43,12 +43,13 @@ class NodePlacement:
     pull_costs: dict[str, float] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     prefix: PrefixOrigin | None = None
+    decided_ms: float = 0.0  # the placer's time to choose
 
     @classmethod
     def of(cls, placement: Placement, progress: Progress) -> NodePlacement:
         p = placement
         return cls(p.worker, p.reason, dict(p.costs), dict(p.matched), p.matched_tokens, p.by, p.source,
-                   p.pull_tokens, dict(p.pull_costs), list(progress.attempts), progress.prefix)
+                   p.pull_tokens, dict(p.pull_costs), list(progress.attempts), progress.prefix, p.decided_ms)
 
     @classmethod
     def from_dict(cls, d: dict) -> NodePlacement:

@@ -35,6 +35,7 @@ past the point where it costs more than it saves.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -94,10 +95,10 @@ class Placer:
     # -- the choice
     def place(self, ids: list[int]) -> Placement:
         t0 = time.perf_counter()
-        try:
-            return self.choose(ids)
-        finally:
-            self.decision_s.append(time.perf_counter() - t0)
+        chosen = self.choose(ids)
+        seconds = time.perf_counter() - t0
+        self.decision_s.append(seconds)
+        return dataclasses.replace(chosen, decided_ms=round(seconds * 1000, 3))
 
     def choose(self, ids: list[int]) -> Placement:
         live = self.live()

@@ -1,0 +1,239 @@
+"""bench.cluster's runs: the workers as the bench reaches them, one open-loop run of one system at
+one rate, and the figures of a run (every time in simulated seconds: real ones over the scale)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bench.cluster_client import ClientOrchestrator, EngineCall, JobRun
+from bench.cluster_routers import CacheAware, RoundRobin
+from bench.common import cpu_seconds, cpu_since
+from bench.loom_server import ROOT
+from bench.sim_documents import Document
+
+SYSTEMS = ("loom", "client-rr", "client-cache-aware")
+MAX_NUM_SEQS = 64  # the GPU profile's measured batches go up to 64
+BLOCK_SIZE = 16  # vLLM's default on GPUs
+MAX_MODEL_LEN = 40960
+MODEL = ROOT / "models" / "loom-arith"  # its tokenizer (the simulated engines write with it)
+
+
+@dataclass(frozen=True)
+class Setting:
+    url: str
+    workers: int
+    scale: float  # real seconds per simulated one
+    tpot_s: float  # a job's target: this per token on its critical path
+    kill: int  # Loom's workers to kill mid-run
+    max_step_s: float  # the profile's step at the largest batch (a run above it did not keep up)
+    server_pid: int  # `loom serve`'s (its process tree's CPU is counted)
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    latency_s: float  # real
+    target_s: float  # simulated
+    calls: list[EngineCall] = field(default_factory=list)
+
+
+class Cluster:
+    """The workers as the bench reaches them: Ray handles, request streams, and an index of what
+    each engine holds, fed by the engines' own KV events."""
+
+    def __init__(self, workers: int):
+        import ray
+
+        from orchestrator.routing.kv_events import SharedIndex
+        from orchestrator.routing.kv_index import KVIndex
+
+        self.handles = {f"loom-worker-{i}": ray.get_actor(f"loom-worker-{i}", namespace="loom") for i in range(workers)}
+        self.index = SharedIndex(KVIndex(BLOCK_SIZE))
+        self.streams, self.subscribers = {}, {}
+
+    async def follow(self) -> None:
+        """(Again) each worker's stream and KV events, once it is up (after a restart: a new engine)."""
+        from orchestrator.routing.kv_events import KVEventSubscriber
+        from orchestrator.routing.stream_client import StreamClient
+
+        for info in await asyncio.gather(*(h.ready.remote() for h in self.handles.values())):
+            if info.name in self.subscribers:
+                self.subscribers[info.name].stop()
+                self.streams[info.name].close()
+            self.index.forget(info.name)
+            self.streams[info.name] = StreamClient(info.stream)
+            self.subscribers[info.name] = sub = KVEventSubscriber(info.name, info.kv, self.index)
+            sub.start()
+
+    def held(self, ids: list[int]) -> int:
+        return max(self.index.matched(ids, list(self.handles)).values(), default=0)
+
+    async def clear_caches(self) -> None:
+        await asyncio.gather(*(h.reset_prefix_cache.remote() for h in self.handles.values()))
+        await asyncio.sleep(0.5)  # the cleared events reach every index
+
+    def close(self) -> None:
+        for sub in self.subscribers.values():
+            sub.stop()
+        for stream in self.streams.values():
+            stream.close()
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(MODEL))
+
+
+def render(docs: list[Document], path: Path) -> list[list[int]]:
+    """Each job's prompt ids as Loom's chat endpoint makes them (every system sends those), and
+    what the simulated model writes, in ``path``: each document with its question as the chat
+    template rendered it (the engines read it when they start)."""
+    from orchestrator.driver.job import JobRunner
+    from orchestrator.driver.records import JobRequest
+
+    tok = tokenizer()
+    runner = JobRunner(None, None, tok, MAX_MODEL_LEN)
+    prompts = [runner.prepare(JobRequest(messages=[message(d)])) for d in docs]
+    rendered = [tok.decode(p[1:] if p[:1] == [tok.bos_token_id] else p, skip_special_tokens=False) for p in prompts]
+    path.write_text("".join(json.dumps({"text": r + d.text[len(d.question):]}) + "\n" for d, r in zip(docs, rendered)))
+    return prompts
+
+
+async def all_runs(setting: Setting, docs: list[Document], prompts: list[list[int]], rates: list[float],
+                   systems: list[str], rounds: int, seed: int) -> list[dict]:
+    import ray
+
+    ray.init(address="auto", namespace="loom", log_to_driver=False)
+    tok = tokenizer()
+    cluster, rows = Cluster(setting.workers), []
+    await cluster.follow()
+    try:
+        for r in range(rounds):
+            for rate in rates:
+                for system in systems[r % len(systems):] + systems[:r % len(systems)]:
+                    await cluster.clear_caches()
+                    row = await one_run(setting, cluster, tok, system, rate, docs, prompts, random.Random(seed + r))
+                    row.update(round=r)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    finally:
+        cluster.close()
+        ray.shutdown()
+    return rows
+
+
+def message(doc: Document) -> dict:
+    return {"role": "user", "content": doc.question.strip()}
+
+
+async def one_run(setting: Setting, cluster: Cluster, tok, system: str, rate: float, docs: list[Document],
+                  prompts: list[list[int]], rng: random.Random) -> dict:
+    at, gaps = 0.0, []
+    for _ in docs:
+        gaps.append(at)
+        at += rng.expovariate(rate) * setting.scale
+    async with httpx.AsyncClient(base_url=setting.url, timeout=36000,
+                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)) as http:
+        calls_before = await coordinator_calls(http)
+        if system == "loom":
+            ask = lambda i: ask_loom(http, docs[i])
+        else:
+            router = (RoundRobin(list(cluster.handles)) if system == "client-rr"
+                      else CacheAware(list(cluster.handles), BLOCK_SIZE))
+            client = ClientOrchestrator(cluster.streams, router, tok, cluster.held, MAX_MODEL_LEN)
+            ask = lambda i: client.run(f"bench-{system}-{i}-{time.monotonic_ns()}", prompts[i])
+        killing = asyncio.create_task(kill_midway(cluster, setting.kill, at / 2)) if system == "loom" else None
+        t0, cpu = time.perf_counter(), cpu_seconds(setting.server_pid)
+        runs = await asyncio.gather(*(started(gap, ask, i) for i, gap in enumerate(gaps)))
+        wall, spent = time.perf_counter() - t0, cpu_since(setting.server_pid, cpu)
+        calls = (await coordinator_calls(http)) - calls_before
+        outcomes = [await outcome(http, system, run, d.critical_tokens * setting.tpot_s) for run, d in zip(runs, docs)]
+    if killing is not None:
+        await killing
+        if setting.kill:
+            await cluster.follow()
+    return {"system": system, "workers": setting.workers, "rate": rate, "jobs": len(docs), "time_scale": setting.scale,
+            **figures(outcomes, wall / setting.scale, setting), "coordinator_calls_per_s": round(calls * setting.scale / wall, 2),
+            **control_plane(spent, wall, setting.scale)}
+
+
+def control_plane(spent: dict[str, float], wall: float, scale: float) -> dict:
+    """Cores Loom's coordinator and ingress (its drivers and placement) kept busy, at the speed of
+    the simulated clock (real shares times the scale: what engines at full speed would ask)."""
+    ingress = sum(s for name, s in spent.items() if name.startswith("ray::ServeReplica"))
+    return {"coordinator_cores": round(spent.get("ray::Coordinator", 0.0) * scale / wall, 3),
+            "ingress_cores": round(ingress * scale / wall, 3)}
+
+
+async def started(gap: float, ask, i: int):
+    await asyncio.sleep(gap)
+    t0 = time.perf_counter()
+    try:
+        return await ask(i), time.perf_counter() - t0
+    except (httpx.HTTPError, ConnectionError, RuntimeError) as e:
+        return e, time.perf_counter() - t0
+
+
+async def ask_loom(http: httpx.AsyncClient, doc: Document) -> dict:
+    r = await http.post("/v1/chat/completions", json={"model": "loom-arith", "messages": [message(doc)]})
+    r.raise_for_status()
+    return r.json()
+
+
+async def kill_midway(cluster: Cluster, k: int, after_s: float) -> None:
+    import ray
+
+    if k:
+        await asyncio.sleep(after_s)
+        for handle in list(cluster.handles.values())[:k]:
+            ray.kill(handle, no_restart=False)  # Ray starts it again: a new, empty engine
+
+
+async def coordinator_calls(http: httpx.AsyncClient) -> int:
+    return (await http.get("/healthz")).json().get("coordinator", {}).get("calls", 0)
+
+
+async def outcome(http: httpx.AsyncClient, system: str, run: tuple, target_s: float) -> Outcome:
+    result, latency = run
+    if isinstance(result, BaseException):
+        return Outcome(False, latency, target_s)
+    if isinstance(result, JobRun):
+        return Outcome(True, latency, target_s, result.calls)
+    rec = (await http.get(f"/v1/jobs/{result['loom']['job_id']}")).json()
+    return Outcome(rec["status"] == "done", latency, target_s, [loom_call(n) for n in rec["dag"]["nodes"] if n["placement"]])
+
+
+def loom_call(node: dict) -> EngineCall:
+    p = node["placement"]
+    itl = (node["ended"] - node["first_token"]) / (node["tokens"] - 1) if node["tokens"] > 1 and node["first_token"] else 0.0
+    return EngineCall(p["worker"], node["prompt_tokens"], node["cached_tokens"], max(p["matched"].values(), default=0),
+                      p.get("decided_ms", 0.0), itl)
+
+
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[int(q * (len(values) - 1))] if values else 0.0
+
+
+def figures(outcomes: list[Outcome], sim_wall_s: float, setting: Setting) -> dict:
+    done = [o for o in outcomes if o.ok]
+    latencies = [o.latency_s / setting.scale for o in done]
+    good = sum(o.latency_s / setting.scale <= o.target_s for o in done)
+    calls = [c for o in done for c in o.calls]
+    prompt = sum(c.prompt_tokens for c in calls) or 1
+    itls = [c.itl_s for c in calls if c.itl_s]
+    itl_ms = 1000 * statistics.mean(itls) / setting.scale if itls else 0.0
+    return {"goodput": round(good / sim_wall_s, 4), "good_share": round(good / len(outcomes), 3),
+            "p50_s": round(pct(latencies, 0.5), 2), "p99_s": round(pct(latencies, 0.99), 2),
+            "recomputed_prefix_share": round(sum(max(0, c.held_tokens - c.cached_tokens) for c in calls) / prompt, 4),
+            "cached_share": round(sum(c.cached_tokens for c in calls) / prompt, 4),
+            "placement_ms_p99": round(pct([c.decided_ms for c in calls], 0.99), 3),
+            "itl_ms": round(itl_ms, 2), "kept_up": itl_ms <= 1100 * setting.max_step_s, "lost": len(outcomes) - len(done)}
+
