@@ -12,18 +12,21 @@ tokens). Loom answers over its HTTP API; the clients (bench.cluster_client) reac
 workers over their request streams, routed by bench.cluster_routers. Before each run every
 engine's prefix cache is cleared. Systems take turns at each rate (their order rotates by round).
 
-Per (system, workers, rate), one JSON line: ``goodput`` (jobs per simulated second finishing
-within their target: ``--tpot-ms`` per token on the job's critical path, i.e. as if each of the
-tokens it must write one after another came that fast), ``p50_s``, ``p99_s``, ``good_share``,
+Per (system, workers, rate), one JSON line: ``goodput`` (the arrival rate times the share of
+jobs finishing within their target, in jobs per simulated second; the target: ``--tpot-ms`` per
+token on the job's critical path, as if each of the tokens it must write one after another came
+that fast), ``good_share``, ``jobs_per_s`` (over the run's span), ``p50_s``, ``p99_s``,
 ``recomputed_prefix_share`` (of all prompt tokens sent to engines, those some engine held when
 the request was placed, by the engines' own KV events, that its engine computed again),
 ``coordinator_calls_per_s`` (Loom's budget calls per simulated second; 0 for the clients),
-``placement_ms_p99`` (real milliseconds to choose an engine), ``coordinator_cores`` and
+``placement_ms_p99`` (real milliseconds to choose an engine; ``placement_cpu_ms_p99``: the CPU
+that took, without waiting for a core on this crowded machine), ``coordinator_cores`` and
 ``ingress_cores`` (the cores Loom's coordinator and its ingress replicas, which run the jobs'
 drivers and placement, kept busy, scaled to the simulated clock), ``itl_ms`` (mean simulated
 milliseconds per token after the first: above the profile's largest step, the machine did not
 keep up and the run says so in ``kept_up``). ``--kill K`` kills K of Loom's workers in the middle
-of its runs (Ray restarts them): ``lost`` counts the jobs that did not come back done.
+of its runs (Ray restarts them): ``lost`` counts the jobs that did not come back done,
+``reruns`` the engine requests placed again after their worker died.
 """
 from __future__ import annotations
 
@@ -75,6 +78,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--kill", type=int, default=0, help="Loom's workers to kill mid-run")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--out", default="", help="also append the rows here (JSON lines)")
+    p.add_argument("--jobs-out", default="", help="also append each job's latency and target here (JSON lines)")
     p.add_argument("--plot", default="", help="also plot the rows here (PNG: bench/cluster_plot.py)")
     args = p.parse_args(argv)
     unknown = set(args.systems.split(",")) - set(runs.SYSTEMS)
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
         try:
             wait_healthy(f"http://127.0.0.1:{port}", server, timeout=1800)
             setting = runs.Setting(f"http://127.0.0.1:{port}", n, scale, args.tpot_ms / 1000, args.kill,
-                                   prof.decode_step_s(runs.MAX_NUM_SEQS), server.pid)
+                                   prof.decode_step_s(runs.MAX_NUM_SEQS), server.pid, args.jobs_out)
             rows += asyncio.run(runs.all_runs(setting, docs, prompts, [float(r) for r in args.rates.split(",")],
                                               args.systems.split(","), args.rounds, args.seed))
         finally:

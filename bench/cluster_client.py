@@ -33,7 +33,9 @@ class EngineCall:
     cached_tokens: int
     held_tokens: int  # leading prompt tokens the engine holding most of them held when it was placed
     decided_ms: float  # the router's (or placer's) time to choose
+    decided_cpu_ms: float  # the CPU it spent choosing
     itl_s: float  # seconds per token after its first (0: fewer than two tokens)
+    reruns: int = 0  # earlier attempts lost with their worker
 
 
 @dataclass
@@ -79,9 +81,9 @@ class ClientOrchestrator:
         return self.tok.decode(ids, skip_special_tokens=False)
 
     async def _complete(self, run: JobRun, rid: str, ids: list[int], stop: list[str]) -> Completion:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         worker = self.router.choose(ids)
-        decided_ms = (time.perf_counter() - t0) * 1000
+        decided_ms, cpu_ms = (time.perf_counter() - t0) * 1000, (time.thread_time() - cpu0) * 1000
         held = self.held(ids)
         self.router.started(worker)
         out, last, first = [], None, 0.0
@@ -93,5 +95,5 @@ class ClientOrchestrator:
         finally:
             self.router.finished(worker)
         itl = (time.perf_counter() - first) / (len(out) - 1) if len(out) > 1 else 0.0
-        run.calls.append(EngineCall(worker, len(ids), last.cached_tokens if last else 0, held, round(decided_ms, 3), itl))
+        run.calls.append(EngineCall(worker, len(ids), last.cached_tokens if last else 0, held, round(decided_ms, 3), round(cpu_ms, 3), itl))
         return Completion(out, last.stop_reason if last else None)

@@ -34,6 +34,7 @@ class Setting:
     kill: int  # Loom's workers to kill mid-run
     max_step_s: float  # the profile's step at the largest batch (a run above it did not keep up)
     server_pid: int  # `loom serve`'s (its process tree's CPU is counted)
+    jobs_out: str = ""  # also append each job's outcome here (JSON lines)
 
 
 @dataclass
@@ -160,9 +161,18 @@ async def one_run(setting: Setting, cluster: Cluster, tok, system: str, rate: fl
         await killing
         if setting.kill:
             await cluster.follow()
+    if setting.jobs_out:
+        keep_jobs(setting, system, rate, outcomes)
     return {"system": system, "workers": setting.workers, "rate": rate, "jobs": len(docs), "time_scale": setting.scale,
-            **figures(outcomes, wall / setting.scale, setting), "coordinator_calls_per_s": round(calls * setting.scale / wall, 2),
+            **figures(outcomes, rate, wall / setting.scale, setting), "coordinator_calls_per_s": round(calls * setting.scale / wall, 2),
             **control_plane(spent, wall, setting.scale)}
+
+
+def keep_jobs(setting: Setting, system: str, rate: float, outcomes: list[Outcome]) -> None:
+    with open(setting.jobs_out, "a") as f:
+        f.writelines(json.dumps({"system": system, "workers": setting.workers, "rate": rate, "job": i, "ok": o.ok,
+                                 "latency_s": round(o.latency_s / setting.scale, 3), "target_s": round(o.target_s, 3),
+                                 "requests": len(o.calls)}) + "\n" for i, o in enumerate(outcomes))
 
 
 def control_plane(spent: dict[str, float], wall: float, scale: float) -> dict:
@@ -215,14 +225,16 @@ def loom_call(node: dict) -> EngineCall:
     p = node["placement"]
     itl = (node["ended"] - node["first_token"]) / (node["tokens"] - 1) if node["tokens"] > 1 and node["first_token"] else 0.0
     return EngineCall(p["worker"], node["prompt_tokens"], node["cached_tokens"], max(p["matched"].values(), default=0),
-                      p.get("decided_ms", 0.0), itl)
+                      p.get("decided_ms", 0.0), p.get("decided_cpu_ms", 0.0), itl, len(p.get("attempts", [])))
 
 
 def pct(values: list[float], q: float) -> float:
     return sorted(values)[int(q * (len(values) - 1))] if values else 0.0
 
 
-def figures(outcomes: list[Outcome], sim_wall_s: float, setting: Setting) -> dict:
+def figures(outcomes: list[Outcome], rate: float, sim_wall_s: float, setting: Setting) -> dict:
+    """goodput: the arrival rate times the share of jobs in their target (the rate of work served
+    within it, as DistServe defines it); jobs_per_s: jobs done over the run's whole span."""
     done = [o for o in outcomes if o.ok]
     latencies = [o.latency_s / setting.scale for o in done]
     good = sum(o.latency_s / setting.scale <= o.target_s for o in done)
@@ -230,10 +242,13 @@ def figures(outcomes: list[Outcome], sim_wall_s: float, setting: Setting) -> dic
     prompt = sum(c.prompt_tokens for c in calls) or 1
     itls = [c.itl_s for c in calls if c.itl_s]
     itl_ms = 1000 * statistics.mean(itls) / setting.scale if itls else 0.0
-    return {"goodput": round(good / sim_wall_s, 4), "good_share": round(good / len(outcomes), 3),
+    return {"goodput": round(rate * good / len(outcomes), 4), "good_share": round(good / len(outcomes), 3),
+            "jobs_per_s": round(len(done) / sim_wall_s, 4),
             "p50_s": round(pct(latencies, 0.5), 2), "p99_s": round(pct(latencies, 0.99), 2),
             "recomputed_prefix_share": round(sum(max(0, c.held_tokens - c.cached_tokens) for c in calls) / prompt, 4),
             "cached_share": round(sum(c.cached_tokens for c in calls) / prompt, 4),
             "placement_ms_p99": round(pct([c.decided_ms for c in calls], 0.99), 3),
-            "itl_ms": round(itl_ms, 2), "kept_up": itl_ms <= 1100 * setting.max_step_s, "lost": len(outcomes) - len(done)}
+            "placement_cpu_ms_p99": round(pct([c.decided_cpu_ms for c in calls], 0.99), 3),
+            "itl_ms": round(itl_ms, 2), "kept_up": itl_ms <= 1100 * setting.max_step_s, "lost": len(outcomes) - len(done),
+            "reruns": sum(c.reruns for c in calls)}
 

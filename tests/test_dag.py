@@ -42,3 +42,18 @@ def test_cycle_is_an_error():
     dag.edges.append((b.id, a.id))
     with pytest.raises(ValueError, match="cycle"):
         dag.topological_order()
+
+
+def test_a_placement_s_record_keeps_the_chosen_worker_and_the_best_others_only():
+    from orchestrator.plan.dag import RECORDED_OPTIONS, NodePlacement
+    from orchestrator.protocol.segment import Placement, Progress
+
+    workers = [f"w{i}" for i in range(64)]
+    costs = {w: 1.0 + i for i, w in enumerate(workers)}  # w0 cheapest
+    matched = {w: 16 * i for i, w in enumerate(workers)}  # w63 holds the most
+    rec = NodePlacement.of(Placement("w30", "why", costs, matched), Progress())
+    assert rec.worker == "w30" and rec.matched_tokens == 16 * 30
+    assert list(rec.costs) == ["w30", *workers[:RECORDED_OPTIONS]]
+    assert list(rec.matched) == ["w30", *reversed(workers[-RECORDED_OPTIONS:])]
+    few = NodePlacement.of(Placement("w1", "why", {"w0": 2.0, "w1": 1.0}, {"w0": 0, "w1": 32}), Progress())
+    assert few.costs == {"w1": 1.0, "w0": 2.0} and few.matched == {"w1": 32, "w0": 0}  # a small cluster: all

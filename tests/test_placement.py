@@ -51,6 +51,8 @@ def test_a_saturated_holder_loses_the_request_once_recomputing_is_cheaper():
     p = placer({"w0": 320}, {"w0": 48, "w1": 0}, profile=FLAT, expected=200)
     placed = p.place(PROMPT)
     assert placed.worker == "w1" and placed.matched_tokens == 0
+    assert placed.decided_ms > 0 and placed.decided_ms == round(p.decision_s[-1] * 1000, 3)  # the record says it
+    assert 0 <= placed.decided_cpu_ms
     assert placed.costs["w1"] < placed.costs["w0"] and "holder busy" in placed.reason
     light = placer({"w0": 320}, {"w0": 1, "w1": 0}, profile=FLAT, expected=200).place(PROMPT)
     assert light.worker == "w0" and light.reason == "holds the most of the prompt"

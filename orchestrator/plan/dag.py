@@ -13,6 +13,15 @@ from enum import StrEnum
 from orchestrator.protocol.segment import Attempt, Finish, Placement, PrefixOrigin, PrefixSource, Progress
 
 
+RECORDED_OPTIONS = 8  # a placement's record keeps the chosen worker and this many others by cost and by holding
+
+
+def _kept(values: dict[str, float], chosen: str, best_first) -> dict[str, float]:
+    """The chosen worker's entry and the RECORDED_OPTIONS others that rank first by ``best_first``."""
+    others = sorted((w for w in values if w != chosen), key=best_first)[:RECORDED_OPTIONS]
+    return {w: values[w] for w in [chosen, *others] if w in values}
+
+
 class NodeKind(StrEnum):
     SEGMENT = "segment"
     THREAD = "thread"
@@ -34,8 +43,8 @@ class NodePlacement:
 
     worker: str
     reason: str = ""
-    costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds
-    matched: dict[str, int] = field(default_factory=dict)  # worker -> leading prompt tokens its cache held
+    costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds (the cheapest)
+    matched: dict[str, int] = field(default_factory=dict)  # worker -> leading prompt tokens its cache held (the most)
     matched_tokens: int = 0  # of which the chosen worker's
     by: str = ""
     source: str = ""  # the peer its prompt's KV was to be pulled from ("": none)
@@ -43,13 +52,21 @@ class NodePlacement:
     pull_costs: dict[str, float] = field(default_factory=dict)
     attempts: list[Attempt] = field(default_factory=list)
     prefix: PrefixOrigin | None = None
-    decided_ms: float = 0.0  # the placer's time to choose
+    decided_ms: float = 0.0  # the placer's time to choose (wall clock)
+    decided_cpu_ms: float = 0.0  # the CPU its thread spent choosing
 
     @classmethod
     def of(cls, placement: Placement, progress: Progress) -> NodePlacement:
+        """The placement as the record keeps it: its numbers for the chosen worker and for the
+        RECORDED_OPTIONS cheapest and most-holding others (a record stays the same size on 64
+        workers as on 8)."""
         p = placement
-        return cls(p.worker, p.reason, dict(p.costs), dict(p.matched), p.matched_tokens, p.by, p.source,
-                   p.pull_tokens, dict(p.pull_costs), list(progress.attempts), progress.prefix, p.decided_ms)
+        costs = _kept(p.costs, p.worker, lambda w: p.costs[w])
+        matched = _kept(p.matched, p.worker, lambda w: -p.matched[w])
+        pull_costs = _kept(p.pull_costs, p.worker, lambda w: p.pull_costs[w])
+        return cls(p.worker, p.reason, costs, matched, p.matched_tokens, p.by, p.source,
+                   p.pull_tokens, pull_costs, list(progress.attempts), progress.prefix, p.decided_ms,
+                   p.decided_cpu_ms)
 
     @classmethod
     def from_dict(cls, d: dict) -> NodePlacement:

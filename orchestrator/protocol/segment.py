@@ -75,7 +75,8 @@ class Placement:
     source: str = ""  # a peer to pull the prompt's leading KV from ("": use what the worker holds)
     pull_tokens: int = 0  # prompt tokens to pull from ``source``
     pull_costs: dict[str, float] = field(default_factory=dict)  # worker -> estimated seconds, pulling
-    decided_ms: float = 0.0  # the placer's time to choose
+    decided_ms: float = 0.0  # the placer's time to choose (wall clock)
+    decided_cpu_ms: float = 0.0  # the CPU its thread spent choosing (no waits for locks or cores)
 
     @property
     def matched_tokens(self) -> int:

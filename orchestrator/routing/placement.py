@@ -94,11 +94,11 @@ class Placer:
 
     # -- the choice
     def place(self, ids: list[int]) -> Placement:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         chosen = self.choose(ids)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.thread_time() - cpu0
         self.decision_s.append(seconds)
-        return dataclasses.replace(chosen, decided_ms=round(seconds * 1000, 3))
+        return dataclasses.replace(chosen, decided_ms=round(seconds * 1000, 3), decided_cpu_ms=round(cpu * 1000, 3))
 
     def choose(self, ids: list[int]) -> Placement:
         live = self.live()

@@ -1,8 +1,11 @@
-"""bench.cluster's routers for the client-side baseline: round robin, and SGLang's cache-aware
-policy (longest routed prefix above a threshold, else the smallest tree; least loaded when the
-load is imbalanced)."""
+"""bench.cluster's pure parts: the routers for the client-side baseline (round robin, and SGLang's
+cache-aware policy: longest routed prefix above a threshold, else the smallest tree; least loaded
+when the load is imbalanced), and its rows as a plot (rounds averaged)."""
 from __future__ import annotations
 
+import pytest
+
+from bench.cluster_plot import mean_by_rate, plot
 from bench.cluster_routers import CacheAware, RoundRobin
 
 B = 4
@@ -35,3 +38,20 @@ def test_cache_aware_goes_to_the_least_loaded_when_the_load_is_imbalanced():
     assert r.choose(ids(1, 2)) != home  # 3 - 0 > 2 and 3 > 1.5 x 0
     r.finished(home)
     assert r.choose(ids(1, 2, 3)) == home  # 2 - 0 is not over 2: the longest prefix wins again
+
+
+def row(system: str, workers: int, rate: float, goodput: float, p99: float, r: int = 0) -> dict:
+    return {"system": system, "workers": workers, "rate": rate, "goodput": goodput, "p50_s": p99 / 2, "p99_s": p99,
+            "round": r}
+
+
+def test_the_rows_become_a_png_and_rounds_are_averaged(tmp_path):
+    rows = [row(s, n, rate, rate * 0.9, 10 + rate) for s in ("loom", "client-rr", "client-cache-aware")
+            for n in (16, 64) for rate in (1.0, 4.0)]
+    out = tmp_path / "cluster.png"
+    plot(rows, "a test machine", out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert mean_by_rate([row("loom", 16, 1.0, 1.0, 10.0), row("loom", 16, 1.0, 2.0, 20.0, r=1)]) == {
+        1.0: {"goodput": 1.5, "p50_s": 7.5, "p99_s": 15.0}}
+    with pytest.raises(ValueError, match="no rows"):
+        plot([], "a test machine", out)
