@@ -156,7 +156,7 @@ async def one_run(setting: Setting, cluster: Cluster, tok, system: str, rate: fl
         runs = await asyncio.gather(*(started(gap, ask, i) for i, gap in enumerate(gaps)))
         wall, spent = time.perf_counter() - t0, cpu_since(setting.server_pid, cpu)
         calls = (await coordinator_calls(http)) - calls_before
-        outcomes = [await outcome(http, system, run, d.critical_tokens * setting.tpot_s) for run, d in zip(runs, docs)]
+        outcomes = [await outcome(http, run, d.critical_tokens * setting.tpot_s) for run, d in zip(runs, docs)]
     if killing is not None:
         await killing
         if setting.kill:
@@ -211,7 +211,8 @@ async def coordinator_calls(http: httpx.AsyncClient) -> int:
     return (await http.get("/healthz")).json().get("coordinator", {}).get("calls", 0)
 
 
-async def outcome(http: httpx.AsyncClient, system: str, run: tuple, target_s: float) -> Outcome:
+async def outcome(http: httpx.AsyncClient, run: tuple, target_s: float) -> Outcome:
+    """A job's outcome: a client's run as it is, Loom's from its job record (its engine requests)."""
     result, latency = run
     if isinstance(result, BaseException):
         return Outcome(False, latency, target_s)

@@ -335,10 +335,10 @@ def test_the_front_end_load_makes_the_process_spend_its_due_and_no_more():
     busy = time.process_time()
     while time.process_time() - busy < 0.1:  # the process's own work pays what is due next
         pass
-    load.resume()  # ... but not what it spent while the engine was idle
     t0 = time.process_time()
+    load.resume()  # ... but not what it spent while the engine was idle
     load.charge(tokens=0)
-    assert time.process_time() - t0 >= 0.002
+    assert time.process_time() - t0 >= 0.0019  # a step's due (less a spin's overshoot carried over)
 
 
 def test_the_host_load_spins_only_while_the_engine_is_busy():
