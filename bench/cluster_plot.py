@@ -11,6 +11,8 @@ import json
 import statistics
 from pathlib import Path
 
+from bench.common import save_figure
+
 FIGURES = {"goodput": "goodput (jobs/s in target)", "p50_s": "p50 latency (s)", "p99_s": "p99 latency (s)"}
 LABELS = {"loom": "Loom", "client-rr": "client fork/join, round robin",
           "client-cache-aware": "client fork/join, cache-aware router"}
@@ -38,11 +40,7 @@ def plot(rows: list[dict], title: str, out: Path) -> None:
         for ax in axes[:, col]:
             ax.set_xlabel("arrivals per second")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"bench.cluster, SIMULATED engines: {title}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, f"bench.cluster, SIMULATED engines: {title}", out)
 
 
 def mean_by_rate(rows: list[dict]) -> dict[float, dict]:

@@ -106,3 +106,14 @@ def p90(values: Sequence[float]) -> float:
 def latency_figures(latencies: Sequence[float]) -> dict:
     return {"mean_s": round(statistics.mean(latencies), 3), "p50_s": round(statistics.median(latencies), 3),
             "p90_s": round(p90(latencies), 3)}
+
+
+def save_figure(fig, title: str, out: Path) -> None:
+    """A benchmark's figure: the first panel's legend, the title (with the machine), written as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig.axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

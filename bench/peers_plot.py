@@ -10,6 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
+from bench.common import save_figure
+
 SYSTEMS = {"plain": "plain vLLM (threads inline)", "client": "client-side fork/join over vLLM",
            "loom": "Loom (/v1/chat/completions)"}
 
@@ -44,11 +46,7 @@ def plot(rows: list[dict], machine: str, out: Path) -> None:
             ax.minorticks_off()
             ax.set_xlabel("concurrency")
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"bench.peers on {machine}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, f"bench.peers on {machine}", out)
 
 
 def means(rows: list[dict]) -> list[dict]:
