@@ -44,6 +44,7 @@ from bench import cluster_runs as runs
 from bench.common import free_port, machine, stop_process
 from bench.loom_server import ROOT, start_loom, wait_healthy
 from bench.sim_documents import Document, document
+from cluster import config, runtime
 from workers.sim import profile as profiles
 
 
@@ -97,18 +98,19 @@ def main(argv=None) -> int:
     print(json.dumps({"machine": machine(), "profile": prof.name, "simulated": True}), flush=True)
     work = Path(tempfile.mkdtemp(prefix="loom-bench-cluster-"))
     docs = synthetic(args.jobs, args.seed)
-    prompts = runs.render(docs, work / "documents.jsonl")
+    tok = runtime.load_tokenizer(config.load(ROOT / "cluster" / "serve_config.yaml"))  # the model the engines write with
+    prompts = runs.render(docs, work / "documents.jsonl", tok)
     rows = []
     for n in (int(x) for x in args.workers.split(",")):
         scale = args.time_scale or max(1.0, n / 2)
-        port = free_port()
-        server = start_loom(port, None, work / f"loom-{n}.log", workers=n,
-                            config=server_config(work, n, args.profile, work / "documents.jsonl", scale))
+        port, path = free_port(), server_config(work, n, args.profile, work / "documents.jsonl", scale)
+        server = start_loom(port, None, work / f"loom-{n}.log", workers=n, config=path)
         try:
             wait_healthy(f"http://127.0.0.1:{port}", server, timeout=1800)
             setting = runs.Setting(f"http://127.0.0.1:{port}", n, scale, args.tpot_ms / 1000, args.kill,
                                    prof.decode_step_s(runs.MAX_NUM_SEQS), server.pid, args.jobs_out)
-            rows += asyncio.run(runs.all_runs(setting, docs, prompts, [float(r) for r in args.rates.split(",")],
+            names = runtime.worker_names(config.load(path))
+            rows += asyncio.run(runs.all_runs(setting, names, tok, docs, prompts, [float(r) for r in args.rates.split(",")],
                                               args.systems.split(","), args.rounds, args.seed))
         finally:
             stop_process(server, timeout=300)

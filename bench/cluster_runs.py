@@ -14,15 +14,13 @@ import httpx
 
 from bench.cluster_client import ClientOrchestrator, EngineCall, JobRun
 from bench.cluster_routers import CacheAware, RoundRobin
-from bench.common import cpu_seconds, cpu_since
-from bench.loom_server import ROOT
+from bench.common import cpu_seconds, cpu_since, quantile
 from bench.sim_documents import Document
 
 SYSTEMS = ("loom", "client-rr", "client-cache-aware")
 MAX_NUM_SEQS = 64  # the GPU profile's measured batches go up to 64
 BLOCK_SIZE = 16  # vLLM's default on GPUs
 MAX_MODEL_LEN = 40960
-MODEL = ROOT / "models" / "loom-arith"  # its tokenizer (the simulated engines write with it)
 
 
 @dataclass(frozen=True)
@@ -49,13 +47,13 @@ class Cluster:
     """The workers as the bench reaches them: Ray handles, request streams, and an index of what
     each engine holds, fed by the engines' own KV events."""
 
-    def __init__(self, workers: int):
+    def __init__(self, names: list[str]):
         import ray
 
         from orchestrator.routing.kv_events import SharedIndex
         from orchestrator.routing.kv_index import KVIndex
 
-        self.handles = {f"loom-worker-{i}": ray.get_actor(f"loom-worker-{i}", namespace="loom") for i in range(workers)}
+        self.handles = {name: ray.get_actor(name, namespace="loom") for name in names}
         self.index = SharedIndex(KVIndex(BLOCK_SIZE))
         self.streams, self.subscribers = {}, {}
 
@@ -87,20 +85,13 @@ class Cluster:
             stream.close()
 
 
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(MODEL))
-
-
-def render(docs: list[Document], path: Path) -> list[list[int]]:
+def render(docs: list[Document], path: Path, tok) -> list[list[int]]:
     """Each job's prompt ids as Loom's chat endpoint makes them (every system sends those), and
     what the simulated model writes, in ``path``: each document with its question as the chat
     template rendered it (the engines read it when they start)."""
     from orchestrator.driver.job import JobRunner
     from orchestrator.driver.records import JobRequest
 
-    tok = tokenizer()
     runner = JobRunner(None, None, tok, MAX_MODEL_LEN)
     prompts = [runner.prepare(JobRequest(messages=[message(d)])) for d in docs]
     rendered = [tok.decode(p[1:] if p[:1] == [tok.bos_token_id] else p, skip_special_tokens=False) for p in prompts]
@@ -108,13 +99,12 @@ def render(docs: list[Document], path: Path) -> list[list[int]]:
     return prompts
 
 
-async def all_runs(setting: Setting, docs: list[Document], prompts: list[list[int]], rates: list[float],
-                   systems: list[str], rounds: int, seed: int) -> list[dict]:
+async def all_runs(setting: Setting, names: list[str], tok, docs: list[Document], prompts: list[list[int]],
+                   rates: list[float], systems: list[str], rounds: int, seed: int) -> list[dict]:
     import ray
 
     ray.init(address="auto", namespace="loom", log_to_driver=False)
-    tok = tokenizer()
-    cluster, rows = Cluster(setting.workers), []
+    cluster, rows = Cluster(names), []
     await cluster.follow()
     try:
         for r in range(rounds):
@@ -229,10 +219,6 @@ def loom_call(node: dict) -> EngineCall:
                       p.get("decided_ms", 0.0), p.get("decided_cpu_ms", 0.0), itl, len(p.get("attempts", [])))
 
 
-def pct(values: list[float], q: float) -> float:
-    return sorted(values)[int(q * (len(values) - 1))] if values else 0.0
-
-
 def figures(outcomes: list[Outcome], rate: float, sim_wall_s: float, setting: Setting) -> dict:
     """goodput: the arrival rate times the share of jobs in their target (the rate of work served
     within it, as DistServe defines it); jobs_per_s: jobs done over the run's whole span."""
@@ -245,11 +231,11 @@ def figures(outcomes: list[Outcome], rate: float, sim_wall_s: float, setting: Se
     itl_ms = 1000 * statistics.mean(itls) / setting.scale if itls else 0.0
     return {"goodput": round(rate * good / len(outcomes), 4), "good_share": round(good / len(outcomes), 3),
             "jobs_per_s": round(len(done) / sim_wall_s, 4),
-            "p50_s": round(pct(latencies, 0.5), 2), "p99_s": round(pct(latencies, 0.99), 2),
+            "p50_s": round(quantile(latencies, 0.5), 2), "p99_s": round(quantile(latencies, 0.99), 2),
             "recomputed_prefix_share": round(sum(max(0, c.held_tokens - c.cached_tokens) for c in calls) / prompt, 4),
             "cached_share": round(sum(c.cached_tokens for c in calls) / prompt, 4),
-            "placement_ms_p99": round(pct([c.decided_ms for c in calls], 0.99), 3),
-            "placement_cpu_ms_p99": round(pct([c.decided_cpu_ms for c in calls], 0.99), 3),
+            "placement_ms_p99": round(quantile([c.decided_ms for c in calls], 0.99), 3),
+            "placement_cpu_ms_p99": round(quantile([c.decided_cpu_ms for c in calls], 0.99), 3),
             "itl_ms": round(itl_ms, 2), "kept_up": itl_ms <= 1100 * setting.max_step_s, "lost": len(outcomes) - len(done),
             "reruns": sum(c.reruns for c in calls)}
 

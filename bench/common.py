@@ -99,8 +99,13 @@ async def run_concurrently(ask: Callable[[object], Awaitable], items: Sequence,
     return results, latencies, time.perf_counter() - t0
 
 
+def quantile(values: Sequence[float], q: float) -> float:
+    """The value at ``q`` (0..1) of the sorted values, rounded down; 0.0 for none."""
+    return sorted(values)[int(q * (len(values) - 1))] if values else 0.0
+
+
 def p90(values: Sequence[float]) -> float:
-    return sorted(values)[int(0.9 * (len(values) - 1))]
+    return quantile(values, 0.9)
 
 
 def latency_figures(latencies: Sequence[float]) -> dict:

@@ -149,8 +149,7 @@ def fit_now(pid: int, url: str, work: Path) -> str:
     at another time compares the simulator with another machine."""
     from bench import sim_profile
 
-    load_args = argparse.Namespace(concurrency=sim_profile.CONCURRENCY, questions=24, seed=11)
-    core_cpu_s, spends, steps = sim_profile.load(pid, url, load_args)
+    core_cpu_s, spends, steps = sim_profile.load(pid, url, sim_profile.CONCURRENCY, questions=24, seed=11)
     prof = sim_profile.fit(steps, 2048, f"fitted by bench.sim_calibration on {machine()}", core_cpu_s, spends)
     path = work / "profile.json"
     path.write_text(json.dumps(prof.to_dict(), indent=1))

@@ -144,7 +144,7 @@ def fit(steps: list[StepSample], max_batched_tokens: int, source: str, core_cpu_
                    f"{w.cpu_s:.2f} / {w.steps} / {w.tokens}" for w in spends)])
 
 
-def load(pid: int, url: str, args) -> tuple[float, list[WorkerSpend], list[StepSample]]:
+def load(pid: int, url: str, concurrency: str, questions: int, seed: int) -> tuple[float, list[WorkerSpend], list[StepSample]]:
     """bench.peers' workloads at each concurrency: the engine core's CPU over all of it, the worker
     process's spend per load, and the engine's steps."""
     import ray
@@ -152,10 +152,10 @@ def load(pid: int, url: str, args) -> tuple[float, list[WorkerSpend], list[StepS
     ray.init(address="auto", namespace="loom", log_to_driver=False)
     try:
         before, spends = cpu_seconds(pid), []
-        for c in (int(x) for x in args.concurrency.split(",")):
+        for c in (int(x) for x in concurrency.split(",")):
             for name in ("mix", "five"):
                 cpu, (steps, tokens) = cpu_seconds(pid), worker_counts()
-                asyncio.run(drive(url, workload(name, args.questions, args.seed + c), c))
+                asyncio.run(drive(url, workload(name, questions, seed + c), c))
                 steps_after, tokens_after = worker_counts()
                 spends.append(WorkerSpend(cpu_since(pid, cpu).get(WORKER, 0.0), steps_after - steps,
                                           tokens_after - tokens))
@@ -172,7 +172,7 @@ def measure(args) -> dict:
     server = start_loom(port, None, work / "loom.log", workers=1)
     try:
         wait_healthy(url, server)
-        core_cpu_s, spends, steps = load(server.pid, url, args)
+        core_cpu_s, spends, steps = load(server.pid, url, args.concurrency, args.questions, args.seed)
     finally:
         stop_process(server, timeout=120)
     import torch

@@ -11,7 +11,7 @@ the API process to the engine core and back). A profile names its source: measur
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
@@ -63,13 +63,7 @@ class StepProfile:
         return self.decode_s[lo] + slope * (batch - lo)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "prefill_s_per_token": self.prefill_s_per_token,
-                "prefill_step_s": self.prefill_step_s,
-                "decode_s": {str(b): s for b, s in sorted(self.decode_s.items())},
-                "max_batched_tokens": self.max_batched_tokens, "arrival_s": self.arrival_s,
-                "host_busy_share": self.host_busy_share, "worker_cpu_s_per_step": self.worker_cpu_s_per_step,
-                "worker_cpu_s_per_token": self.worker_cpu_s_per_token, "kv_tokens": self.kv_tokens,
-                "notes": self.notes}
+        return {**asdict(self), "decode_s": {str(b): s for b, s in sorted(self.decode_s.items())}}
 
     @classmethod
     def from_dict(cls, d: dict) -> StepProfile:
