@@ -15,14 +15,14 @@ RAY_SESSION = Path("/tmp/ray/session_latest")  # the Ray that `loom serve` start
 
 
 def start_loom(port: int, otlp: str | None, log: Path, project: str = PROJECT, workers: int = 2,
-               config: Path = ROOT / "cluster" / "serve_config.yaml", env: dict | None = None) -> subprocess.Popen:
+               config: Path = ROOT / "cluster" / "serve_config.yaml") -> subprocess.Popen:
     """`loom serve` (``config``: the shipped one) on ``port``, exporting its spans over OTLP/HTTP to
-    ``otlp`` (a trace server's base URL; None: export off); ``env``: more variables for it."""
+    ``otlp`` (a trace server's base URL; None: export off)."""
     otel = {"OTEL_TRACES_EXPORTER": "none"} if otlp is None else {
         "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_RESOURCE_ATTRIBUTES": f"openinference.project.name={project}"}
     env = {**os.environ, **otel, "LOOM_PORT": str(port), "LOOM_NUM_WORKERS": str(workers),
-           "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env or {})}
+           "RAY_AUTH_MODE": "disabled", "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "cluster.cli", "serve", "--config", str(config)], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=ROOT)

@@ -23,33 +23,20 @@ class Tally:
 
     def __init__(self):
         self.spans = 0
-        self.exports: list[bytes] = []  # every export received
-        self.counted = 0  # of them
+        self.pending: list[bytes] = []  # exports received, not yet counted
         self.lock = threading.Lock()  # one handler thread per connection
 
     def add(self, body: bytes) -> None:
         with self.lock:
-            self.exports.append(body)
+            self.pending.append(body)
 
     def count(self) -> int:
         with self.lock:
-            for body in self.exports[self.counted:]:
-                self.spans += sum(len(s.spans) for _, s in _scope_spans(body))
-            self.counted = len(self.exports)
+            for body in self.pending:
+                request = ExportTraceServiceRequest.FromString(body)
+                self.spans += sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+            self.pending.clear()
             return self.spans
-
-    def received(self) -> list[tuple[dict, object]]:
-        """Every span received, decoded: (its resource's attributes, the OTLP span)."""
-        with self.lock:
-            exports = list(self.exports)
-        return [(resource, span) for body in exports for resource, scope in _scope_spans(body) for span in scope.spans]
-
-
-def _scope_spans(body: bytes):
-    for r in ExportTraceServiceRequest.FromString(body).resource_spans:
-        resource = {kv.key: kv.value.string_value for kv in r.resource.attributes}
-        for scope in r.scope_spans:
-            yield resource, scope
 
 
 class SinkServer(ThreadingHTTPServer):

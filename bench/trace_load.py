@@ -4,11 +4,10 @@ trace server killed part-way through a run.
 
     python -m bench.trace_load [--jobs 500] [--concurrency 32] [--rounds 2] [--no-phoenix]
 
-Five servers, one engine each, up at once: export off, twice (two servers: the spread of export
+Four servers, one engine each, up at once: export off, twice (two servers: the spread of export
 off is that of runs and of servers, which differ by where their processes land on the cores);
 export to an OTLP sink that only counts (bench/otlp_sink.py: the cost of exporting in Loom's
-processes), from Loom's export processes (the default) and from a thread of each process that
-makes spans (``LOOM_SPAN_EXPORT=thread``, the SDK's batch processor); export to Phoenix (which, on one machine, also pays the trace server ingesting on the
+processes); export to Phoenix (which, on one machine, also pays the trace server ingesting on the
 same cores). Prints one JSON line per run: system, server, round, jobs done, jobs/s, mean latency,
 the server's CPU milliseconds per job by process (its whole process tree, during the run);
 for the sink the spans it received; for Phoenix in round 0 the traces checked in the backend: jobs
@@ -127,13 +126,10 @@ def sink_spans(url: str) -> int:
     return settled(lambda: httpx.get(f"{url}/count", timeout=10).json()["spans"], every_s=8)
 
 
-ENV = {"export_sink_thread": {"LOOM_SPAN_EXPORT": "thread"}}  # the servers that differ by more than their target
-
-
 def start_systems(work: Path, targets: dict[str, str | None]) -> tuple[dict, dict]:
     """The servers, one engine each, up at once, each exporting to its target (None: off)."""
     ports = {name: free_port() for name in targets}
-    servers = {name: start_loom(ports[name], otlp, work / f"{name}.log", "trace-load", workers=1, env=ENV.get(name))
+    servers = {name: start_loom(ports[name], otlp, work / f"{name}.log", "trace-load", workers=1)
                for name, otlp in targets.items()}
     for name, proc in servers.items():
         wait_healthy(f"http://127.0.0.1:{ports[name]}", proc)
@@ -141,12 +137,11 @@ def start_systems(work: Path, targets: dict[str, str | None]) -> tuple[dict, dic
 
 
 def one_run(name: str, url: str, args, round_: int, phoenix: PhoenixServer, sink: str, pid: int) -> dict:
-    to_sink = name.startswith("export_sink")
-    before = sink_spans(sink) if to_sink else 0
+    before = sink_spans(sink) if name == "export_sink" else 0
     cpu = cpu_seconds(pid)
     jobs, latencies, wall = asyncio.run(run_jobs(url, args.jobs, args.concurrency))
     extra = {"cpu_ms_per_job": ms_per_job(cpu_since(pid, cpu), len(jobs))}
-    if to_sink:
+    if name == "export_sink":
         extra["spans_received"] = sink_spans(sink) - before
     elif name == "export_phoenix" and round_ == 0:
         extra.update(check_traces(phoenix, "trace-load", url, jobs))
@@ -165,7 +160,7 @@ def main() -> int:
     phoenix, sink_port = PhoenixServer(work), free_port()
     sink_proc = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink", "--port", str(sink_port)])
     sink = f"http://127.0.0.1:{sink_port}"
-    targets = {"export_off": None, "export_off_2": None, "export_sink": sink, "export_sink_thread": sink}
+    targets = {"export_off": None, "export_off_2": None, "export_sink": sink}
     if not args.no_phoenix:
         phoenix.start()
         phoenix.wait_ready()

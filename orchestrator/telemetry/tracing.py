@@ -7,8 +7,7 @@ named ``chat {model}``) plus Loom's own ``loom.*``, and each span says its OpenI
 (``openinference.span.kind``: CHAIN for job, segment, block and thread, LLM for an engine request)
 so that trace servers built on it (Arize Phoenix) draw the tree; no prompt or output text is
 recorded. Export is chosen by the standard variables:
-OTEL_TRACES_EXPORTER=otlp (OTEL_EXPORTER_OTLP_ENDPOINT, ...) | console | none (default), and runs
-in a child process of each process that makes spans (``relay.py``).
+OTEL_TRACES_EXPORTER=otlp (OTEL_EXPORTER_OTLP_ENDPOINT, ...) | console | none (default).
 """
 from __future__ import annotations
 
@@ -24,43 +23,28 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from orchestrator.telemetry.relay import RelaySpanProcessor
-
 TRACER = "loom"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
 def setup(exporter=None, service_name: str | None = None) -> TracerProvider | None:
-    """Install a tracer provider for this process; returns it (None when tracing is off).
-
-    With ``exporter`` (tests, ``loom run --trace``) spans go to it as they end. Otherwise the
-    ``OTEL_*`` variables choose the exporter, and it runs in a child process that this one hands
-    its finished spans to (``relay.py``), unless ``LOOM_SPAN_EXPORT=thread`` keeps it on a thread
-    of this process (the SDK's ``BatchSpanProcessor``)."""
-    name = service_name or os.environ.get("OTEL_SERVICE_NAME", "loom")
-    if exporter is not None:
-        processor = SimpleSpanProcessor(exporter)
-    elif _export_kind() == "none":
-        return None
-    elif os.environ.get("LOOM_SPAN_EXPORT", "process") == "thread":
-        processor = BatchSpanProcessor(exporter_from_env())
+    """Install a tracer provider for this process; returns it (None when tracing is off)."""
+    if exporter is None:
+        exporter = _exporter_from_env()
+        if exporter is None:
+            return None
+        processor = BatchSpanProcessor(exporter)
     else:
-        processor = RelaySpanProcessor(name, max_queue=int(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE", "2048")))
+        processor = SimpleSpanProcessor(exporter)
+    name = service_name or os.environ.get("OTEL_SERVICE_NAME", "loom")
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     return provider
 
 
-def _export_kind() -> str:
+def _exporter_from_env():
     kind = os.environ.get("OTEL_TRACES_EXPORTER", "none").split(",")[0].strip().lower()
-    return kind if kind in ("otlp", "console") else "none"
-
-
-def exporter_from_env():
-    """The span exporter the ``OTEL_*`` variables name: otlp (grpc or http/protobuf), console or
-    None."""
-    kind = _export_kind()
     if kind == "console":
         return ConsoleSpanExporter()
     if kind == "otlp":
