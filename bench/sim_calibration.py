@@ -11,7 +11,8 @@ the simulated model writes (the prompt as the chat template renders it, then the
 Then, unless ``--profile`` names one, the real server answers bench.sim_profile's load (other
 questions) and the simulated engine's profile is fitted to its steps there and then (this VM's
 speed drifts by up to 2x within the hour: a profile from another hour is another machine's).
-Then both servers take turns. Prints one JSON line per round, workload, concurrency and system
+Then each server answers every workload at every concurrency once, unmeasured (a warm-up: the
+real one has answered the fit's load, the simulated one nothing), and both take turns. Prints one JSON line per round, workload, concurrency and system
 (mean, p50, p90 request seconds, exact answers, jobs/s, the server's CPU milliseconds per job by
 process over its whole process tree; the engine requests' mean time to first token and per
 later token), then per round, workload and concurrency
@@ -130,6 +131,7 @@ def main() -> int:
         servers["sim"] = start_loom(ports["sim"], None, work / "sim.log", workers=1,
                                     config=sim_config(work, documents, prof))
         wait_healthy(urls["sim"], servers["sim"])
+        warm_up(urls, workloads, levels)
         for r in range(args.rounds):
             for name, questions in workloads.items():
                 for c in levels:
@@ -141,6 +143,16 @@ def main() -> int:
         for proc in servers.values():
             stop_process(proc, timeout=120)
     return 0
+
+
+def warm_up(urls: dict[str, str], workloads: dict[str, list], levels: list[int]) -> None:
+    """Each server answers each workload at each concurrency once, unmeasured: the real server has
+    served the fit's load by then and the simulated one nothing, and a server's first load at
+    concurrency 16 was its slowest (the simulated one's at 1.16-1.23x the real one's, twice)."""
+    for url in urls.values():
+        for questions in workloads.values():
+            for c in levels:
+                asyncio.run(measure(url, questions, c))
 
 
 def fit_now(pid: int, url: str, work: Path) -> str:

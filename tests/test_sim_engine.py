@@ -362,6 +362,21 @@ def test_the_host_load_spins_only_while_the_engine_is_busy():
     assert load.proc.returncode is not None
 
 
+def test_a_host_load_period_spends_its_share_in_cpu_and_never_more():
+    """A period's polling stops once the share is spent in CPU (or the period is over): over many
+    periods the spinner never spends more than the share of their time, however fast the machine."""
+    import time
+
+    from workers.sim.host_load import PERIOD_S, poll_period
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(40):
+        poll_period(0.3)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert wall >= 40 * PERIOD_S * 0.99  # each period lasts its length: the rest is slept
+    assert cpu <= 0.3 * wall + 0.01
+
+
 def idle(spent) -> bool:
     """No CPU spent over a quarter of a second (a process blocked on its pipe spends none)."""
     import time

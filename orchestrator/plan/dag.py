@@ -12,7 +12,6 @@ from enum import StrEnum
 
 from orchestrator.protocol.segment import Attempt, Finish, Placement, PrefixOrigin, PrefixSource, Progress
 
-
 RECORDED_OPTIONS = 8  # a placement's record keeps the chosen worker and this many others by cost and by holding
 
 

@@ -6,8 +6,12 @@ vllm/distributed/device_communicators/shm_broadcast.py): where Loom's own proces
 core (a CPU engine on a small machine), that time is taken from them. A simulated engine
 whose profile has ``host_busy_share`` > 0 starts this spinner as a process of its own, at the
 engine core's niceness, and tells it over a pipe when the engine is busy ("1") or idle ("0");
-busy, it polls (yielding, as vLLM's does) for that share of every PERIOD_S and sleeps the rest. 0: nothing is started (a
-cluster of simulated engines on one machine keeps its cores for the control plane).
+busy, it polls (yielding, as vLLM's does) in every PERIOD_S until it has spent that share of
+the period in CPU, or the period is over, and sleeps the rest. The share is CPU, as the profile
+measured it (the engine core's CPU seconds over the seconds of its steps), not wall time: on a
+contended core, polling for the share's wall time spent about half the real engine core's CPU.
+CPU it could not get in a period is not owed to the next. 0: nothing is started (a cluster of
+simulated engines on one machine keeps its cores for the control plane).
 
     python -m workers.sim.host_load SHARE
 """
@@ -55,10 +59,16 @@ def spin(share: float) -> None:
                 return
             busy = data[-1:] == b"1"
         if busy:
-            end = time.perf_counter() + share * PERIOD_S
-            while time.perf_counter() < end:
-                os.sched_yield()
-            time.sleep((1 - share) * PERIOD_S)
+            poll_period(share)
+
+
+def poll_period(share: float) -> None:
+    """One period: polls until ``share`` of it is spent in CPU or it is over; sleeps the rest."""
+    end = time.perf_counter() + PERIOD_S
+    cpu_end = time.process_time() + share * PERIOD_S
+    while time.process_time() < cpu_end and time.perf_counter() < end:
+        os.sched_yield()
+    time.sleep(max(0.0, end - time.perf_counter()))
 
 
 if __name__ == "__main__":
