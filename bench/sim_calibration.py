@@ -12,11 +12,12 @@ Then, unless ``--profile`` names one, the real server answers bench.sim_profile'
 questions) and the simulated engine's profile is fitted to its steps there and then (this VM's
 speed drifts by up to 2x within the hour: a profile from another hour is another machine's).
 Then each server answers every workload at every concurrency once, unmeasured (a warm-up: the
-real one has answered the fit's load, the simulated one nothing), and both take turns. Prints one JSON line per round, workload, concurrency and system
-(mean, p50, p90 request seconds, exact answers, jobs/s, the server's CPU milliseconds per job by
-process over its whole process tree; the engine requests' mean time to first token and per
-later token), then per round, workload and concurrency
-the simulated server's mean and p90 as ratios of the real one's, and whether both lie within 15%.
+real one has answered the fit's load, the simulated one nothing), and both take turns. Prints
+one JSON line per round, workload, concurrency and system (mean, p50, p90 request seconds, exact
+answers, jobs/s, the server's CPU milliseconds per job by process over its whole process tree;
+the engine requests' mean time to first token and per later token), then per round, workload and
+concurrency the simulated server's mean and p90 as ratios of the real one's, and whether both
+lie within 15%.
 """
 from __future__ import annotations
 
@@ -147,8 +148,8 @@ def main() -> int:
 
 def warm_up(urls: dict[str, str], workloads: dict[str, list], levels: list[int]) -> None:
     """Each server answers each workload at each concurrency once, unmeasured: the real server has
-    served the fit's load by then and the simulated one nothing, and a server's first load at
-    concurrency 16 was its slowest (the simulated one's at 1.16-1.23x the real one's, twice)."""
+    served the fit's load by then and the simulated one nothing (unwarmed, the simulated server's
+    first load at concurrency 16 came out 1.16-1.23x the real one's in two runs)."""
     for url in urls.values():
         for questions in workloads.values():
             for c in levels:
