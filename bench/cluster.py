@@ -1,6 +1,8 @@
-"""A cluster of simulated engines (SIMULATED figures): Loom against a client-side fork/join
-orchestrator behind a round-robin balancer and behind a cache-aware router, on the same engines,
-the same jobs, at open-loop arrival rates from light load past saturation.
+"""A cluster of simulated engines (SIMULATED figures): Loom (``loom``: its adaptive fork policy;
+``loom-eager`` and ``loom-never``: the same server, each job asking to fork eagerly or never)
+against a client-side fork/join orchestrator behind a round-robin balancer and behind a
+cache-aware router, on the same engines, the same jobs, at open-loop arrival rates from light load
+past saturation. Loom's jobs carry their latency target (below) as ``loom.latency_target_s``.
 
     python -m bench.cluster [--workers 16] [--profile h100-qwen3-8b] [--rates 0.5,1,2,4] [--jobs 40]
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from bench.common import save_figure
 
 FIGURES = {"goodput": "goodput (jobs/s in target)", "p50_s": "p50 latency (s)", "p99_s": "p99 latency (s)"}
-LABELS = {"loom": "Loom", "client-rr": "client fork/join, round robin",
+LABELS = {"loom": "Loom (adaptive forks)", "loom-eager": "Loom, forks eager", "loom-never": "Loom, forks never",
+          "client-rr": "client fork/join, round robin",
           "client-cache-aware": "client fork/join, cache-aware router"}
 
 

@@ -17,7 +17,9 @@ from bench.cluster_routers import CacheAware, RoundRobin
 from bench.common import cpu_seconds, cpu_since, quantile
 from bench.sim_documents import Document
 
-SYSTEMS = ("loom", "client-rr", "client-cache-aware")
+# Loom under each fork policy (the job's ``loom.fork_policy``; "loom": the server's, adaptive), and the clients
+LOOM_POLICIES = {"loom": None, "loom-eager": "eager", "loom-never": "never"}
+SYSTEMS = (*LOOM_POLICIES, "client-rr", "client-cache-aware")
 MAX_NUM_SEQS = 64  # the GPU profile's measured batches go up to 64
 BLOCK_SIZE = 16  # vLLM's default on GPUs
 MAX_MODEL_LEN = 40960
@@ -134,19 +136,19 @@ async def one_run(setting: Setting, cluster: Cluster, tok, system: str, rate: fl
     async with httpx.AsyncClient(base_url=setting.url, timeout=36000,
                                  limits=httpx.Limits(max_connections=None, max_keepalive_connections=64)) as http:
         calls_before = await coordinator_calls(http)
-        if system == "loom":
-            ask = lambda i: ask_loom(http, docs[i])
+        if system in LOOM_POLICIES:
+            ask = lambda i: ask_loom(http, docs[i], LOOM_POLICIES[system], target_s(docs[i], setting) * setting.scale)
         else:
             router = (RoundRobin(list(cluster.handles)) if system == "client-rr"
                       else CacheAware(list(cluster.handles), BLOCK_SIZE))
             client = ClientOrchestrator(cluster.streams, router, tok, cluster.held, MAX_MODEL_LEN)
             ask = lambda i: client.run(f"bench-{system}-{i}-{time.monotonic_ns()}", prompts[i])
-        killing = asyncio.create_task(kill_midway(cluster, setting.kill, at / 2)) if system == "loom" else None
+        killing = asyncio.create_task(kill_midway(cluster, setting.kill, at / 2)) if system in LOOM_POLICIES else None
         t0, cpu = time.perf_counter(), cpu_seconds(setting.server_pid)
         runs = await asyncio.gather(*(started(gap, ask, i) for i, gap in enumerate(gaps)))
         wall, spent = time.perf_counter() - t0, cpu_since(setting.server_pid, cpu)
         calls = (await coordinator_calls(http)) - calls_before
-        outcomes = [await outcome(http, run, d.critical_tokens * setting.tpot_s) for run, d in zip(runs, docs)]
+        outcomes = [await outcome(http, run, target_s(d, setting)) for run, d in zip(runs, docs)]
     if killing is not None:
         await killing
         if setting.kill:
@@ -182,8 +184,16 @@ async def started(gap: float, ask, i: int):
         return e, time.perf_counter() - t0
 
 
-async def ask_loom(http: httpx.AsyncClient, doc: Document) -> dict:
-    r = await http.post("/v1/chat/completions", json={"model": "loom-arith", "messages": [message(doc)]})
+def target_s(doc: Document, setting: Setting) -> float:
+    """The job's latency target in simulated seconds: its critical path's tokens at the target per token."""
+    return doc.critical_tokens * setting.tpot_s
+
+
+async def ask_loom(http: httpx.AsyncClient, doc: Document, policy: str | None, target_real_s: float) -> dict:
+    """The job through Loom's chat API, with its fork policy (None: the server's) and its latency
+    target on the real clock (the simulated clock runs ``scale`` times slower)."""
+    loom = {"latency_target_s": target_real_s, **({"fork_policy": policy} if policy else {})}
+    r = await http.post("/v1/chat/completions", json={"model": "loom-arith", "messages": [message(doc)], "loom": loom})
     r.raise_for_status()
     return r.json()
 

@@ -16,7 +16,9 @@ turn, so that this shared VM's drift (its speed moved by up to 50% within minute
   ``</Outlines>`` and ``</Thread>``): decode to ``</Outlines>``, one completion per outline
   (context + its thread header, to ``</Thread>``) run concurrently, join by appending each
   thread in plan order, go on.
-- ``loom``: Loom's Serve app over HTTP (``POST /v1/chat/completions``), one worker.
+- ``loom``: Loom's Serve app over HTTP (``POST /v1/chat/completions``), one worker, its fork
+  policy adaptive; ``loom-eager`` and ``loom-never``: the same server, each request asking to fork
+  eagerly or never (``loom.fork_policy``).
 
 Every system gets the same prompt ids: the chat template applied to the question, as Loom's
 chat endpoint applies it.
@@ -54,6 +56,8 @@ from orchestrator.plan.published import get_format
 from orchestrator.protocol.segment import Finish
 
 TW = get_format("threadweaver")
+# Loom's systems: one server, each job asking for a fork policy ("loom": the server's, adaptive)
+LOOM_POLICIES = {"loom": None, "loom-eager": "eager", "loom-never": "never"}
 
 
 @dataclass
@@ -157,9 +161,11 @@ def messages(q: task.Question) -> list[dict]:
     return [{"role": "user", "content": q.prompt.strip()}]
 
 
-async def ask_loom(client, q: task.Question) -> Answer:
-    """One ``/v1/chat/completions`` request, as an OpenAI client would send it."""
-    r = await client.post("/v1/chat/completions", json={"model": "loom-arith", "messages": messages(q)})
+async def ask_loom(client, q: task.Question, policy: str | None = None) -> Answer:
+    """One ``/v1/chat/completions`` request, as an OpenAI client would send it (with a fork policy:
+    ``loom.fork_policy``)."""
+    body = {"model": "loom-arith", "messages": messages(q), **({"loom": {"fork_policy": policy}} if policy else {})}
+    r = await client.post("/v1/chat/completions", json=body)
     r.raise_for_status()
     body = r.json()
     return Answer(body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"])
@@ -222,7 +228,7 @@ def ratios(rows: list[dict]) -> list[dict]:
     for workload, c in sorted({(w, c) for _, w, c, _ in at}):
         rounds = sorted({r for r, w, cc, _ in at if (w, cc) == (workload, c)})
         row = {"workload": workload, "concurrency": c}
-        for other in ("plain", "client"):
+        for other in ("plain", "client", *(s for s in LOOM_POLICIES if s != "loom")):
             pairs = [(at[r, workload, c, "loom"], at[r, workload, c, other]) for r in rounds
                      if (r, workload, c, "loom") in at and (r, workload, c, other) in at]
             if pairs:
@@ -243,7 +249,8 @@ def main(argv=None) -> int:
     p.add_argument("--questions", type=int, default=40)
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--workloads", default="mix,five")
-    p.add_argument("--systems", default="plain,client,loom", help="plain and client run together")
+    p.add_argument("--systems", default="plain,client,loom",
+                   help=f"of plain, client (these two on one vLLM server), {', '.join(LOOM_POLICIES)} (one Loom server)")
     p.add_argument("--rounds", type=int, default=1, help="every system at every level, this many times")
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--port", type=int, default=8731)
@@ -259,9 +266,9 @@ def main(argv=None) -> int:
     levels = [int(x) for x in args.concurrency.split(",")]
     workloads = {w: workload(w, args.questions, args.seed) for w in args.workloads.split(",")}
     systems = args.systems.split(",")
-    unknown = set(systems) - {"plain", "client", "loom"}
+    unknown = set(systems) - {"plain", "client", *LOOM_POLICIES}
     if unknown:
-        p.error(f"unknown system(s): {', '.join(sorted(unknown))} (plain, client, loom)")
+        p.error(f"unknown system(s): {', '.join(sorted(unknown))} (plain, client, {', '.join(LOOM_POLICIES)})")
 
     def on_vllm(fn):
         return lambda client, q: fn(client, tok, runner.prepare(JobRequest(messages=messages(q))), cfg.engine.max_model_len)
@@ -272,8 +279,10 @@ def main(argv=None) -> int:
             url = up.enter_context(PlainServer(cfg, args.port)).url
             askers.update({s: (url, on_vllm(fn)) for s, fn in (("plain", plain), ("client", client_side))
                            if s in systems})
-        if "loom" in systems:
-            askers["loom"] = (up.enter_context(loom_server(cfg)), ask_loom)
+        looms = [s for s in systems if s in LOOM_POLICIES]
+        if looms:
+            url = up.enter_context(loom_server(cfg))
+            askers.update({s: (url, functools.partial(ask_loom, policy=LOOM_POLICIES[s])) for s in looms})
         rows = run_all(askers, workloads, levels, args.rounds)
     summary = ratios(rows)
     for row in summary:

@@ -13,7 +13,8 @@ from pathlib import Path
 from bench.common import save_figure
 
 SYSTEMS = {"plain": "plain vLLM (threads inline)", "client": "client-side fork/join over vLLM",
-           "loom": "Loom (/v1/chat/completions)"}
+           "loom": "Loom (/v1/chat/completions)", "loom-eager": "Loom, forks eager",
+           "loom-never": "Loom, forks never"}
 
 
 def plot(rows: list[dict], machine: str, out: Path) -> None:

@@ -16,6 +16,7 @@ from cluster.config import ConfigError, load
 from cluster.inputs import InputError, parse_budget, question_body
 from orchestrator.driver.records import RequestError
 from orchestrator.plan.published import FORMATS
+from orchestrator.protocol.fork import ForkPolicy
 
 
 def job_body(args) -> dict:
@@ -24,6 +25,10 @@ def job_body(args) -> dict:
     body = {**question_body(args.question), "mode": args.mode, "budget": parse_budget(args.budget)}
     if args.format:
         body["format"] = args.format
+    if args.fork_policy:
+        body["fork_policy"] = args.fork_policy
+    if args.latency_target is not None:
+        body["latency_target_s"] = args.latency_target
     return body
 
 
@@ -158,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--format", default=None, choices=list(FORMATS))
         sp.add_argument("--mode", default="parallel", choices=["parallel", "sequential"])
         sp.add_argument("--budget", action="append", default=[], metavar="KEY=VALUE")
+        sp.add_argument("--fork-policy", default=None, choices=[p.value for p in ForkPolicy],
+                        help="threads of a fork run at once (default: the server's fork_policy)")
+        sp.add_argument("--latency-target", type=float, default=None, metavar="SECONDS",
+                        help="seconds from submission the job aims to finish within")
         sp.add_argument("--json", action="store_true", help="print the whole job record")
     args = p.parse_args(argv)
     try:

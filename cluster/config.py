@@ -13,6 +13,7 @@ import yaml
 
 from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.published import FORMATS
+from orchestrator.protocol.fork import ForkPolicy
 from workers.config import PER_WORKER, EngineBackend, EngineConfig, EngineConfigError
 
 BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "models"  # the models the project ships
@@ -42,6 +43,11 @@ class LoomConfig:
     # each on a node started with that resource); empty: none
     worker_resources: list = field(default_factory=list)
     max_threads_in_flight: int = 64
+    # how many of a fork's threads run at once, unless a request asks otherwise: "adaptive" (the
+    # width whose estimated cost to the job and to the other requests is least, from the engines'
+    # measured speeds and loads: orchestrator/routing/fork_width.py), "eager" (all, as far as the
+    # budget allows) or "never" (every fork refused: the model writes its threads itself)
+    fork_policy: ForkPolicy = ForkPolicy.ADAPTIVE
     # Ray custom resources the coordinator actor needs (e.g. {"node-a": 0.01} to keep it on a node
     # started with that resource); empty: wherever Ray puts it (it is restarted elsewhere if lost)
     coordinator_resources: dict = field(default_factory=dict)
@@ -84,6 +90,7 @@ class LoomConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["engine"]["engine_backend"] = self.engine.engine_backend.value
+        d["fork_policy"] = self.fork_policy.value
         for key in PER_WORKER:
             del d["engine"][key]
         return d
@@ -98,7 +105,8 @@ class LoomConfig:
             engine = EngineConfig.from_dict({"model": DEFAULT_MODEL, **d.get("engine", {})})
         except EngineConfigError as e:
             raise ConfigError(f"engine: {e}") from None
-        cfg = cls(**{**d, "engine": replace(engine, model=bundled(engine.model))})
+        cfg = cls(**{**d, "engine": replace(engine, model=bundled(engine.model)),
+                     "fork_policy": _policy(d.get("fork_policy", ForkPolicy.ADAPTIVE))})
         cfg.validate()
         return cfg
 
@@ -155,6 +163,14 @@ def _unknown(keys: set[str]) -> str:
     return f"unknown config key(s): {', '.join(sorted(keys))}{hint}"
 
 
+def _policy(value: object) -> ForkPolicy:
+    try:
+        return ForkPolicy(value)
+    except ValueError:
+        raise ConfigError(f"fork_policy must be one of {', '.join(p.value for p in ForkPolicy)}, "
+                          f"not {value!r}") from None
+
+
 def bundled(model: str) -> str:
     """A shipped model's name (``loom-arith-mv``) as its directory; any other value as given."""
     shipped = BUNDLED_MODELS / model
@@ -166,7 +182,7 @@ def bundled(model: str) -> str:
 ENV = {"LOOM_MODEL": ("engine", "model", str), "LOOM_KV_CACHE_GIB": ("engine", "kv_cache_gib", int),
        "LOOM_NUM_WORKERS": ("", "num_workers", int), "LOOM_REDIS_URL": ("", "redis_url", str),
        "LOOM_PORT": ("", "port", int), "LOOM_FORMAT": ("", "format", str),
-       "LOOM_KV_TRANSFER": ("", "kv_transfer", str)}
+       "LOOM_KV_TRANSFER": ("", "kv_transfer", str), "LOOM_FORK_POLICY": ("", "fork_policy", str)}
 
 
 def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> LoomConfig:

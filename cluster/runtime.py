@@ -179,7 +179,7 @@ def start(cfg: LoomConfig, placer_type: type[Placer] = Placer, budget: BudgetOps
     pool, placer = start_routing(cfg, placer_type)
     engine = WorkerEngineClient(pool, placer, KVPulls(pool, placer), cfg.model_name)
     runner = JobRunner(engine, budget, tokenizer, cfg.engine.max_model_len, cfg.job_budget(), cfg.model_name,
-                       default_format=fmt)
+                       default_format=fmt, fork_policy=cfg.fork_policy)
     return Loom(runner, pool, placer, coordinator)
 
 

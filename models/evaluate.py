@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from models import task, task_mv
 from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.fork import ForkPolicy
 
 EVAL_SEED = 20261123  # training draws from seed 1234's stream only
 
@@ -62,7 +63,9 @@ async def evaluate(service, questions: list[task.Question], concurrency: int,
 
     async def one(q):
         async with sem:
-            return grade(q, await service.run(JobRequest(prompt=q.prompt, format=fmt)), fmt)
+            # every plan the model writes is run: this grades the model's decisions, not the server's admission
+            return grade(q, await service.run(JobRequest(prompt=q.prompt, format=fmt, fork_policy=ForkPolicy.EAGER)),
+                         fmt)
 
     return await asyncio.gather(*(one(q) for q in questions))
 

@@ -13,6 +13,7 @@ from orchestrator.budget.ledger import Ledger
 from orchestrator.budget.local import LocalBudget
 from orchestrator.driver.job import JobRunner
 from orchestrator.driver.records import JobRecord, JobRequest
+from orchestrator.protocol.fork import ForkAdvice, ForkPolicy, ForkQuery
 from orchestrator.protocol.segment import Finish, Placement, Progress, SegmentRequest, SegmentResult, TokenSpender
 from orchestrator.telemetry.metrics import NullMetrics
 
@@ -34,6 +35,9 @@ class CaseModel:
     tok: object
     rules: list[Rule]
     prompts: list[str] = field(default_factory=list)
+
+    async def fork_width(self, query: ForkQuery) -> ForkAdvice:
+        return ForkAdvice(0 if query.policy is ForkPolicy.NEVER else query.threads, f"scripted: {query.policy}")
 
     async def generate(self, call: SegmentRequest, lease: TokenSpender, progress: Progress) -> SegmentResult:
         text = prompt_text(self.tok, call.prompt_ids)

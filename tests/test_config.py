@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, load
+from orchestrator.protocol.fork import ForkPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -126,3 +127,14 @@ def test_pinning_binds_this_process_and_the_engines_to_the_split():
     cores = sorted(os.sched_getaffinity(0))
     split = core_split(load(), cores)
     assert (affinity, binds) == ((split.controller, split.engines) if split else (cores, []))
+
+
+def test_the_fork_policy_is_read_from_yaml_or_the_environment_and_a_bad_one_is_named(monkeypatch, tmp_path):
+    assert load().fork_policy is ForkPolicy.ADAPTIVE
+    path = tmp_path / "c.yaml"
+    path.write_text("fork_policy: never\n")
+    assert load(path).fork_policy is ForkPolicy.NEVER and load(path).to_dict()["fork_policy"] == "never"
+    monkeypatch.setenv("LOOM_FORK_POLICY", "eager")
+    assert load(path).fork_policy is ForkPolicy.EAGER
+    with pytest.raises(ConfigError, match="fork_policy must be one of adaptive, eager, never, not 'wide'"):
+        load(overrides={"fork_policy": "wide"})

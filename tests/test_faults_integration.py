@@ -20,14 +20,16 @@ from redis_server import redis_server  # noqa: F401  (fixture)
 
 from models.task import Question, Term
 from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.fork import ForkPolicy
 
 pytestmark = pytest.mark.integration
 QUESTIONS = [Question((Term(300 + 71 * i, 7), Term(45 + i, 8), Term(999 - i, 9), Term(12, 3))) for i in range(6)]
+EAGER = ForkPolicy.EAGER  # every fork runs, however loaded: threads on both workers when one is killed
 RECOVERY_BOUND_S = 240  # a killed worker's engine is back (restarted, loaded, measured) within this
 
 
 async def run_all(service, questions):
-    return await asyncio.gather(*(service.run(JobRequest(prompt=q.prompt)) for q in questions))
+    return await asyncio.gather(*(service.run(JobRequest(prompt=q.prompt, fork_policy=EAGER)) for q in questions))
 
 
 async def test_a_worker_killed_mid_thread_loses_no_job_and_comes_back(service, loom):
@@ -35,7 +37,7 @@ async def test_a_worker_killed_mid_thread_loses_no_job_and_comes_back(service, l
     victim = list(loom.pool.handles)[1]
     handle = loom.pool.handles[victim]
     pid = await handle.pid.remote()
-    jobs = asyncio.gather(*(service.run(JobRequest(prompt=q.prompt)) for q in QUESTIONS))
+    jobs = asyncio.gather(*(service.run(JobRequest(prompt=q.prompt, fork_policy=EAGER)) for q in QUESTIONS))
     await until(lambda: _active(handle), 120, "threads running on the victim")
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -48,7 +50,7 @@ async def test_a_worker_killed_mid_thread_loses_no_job_and_comes_back(service, l
     back = await until(lambda: _restarted(handle, pid), RECOVERY_BOUND_S, "the worker restarted")
     await until(lambda: _placeable(loom, victim), 60, "the engine client placing on it again")
     print(f"\nworker {victim} killed: {len(retried)} requests re-run elsewhere; engine back in {back:.1f} s")
-    again = await service.run(JobRequest(prompt=QUESTIONS[0].prompt))
+    again = await service.run(JobRequest(prompt=QUESTIONS[0].prompt, fork_policy=EAGER))
     assert again.status == "done" and again.result["text"] == reference[0]
 
 
@@ -73,7 +75,7 @@ async def test_the_coordinator_killed_mid_jobs_is_rebuilt_and_budgets_hold(servi
     reference = [r.result["text"] for r in await run_all(service, QUESTIONS[:4])]
     coordinator = loom.coordinator
     pid = await coordinator.pid.remote()
-    jobs = asyncio.gather(*(service.run(JobRequest(prompt=q.prompt)) for q in QUESTIONS[:4]))
+    jobs = asyncio.gather(*(service.run(JobRequest(prompt=q.prompt, fork_policy=EAGER)) for q in QUESTIONS[:4]))
     await until(lambda: _threads_in_flight(coordinator), 120, "threads in flight")
     os.kill(pid, signal.SIGKILL)
     records = await jobs

@@ -19,8 +19,10 @@ from orchestrator.budget.ledger import Ledger
 from orchestrator.budget.local import LocalBudget
 from orchestrator.driver.job import JobRunner
 from orchestrator.driver.records import JobRecord, JobRequest
+from orchestrator.plan.dag import ThreadDAG
 from orchestrator.plan.formats import Outline
 from orchestrator.plan.published import MULTIVERSE, THREADWEAVER
+from orchestrator.protocol.fork import ForkAdvice, ForkPolicy, ForkQuery
 from orchestrator.protocol.segment import Finish, Placement, Progress, SegmentRequest, SegmentResult, TokenSpender
 from orchestrator.telemetry.metrics import NullMetrics
 
@@ -54,6 +56,15 @@ class ScriptedModel:
         self.clock, self.thread_chunk_s = clock, thread_chunk_s
         self.prompts: list[str] = []
         self.in_flight = self.most_in_flight = self.cancelled = 0
+        self.advised_width: int | None = None  # the engines' side's answer to every fork (None: all threads)
+        self.queries: list[ForkQuery] = []
+
+    async def fork_width(self, query: ForkQuery) -> ForkAdvice:
+        self.queries.append(query)
+        if query.policy is ForkPolicy.NEVER:
+            return ForkAdvice(0, "fork policy never")
+        width = query.threads if self.advised_width is None else self.advised_width
+        return ForkAdvice(width, f"scripted: width {width}")
 
     def continuation(self, text: str) -> str:
         """The rest of the document ``text`` begins, else of the one holding the longest tail of
@@ -113,10 +124,11 @@ class ScriptedModel:
         return rest[:at + len(stop)], stop
 
 
-def run(tok, documents, prompt=PROMPT, delay=0.0, fail_on=None, thread_chunk_s=0.0, **request):
+def run(tok, documents, prompt=PROMPT, delay=0.0, fail_on=None, thread_chunk_s=0.0, advised_width=None, **request):
     clock = Clock()
     budget = LocalBudget(Ledger(max_threads_in_flight=64), clock=clock)
     model = ScriptedModel(tok, documents, delay, fail_on, clock, thread_chunk_s)
+    model.advised_width = advised_width
     runner = JobRunner(model, budget, tok, max_model_len=1024, metrics=NullMetrics())
     req = JobRequest(prompt=prompt, **request)
     shown: list[str] = []
@@ -162,6 +174,46 @@ def test_waves_of_one_give_the_same_text_one_thread_at_a_time(tok):
     record, model, _ = run(tok, [doc], delay=0.001, budget={"max_width": 1})
     assert record.result["text"] == doc[len(PROMPT):] and model.most_in_flight == 1
     assert any("waves" in note for note in record.notes)
+
+
+def forks(record) -> list[dict]:
+    return [n["fork"] for n in record.dag["nodes"] if n["fork"]]
+
+
+def test_the_fork_policy_never_refuses_every_fork_and_the_model_writes_the_threads(tok):
+    doc = tw_document(3)
+    record, _, _ = run(tok, [doc], fork_policy=ForkPolicy.NEVER)
+    assert record.result["text"] == doc[len(PROMPT):] and nodes(record, "thread") == []
+    assert [(f["threads"], f["policy"], f["width"]) for f in forks(record)] == [(3, "never", 0)]
+    assert any("fork of 3 refused (fork policy never)" in note for note in record.notes)
+    assert record.usage["forks"] == 0  # a fork refused before the budget was asked counts no round
+
+
+def test_an_advised_width_runs_the_threads_in_waves_and_the_record_says_why(tok):
+    doc = tw_document(3)
+    record, model, _ = run(tok, [doc], delay=0.001, advised_width=1)
+    assert record.result["text"] == doc[len(PROMPT):] and model.most_in_flight == 1
+    [fork] = forks(record)
+    assert (fork["policy"], fork["width"], fork["advice"]["width"]) == ("adaptive", 1, 1)
+    assert fork["reason"] == "scripted: width 1" and "scripted: width 1" in record.notes
+    assert JobRecord.unpack(record.pack()) == record and ThreadDAG.from_dict(record.dag).to_dict() == record.dag
+
+
+def test_the_budget_narrows_below_the_advice_and_says_so(tok):
+    doc = tw_document(3)
+    record, _, _ = run(tok, [doc], delay=0.001, budget={"max_width": 2})
+    [fork] = forks(record)
+    assert (fork["advice"]["width"], fork["width"], fork["reason"]) == (3, 2, "narrowed to 2 of 3 (waves)")
+
+
+def test_the_engines_are_asked_with_the_threads_prompt_and_the_time_left_to_the_target(tok):
+    doc = tw_document(3)
+    _, model, _ = run(tok, [doc], latency_target_s=60.0)
+    [q] = model.queries
+    fork = doc[:doc.index("</Outlines>") + len("</Outlines>")]
+    assert prompt_text(tok, q.prompt_ids) == fork + "\n<Thread>\n1:" and q.threads == 3
+    assert q.header_tokens == len(tok.encode("\n<Thread>\n1:", add_special_tokens=False))
+    assert q.policy is ForkPolicy.ADAPTIVE and 0 < q.target_left_s <= 60.0
 
 
 def mv_document() -> str:

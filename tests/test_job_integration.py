@@ -7,6 +7,7 @@ import pytest
 import ray
 
 from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.fork import ForkPolicy
 from orchestrator.protocol.generation import request_id
 
 pytestmark = pytest.mark.integration
@@ -75,6 +76,25 @@ async def test_refused_fork_falls_back_to_sequential_and_says_so(service):
     sequential = await run(service, mode="sequential")
     assert rec.status == "done" and rec.result["text"] == sequential.result["text"]
     assert threads(rec) == [] and any("refused" in n for n in rec.notes)
+
+
+async def test_the_fork_policy_never_refuses_as_the_budget_does(service):
+    rec = await run(service, fork_policy=ForkPolicy.NEVER)
+    sequential = await run(service, mode="sequential")
+    assert rec.status == "done" and rec.result["text"] == sequential.result["text"] and threads(rec) == []
+    [fork] = [n["fork"] for n in rec.dag["nodes"] if n["fork"]]
+    assert (fork["threads"], fork["policy"], fork["width"]) == (4, "never", 0) and rec.usage["forks"] == 0
+
+
+async def test_the_adaptive_width_is_the_least_of_its_recorded_estimates(service):
+    """The engine's measured profile and load, as the record keeps them, chose the width."""
+    rec = await run(service)
+    [fork] = [n["fork"] for n in rec.dag["nodes"] if n["fork"]]
+    estimates = fork["advice"]["estimates"]
+    assert fork["policy"] == "adaptive" and [e["width"] for e in estimates] == [0, 1, 2, 3, 4]
+    least = min(estimates, key=lambda e: (round(e["job_s"] + e["others_s"], 9), e["width"]))
+    assert fork["advice"]["width"] == least["width"] == fork["width"] == len(threads(rec))
+    assert all(e["others_s"] == 0 for e in estimates)  # nothing else ran: no other request to slow
 
 
 async def test_token_budget_exhaustion_cancels_and_is_recorded(service):

@@ -16,6 +16,7 @@ from cluster import runtime
 from cluster.config import load
 from models.task import Question, Term, trace
 from orchestrator.driver.records import JobRequest
+from orchestrator.protocol.fork import ForkPolicy
 from orchestrator.protocol.generation import GenRequest
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ async def run_all(service, questions, concurrency):
 
     async def one(q):
         async with gate:
-            return await service.run(JobRequest(prompt=q.prompt))
+            return await service.run(JobRequest(prompt=q.prompt, fork_policy=ForkPolicy.EAGER))  # every thread runs
     return await asyncio.gather(*(one(q) for q in questions))
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from orchestrator.driver.records import JobRequest, RequestError
+from orchestrator.protocol.fork import ForkPolicy
 from orchestrator.service.schema import chat_request, decode_json, job_request
 
 GOOD = {"prompt": "Q: 1*2+3*4\n"}
@@ -45,6 +46,12 @@ CHAT = {"messages": [{"role": "user", "content": "1*2+3*4"}]}
     ({"prompt": "x", "budget": {"deadline_s": float("inf")}}, "budget.deadline_s"),
     ({"prompt": "x", "budget": {"colour": 1}}, "unknown budget field"),
     ({"prompt": "x", "colour": 1}, "unknown or unsupported field(s): colour"),
+    ({"prompt": "x", "fork_policy": "sometimes"}, "'fork_policy'"),
+    ({"prompt": "x", "fork_policy": 1}, "'fork_policy'"),
+    ({"prompt": "x", "latency_target_s": 0}, "'latency_target_s'"),
+    ({"prompt": "x", "latency_target_s": -2.5}, "'latency_target_s'"),
+    ({"prompt": "x", "latency_target_s": "2"}, "'latency_target_s'"),
+    ({"prompt": "x", "latency_target_s": 1e9}, "'latency_target_s'"),
     ({"prompt": "\ud800"}, "lone surrogate"),
     ({"messages": [{"role": "robot", "content": "x"}]}, "'messages.0.role'"),
     ({"messages": [{"role": "user", "content": 3}]}, "'messages.0.content'"),
@@ -65,6 +72,8 @@ def test_bad_job_bodies_are_named(body, msg):
     ({"loom": "x"}, "'loom'"),
     ({"loom": {"colour": 1}}, "loom.colour"),
     ({"loom": {"budget": {"max_width": "x"}}}, "'loom.budget.max_width"),
+    ({"loom": {"fork_policy": "wide"}}, "'loom.fork_policy'"),
+    ({"loom": {"latency_target_s": True}}, "'loom.latency_target_s'"),
     ({"presence_penalty": 1, "logprobs": True}, "unsupported field(s): logprobs, presence_penalty"),
     ({"max_tokens": 0}, "'max_tokens'"),
     ({"max_tokens": 10, "max_completion_tokens": 20}, "not both"),
@@ -80,9 +89,11 @@ def test_bad_chat_bodies_are_named(extra, msg):
 
 def test_good_job_body_keeps_every_field():
     req = job_request({**GOOD, "budget": {"max_width": 2.0, "deadline_s": 5}, "seed": 7, "stop": ["A:"],
-                       "temperature": 1, "top_p": 0.5})
+                       "temperature": 1, "top_p": 0.5, "fork_policy": "never", "latency_target_s": 2})
     assert req == JobRequest(prompt=GOOD["prompt"], budget={"max_width": 2.0, "deadline_s": 5}, seed=7,
-                             stop=["A:"], temperature=1.0, top_p=0.5)
+                             stop=["A:"], temperature=1.0, top_p=0.5, fork_policy=ForkPolicy.NEVER,
+                             latency_target_s=2.0)
+    assert job_request(GOOD).fork_policy is None  # the server's: the job runner fills it in
     assert job_request(GOOD).format is None  # the served model's: the job runner fills it in
     assert job_request({**GOOD, "format": "apr"}).format == "apr"
 
@@ -90,10 +101,12 @@ def test_good_job_body_keeps_every_field():
 def test_chat_maps_openai_fields_onto_the_job():
     chat, req = chat_request({**CHAT, "max_completion_tokens": 300, "stop": "A:", "top_p": 0.9, "seed": 3,
                               "stream": True, "stream_options": {"include_usage": True}, "user": "u1",
-                              "loom": {"mode": "sequential", "budget": {"max_width": 2}}})
+                              "loom": {"mode": "sequential", "budget": {"max_width": 2}, "fork_policy": "eager",
+                                       "latency_target_s": 1.5}})
     assert chat.stream and chat.stream_options.include_usage
     assert req == JobRequest(messages=CHAT["messages"], format=None, mode="sequential",
-                             budget={"max_width": 2, "max_total_tokens": 300}, top_p=0.9, seed=3, stop=["A:"])
+                             budget={"max_width": 2, "max_total_tokens": 300}, top_p=0.9, seed=3, stop=["A:"],
+                             fork_policy=ForkPolicy.EAGER, latency_target_s=1.5)
 
 
 @pytest.mark.parametrize("raw,msg", [

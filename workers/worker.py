@@ -31,6 +31,7 @@ from workers.stream_server import StreamServer
 PROFILE_BATCHES = (1, 4, 16)
 PROFILE_DECODE_TOKENS = 32
 PROFILE_RUNS = 3
+PROFILE_SHORT_PROMPT = 8  # prefill is timed at this many tokens and at a long prompt: cost per token and per request
 
 
 class EngineWorker:
@@ -60,10 +61,11 @@ class EngineWorker:
         return self.info
 
     async def profile(self) -> EngineProfile:
-        """Prefill seconds per token (a random prompt, one token out) and decode seconds per step
-        at each of PROFILE_BATCHES (random prompts, a fixed number of tokens); each the best of
-        PROFILE_RUNS, and the step never smaller at a larger batch. An engine that knows its own
-        speed (a simulated one) says it instead."""
+        """Prefill seconds per token and per request (random prompts of two lengths, one token
+        out: the slope and the rest), decode seconds per step at each of PROFILE_BATCHES (random
+        prompts, a fixed number of tokens); each the best of PROFILE_RUNS, and the step never
+        smaller at a larger batch. An engine that knows its own speed (a simulated one) says it
+        instead."""
         known = self.engine.known_profile()
         if known is not None:
             return known
@@ -73,12 +75,15 @@ class EngineWorker:
         def prompt(n: int) -> list[int]:
             return [rng.randrange(4, vocab) for _ in range(n)]
 
-        n = max(8, min(256, self.cfg.max_model_len - PROFILE_DECODE_TOKENS - 8))
-        prefill = []
-        for k in range(PROFILE_RUNS):
-            t0 = time.perf_counter()
-            await self._last(GenRequest(f"profile-prefill-{k}", prompt(n), 1, ignore_eos=True))
-            prefill.append((time.perf_counter() - t0) / n)
+        n = max(PROFILE_SHORT_PROMPT + 8, min(256, self.cfg.max_model_len - PROFILE_DECODE_TOKENS - 8))
+        prefill: dict[int, float] = {}
+        for size in (PROFILE_SHORT_PROMPT, n):
+            runs = []
+            for k in range(PROFILE_RUNS):
+                t0 = time.perf_counter()
+                await self._last(GenRequest(f"profile-prefill-{size}-{k}", prompt(size), 1, ignore_eos=True))
+                runs.append(time.perf_counter() - t0)
+            prefill[size] = min(runs)
         steps: dict[int, float] = {}
         for b in PROFILE_BATCHES:
             runs = []
@@ -89,7 +94,10 @@ class EngineWorker:
                 runs.append(statistics.median((c.finished_at - c.first_token_at) / (PROFILE_DECODE_TOKENS - 1)
                                               for c in ends))
             steps[b] = max([min(runs), *steps.values()])
-        return EngineProfile(min(prefill), steps)
+        short, long_ = prefill[PROFILE_SHORT_PROMPT], prefill[n]
+        per_token = max((long_ - short) / (n - PROFILE_SHORT_PROMPT), long_ / n / 10)
+        return EngineProfile(per_token, steps, max(0.0, short - PROFILE_SHORT_PROMPT * per_token),
+                             self.cfg.max_num_seqs)
 
     async def _last(self, req: GenRequest) -> GenChunk:
         last = None

@@ -21,6 +21,7 @@ from orchestrator.driver.lanes import LaneRunner
 from orchestrator.driver.records import JobRecord, JobRequest, JobStatus, RequestError
 from orchestrator.plan import detect
 from orchestrator.plan.published import get_format
+from orchestrator.protocol.fork import ForkPolicy
 from orchestrator.protocol.segment import EngineClient, Finish
 from orchestrator.telemetry import tracing
 from orchestrator.telemetry.metrics import LoomMetrics
@@ -33,8 +34,9 @@ class JobRunner:
 
     def __init__(self, engine: EngineClient, budget: BudgetOps, tokenizer, max_model_len: int,
                  default_budget: JobBudget | None = None, model_name: str = "loom", metrics=None,
-                 default_format: str = "threadweaver"):
+                 default_format: str = "threadweaver", fork_policy: ForkPolicy = ForkPolicy.ADAPTIVE):
         self.budget = budget
+        self.fork_policy = fork_policy
         self.default_format = default_format
         self.added = set(tokenizer.get_added_vocab()) if tokenizer is not None else set()
         self.tok = tokenizer
@@ -79,14 +81,15 @@ class JobRunner:
         return record
 
     def complete(self, req: JobRequest) -> JobRequest:
-        """The request with its format: the one it asks for, if this model fits it, else the
-        served model's; a RequestError naming why a format does not fit."""
+        """The request with its format (the one it asks for, if this model fits it, else the
+        served model's; a RequestError naming why a format does not fit) and its fork policy (the
+        one it asks for, else the server's)."""
         name = req.format or self.default_format
         try:
             detect.check(name, self.added, self.model_name)
         except detect.FormatError as e:
             raise RequestError(f"format: {e}") from None
-        return replace(req, format=name)
+        return replace(req, format=name, fork_policy=req.fork_policy or self.fork_policy)
 
     def prompt_text(self, req: JobRequest) -> str:
         """The prompt as the model sees it: ``prompt`` verbatim, ``messages`` through the chat template."""

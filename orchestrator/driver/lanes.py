@@ -18,8 +18,9 @@ from orchestrator.budget.policy import Admission
 from orchestrator.driver.context import JobContext, Lane, ThreadOutcome
 from orchestrator.driver.join import Joined, Joiner
 from orchestrator.driver.records import Mode
-from orchestrator.plan.dag import Node, NodeKind, NodeStatus
+from orchestrator.plan.dag import ForkRecord, Node, NodeKind, NodeStatus
 from orchestrator.plan.formats import Outline, Plan
+from orchestrator.protocol.fork import ForkQuery
 from orchestrator.protocol.segment import EngineClient, Finish, Progress, Sampling, SegmentRequest, SegmentResult
 from orchestrator.telemetry import tracing
 
@@ -108,7 +109,7 @@ class LaneRunner:
         """Runs the plan's threads and joins them into the lane; None when the fork is refused."""
         depth = lane.depth + 1
         asked_at = time.monotonic()
-        adm = await self.budget.admit_fork(ctx.record.id, len(plan.outlines), depth)
+        adm = await self.admit(ctx, lane, node, plan, depth)
         self.metrics.forked(adm.width, len(plan.outlines), time.monotonic() - asked_at)
         if not adm.admitted:
             ctx.note(f"fork of {len(plan.outlines)} refused ({adm.reason}): sequential")
@@ -127,6 +128,23 @@ class LaneRunner:
         if not lane.is_thread:
             ctx.show(self.joiner.text(lane.ids[before:]))
         return joined
+
+    async def admit(self, ctx: JobContext, lane: Lane, node: Node, plan: Plan, depth: int) -> Admission:
+        """The fork's width: what the engines' side advises under the job's fork policy
+        (``EngineClient.fork_width``), then what the budget admits of it; the node records both."""
+        n = len(plan.outlines)
+        header, prompt = self.joiner.thread_prompt(ctx.fmt, lane.ids, plan.outlines[0])
+        target = ctx.request.latency_target_s
+        left = None if target is None else target - (time.time() - ctx.record.created)
+        advice = await self.engine.fork_width(ForkQuery(prompt, n, len(header), ctx.request.fork_policy, left))
+        if advice.width == 0:
+            adm = Admission(0, reason=advice.reason)
+        else:
+            adm = await self.budget.admit_fork(ctx.record.id, n, depth)
+            if adm.admitted and advice.width < adm.width:
+                adm = Admission(advice.width, adm.thread_max_tokens, advice.reason)
+        node.fork = ForkRecord(n, ctx.request.fork_policy, advice, adm.width, adm.reason)
+        return adm
 
     async def run_waves(self, ctx: JobContext, lane: Lane, plan: Plan, threads: list[Node],
                         adm: Admission) -> list[ThreadOutcome]:

@@ -8,6 +8,8 @@ from enum import StrEnum
 
 import msgpack
 
+from orchestrator.protocol.fork import ForkPolicy
+
 SCHEMA_VERSION = 1
 
 
@@ -45,10 +47,14 @@ class JobRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)  # the caller's stop strings (main context only)
+    fork_policy: ForkPolicy | None = None  # None: the server's (JobRunner.complete fills it in)
+    latency_target_s: float | None = None  # seconds from submission the job aims to finish within
 
     @classmethod
     def from_dict(cls, d: dict) -> JobRequest:
-        return cls(**{**d, "mode": Mode(d.get("mode", Mode.PARALLEL))})
+        policy = d.get("fork_policy")
+        return cls(**{**d, "mode": Mode(d.get("mode", Mode.PARALLEL)),
+                      "fork_policy": None if policy is None else ForkPolicy(policy)})
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+from orchestrator.protocol.fork import ForkAdvice, ForkPolicy, WidthEstimate
 from orchestrator.protocol.segment import Attempt, Finish, Placement, PrefixOrigin, PrefixSource, Progress
 
 RECORDED_OPTIONS = 8  # a placement's record keeps the chosen worker and this many others by cost and by holding
@@ -75,6 +76,24 @@ class NodePlacement:
 
 
 @dataclass
+class ForkRecord:
+    """A fork asked for by a node's plan: its threads, the policy, what the engines' side advised
+    (with its estimates), and the width run (0: refused) and why."""
+
+    threads: int
+    policy: ForkPolicy
+    advice: ForkAdvice
+    width: int
+    reason: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ForkRecord:
+        a = d["advice"]
+        advice = ForkAdvice(a["width"], a["reason"], [WidthEstimate(**e) for e in a["estimates"]])
+        return cls(**{**d, "policy": ForkPolicy(d["policy"]), "advice": advice})
+
+
+@dataclass
 class Node:
     id: int
     kind: NodeKind
@@ -90,6 +109,7 @@ class Node:
     first_token: float = 0.0
     ended: float = 0.0
     placement: NodePlacement | None = None
+    fork: ForkRecord | None = None  # the fork its plan asked for (a node that wrote a plan)
 
     def record(self, progress: Progress) -> None:
         """What the engine client saw of the node's request."""
@@ -105,8 +125,9 @@ class Node:
     @classmethod
     def from_dict(cls, d: dict) -> Node:
         placement = NodePlacement.from_dict(d["placement"]) if d.get("placement") else None
+        fork = ForkRecord.from_dict(d["fork"]) if d.get("fork") else None
         return cls(**{**d, "kind": NodeKind(d["kind"]), "status": NodeStatus(d["status"]),
-                      "finish": Finish(d["finish"]) if d["finish"] else "", "placement": placement})
+                      "finish": Finish(d["finish"]) if d["finish"] else "", "placement": placement, "fork": fork})
 
 
 @dataclass

@@ -29,10 +29,20 @@ class StreamEndpoint:
 
 @dataclass(frozen=True)
 class EngineProfile:
-    """An engine's speed, measured by its worker at start-up."""
+    """An engine's speed, measured by its worker at start-up, and how many sequences it decodes at once."""
 
     prefill_s_per_token: float
     decode_step_s: dict[int, float]  # batch size -> seconds per decode step (measured points)
+    request_s: float = 0.0  # what prefilling a request costs besides its tokens (a step's fixed part)
+    max_seqs: int = 0  # the most sequences it decodes at once (max_num_seqs); 0: no cap known
+
+    def token_s(self, load: int) -> float:
+        """Seconds a sequence takes per token with ``load`` sequences in the engine: a decode step
+        at that batch, or, past ``max_seqs``, the step at ``max_seqs`` stretched by the share of
+        the time a sequence waits for a slot."""
+        if self.max_seqs and load > self.max_seqs:
+            return self.step_s(self.max_seqs) * load / self.max_seqs
+        return self.step_s(load)
 
     def step_s(self, batch: int) -> float:
         """Seconds per decode step at ``batch``: linear between the measured points, and on the

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from orchestrator.protocol.fork import ForkAdvice, ForkQuery
+
 
 class Finish(StrEnum):
     """How a segment (a DAG node, a job's main lane) ended."""
@@ -145,3 +147,4 @@ class EngineClient(Protocol):
     """The engines as the job driver sees them: one segment placed, streamed and charged."""
 
     async def generate(self, call: SegmentRequest, lease: TokenSpender, progress: Progress) -> SegmentResult: ...
+    async def fork_width(self, query: ForkQuery) -> ForkAdvice: ...

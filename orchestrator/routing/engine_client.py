@@ -14,6 +14,7 @@ import time
 
 from ray.exceptions import RayActorError
 
+from orchestrator.protocol.fork import ForkAdvice, ForkPolicy, ForkQuery
 from orchestrator.protocol.generation import GenChunk, GenRequest, request_id
 from orchestrator.protocol.segment import (
     Attempt,
@@ -26,6 +27,7 @@ from orchestrator.protocol.segment import (
     SegmentResult,
     TokenSpender,
 )
+from orchestrator.routing.fork_width import advise
 from orchestrator.routing.kv_pulls import KVPulls, local_origin
 from orchestrator.routing.placement import Placer
 from orchestrator.routing.pool import WorkerPool
@@ -60,6 +62,14 @@ class WorkerEngineClient:
                 progress.tokens, progress.first_token = 0, 0.0
                 relay.restart()
         raise AssertionError("unreachable")
+
+    async def fork_width(self, query: ForkQuery) -> ForkAdvice:
+        """How many of a fork's threads to run at once (``routing.fork_width``), on fresh loads."""
+        if query.policy is ForkPolicy.ADAPTIVE:
+            if len(self.placer.live()) != 1:
+                await self.pool.refresh_loads()
+            await self.pool.wait_for_live()
+        return advise(self.placer, query)
 
     async def _place(self, ids: list[int]) -> Placement:
         if len(self.placer.live()) != 1:  # with one live worker there is no choice to make

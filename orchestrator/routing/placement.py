@@ -6,14 +6,16 @@ tokens that is expected to generate ``T`` tokens:
     held_w      leading prompt tokens ``w``'s cache holds (the KV index: what the engine reported)
     a_w         requests in ``w``'s engine now (its last load report + what we started there
                 since, less what ended)
-    cost_w  =   (1 + a_w) * (P - held_w) * prefill_w          prefill of the miss; the a_w
-                                                              running requests stall meanwhile
-              + T * step_w(a_w + 1)                           this request's decode
-              + a_w * T * (step_w(a_w + 1) - step_w(a_w))     the slowdown it causes the others
+    cost_w  =   (1 + a_w) * (request_w + (P - held_w) * prefill_w)   its prefill; the a_w running
+                                                                      requests stall meanwhile
+              + T * tok_w(a_w + 1)                           this request's decode
+              + a_w * T * (tok_w(a_w + 1) - tok_w(a_w))      the slowdown it causes the others
 
-``prefill_w`` (seconds per prompt token) and ``step_w(b)`` (seconds per decode step at batch
-``b``) are the engine's own, measured by its worker at start-up (``EngineProfile``); ``T`` is the
-mean output length of the requests placed so far.
+``prefill_w`` (seconds per prompt token), ``request_w`` (a request's prefill besides its tokens)
+and ``tok_w(b)`` (seconds per token of a sequence with b in the engine: the decode step at batch b,
+stretched past ``max_num_seqs`` by the time it waits for a slot, ``EngineProfile.token_s``) are
+the engine's own, measured by its worker at start-up (``EngineProfile``); ``T`` is the mean
+output length of the requests placed so far.
 
 With KV transfer on (``LinkModel``), each worker has a second option: pull the tokens it lacks
 from the worker ``h`` holding the most of the prompt instead of recomputing them::
@@ -125,11 +127,13 @@ class Placer:
         return {w: (self.cost(w, prompt, held[holder]) + self.link.transfer_s(w, held[holder] - held[w]), holder)
                 for w in live if held[w] < held[holder]}
 
-    def cost(self, worker: str, prompt: int, held: int) -> float:
-        prof, a, t = self.profiles[worker], self.active(worker), self.expected_tokens
-        step_after = prof.step_s(a + 1)
-        return ((1 + a) * (prompt - held) * prof.prefill_s_per_token + t * step_after
-                + a * t * (step_after - prof.step_s(a)))
+    def cost(self, worker: str, prompt: int, held: int, extra: int = 0) -> float:
+        """The formula above; ``extra``: requests to count on ``worker`` beside its own (a fork's
+        threads not yet started, ``fork_width``)."""
+        prof, a, t = self.profiles[worker], self.active(worker) + extra, self.expected_tokens
+        after = prof.token_s(a + 1)
+        return ((1 + a) * (prof.request_s + (prompt - held) * prof.prefill_s_per_token) + t * after
+                + a * t * (after - prof.token_s(a)))
 
     def active(self, worker: str) -> int:
         return max(0, self.loads.get(worker, EngineLoad()).active + self.sent.get(worker, 0))

@@ -18,10 +18,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from orchestrator.budget.policy import LIMITS, BudgetError, JobBudget
 from orchestrator.driver.records import JobRequest, RequestError
 from orchestrator.plan.published import FORMATS
+from orchestrator.protocol.fork import ForkPolicy
 
 MAX_SEED = 2**63 - 1
 MAX_STOP = 4  # stop strings per request, as OpenAI's API
 MAX_STOP_CHARS = 64
+MAX_LATENCY_TARGET_S = 7 * 86_400
 MAX_TOKENS = 1_000_000  # max_tokens / max_completion_tokens: also bounded by the budget's limits
 
 
@@ -58,6 +60,14 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED), Whole]
 TokenCap = Annotated[int, Field(ge=1, le=MAX_TOKENS), Whole]
 StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS), AfterValidator(_unicode)]
+ForkPolicyName = Annotated[Literal[tuple(p.value for p in ForkPolicy)], Field(  # type: ignore[valid-type]
+    description="How many of a fork's threads run at once: adaptive (the width whose estimated cost to "
+                "this job and to the other requests is least), eager (all, as far as the budget allows) or "
+                "never (the model writes its threads itself). Omitted: the server's fork_policy.")]
+LatencyTarget = Annotated[float, Field(gt=0.0, le=MAX_LATENCY_TARGET_S, description=(
+    "Seconds from submission this job aims to finish within: the adaptive fork policy then picks, of "
+    "the widths whose estimated time fits what is left of it, the least costly. A goal, not a limit "
+    "(budget.deadline_s stops a job)."))]
 
 
 def budget_schema() -> dict:
@@ -110,15 +120,19 @@ class JobBody(_Strict):
     top_p: TopP = 1.0
     seed: Seed | None = None
     stop: list[StopText] = Field(default_factory=list, max_length=MAX_STOP)
+    fork_policy: ForkPolicyName | None = None
+    latency_target_s: LatencyTarget | None = None
 
     def to_request(self) -> JobRequest:
         if (self.prompt is None) == (self.messages is None):
             raise RequestError("give exactly one of 'prompt' or 'messages'")
         _check_budget(self.budget, "budget")
         messages = None if self.messages is None else [m.model_dump(exclude_none=True) for m in self.messages]
+        policy = None if self.fork_policy is None else ForkPolicy(self.fork_policy)
         return JobRequest(prompt=self.prompt, messages=messages, format=self.format, mode=self.mode,
                           budget=dict(self.budget), temperature=self.temperature, top_p=self.top_p,
-                          seed=self.seed, stop=list(self.stop))
+                          seed=self.seed, stop=list(self.stop), fork_policy=policy,
+                          latency_target_s=self.latency_target_s)
 
 
 class StreamOptions(_Strict):
@@ -129,6 +143,8 @@ class LoomOptions(_Strict):
     format: Format | None = None
     mode: Mode = "parallel"
     budget: Budget = Field(default_factory=dict)
+    fork_policy: ForkPolicyName | None = None
+    latency_target_s: LatencyTarget | None = None
 
 
 class ChatBody(_Strict):
@@ -163,6 +179,7 @@ class ChatBody(_Strict):
             "messages": [m.model_dump(exclude_none=True) for m in self.messages],
             "format": self.loom.format, "mode": self.loom.mode, "budget": budget,
             "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed, "stop": stop,
+            "fork_policy": self.loom.fork_policy, "latency_target_s": self.loom.latency_target_s,
         }).to_request()  # a JobBody's own check failing here would be a gap in ChatBody's: still a 400
 
 

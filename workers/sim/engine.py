@@ -187,7 +187,8 @@ class SimEngine:
     def known_profile(self) -> EngineProfile:
         """Its profile's speed on its clock (a slowed clock: real seconds, as a worker would measure)."""
         return EngineProfile(self.profile.prefill_s_per_token * self.scale,
-                             {b: s * self.scale for b, s in self.profile.decode_s.items()})
+                             {b: s * self.scale for b, s in self.profile.decode_s.items()},
+                             self.profile.prefill_step_s * self.scale, self.sched.max_num_seqs)
 
     def kv_bytes_per_token(self) -> int:
         return self.shape.kv_bytes_per_token
