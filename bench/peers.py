@@ -64,6 +64,7 @@ LOOM_POLICIES = {"loom": None, "loom-eager": "eager", "loom-never": "never"}
 class Answer:
     text: str
     tokens: int
+    job_id: str = ""  # Loom's job (its record says how each fork ran)
 
 
 def workload(name: str, n: int, seed: int) -> list[task.Question]:
@@ -168,22 +169,37 @@ async def ask_loom(client, q: task.Question, policy: str | None = None) -> Answe
     r = await client.post("/v1/chat/completions", json=body)
     r.raise_for_status()
     body = r.json()
-    return Answer(body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"])
+    return Answer(body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"], body["loom"]["job_id"])
 
 
-async def measure(system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
+async def measure(system: str, ask, questions: list[task.Question], concurrency: int) -> tuple[dict, list[Answer]]:
     await ask(questions[0])  # warm-up
     answers, latencies, wall = await run_concurrently(ask, questions, concurrency)
     right = sum(extract_answer(a.text) == f"A: {q.answer}" for q, a in zip(questions, answers))
     return {"system": system, "concurrency": concurrency, "questions": len(questions), **latency_figures(latencies),
             "questions_per_s": round(len(questions) / wall, 3), "exact": round(right / len(questions), 3),
-            "tokens": sum(a.tokens for a in answers)}
+            "tokens": sum(a.tokens for a in answers)}, answers
 
 
 async def over(url: str, system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
-    """``measure`` with one HTTP client; ``ask(client, question)`` answers one question."""
+    """``measure`` with one HTTP client; ``ask(client, question)`` answers one question. Loom's
+    rows also count how its forks ran, from the job records (read after the timed run)."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        return await measure(system, functools.partial(ask, client), questions, concurrency)
+        row, answers = await measure(system, functools.partial(ask, client), questions, concurrency)
+        if system in LOOM_POLICIES:
+            row["forks"] = await fork_widths(client, answers)
+        return row
+
+
+async def fork_widths(client, answers: list[Answer]) -> dict:
+    """Of the jobs' forks: how many ran every thread at once, ran narrower, were refused."""
+    counts = {"all": 0, "narrowed": 0, "refused": 0}
+    for a in answers:
+        record = (await client.get(f"/v1/jobs/{a.job_id}")).json()
+        for fork in (n["fork"] for n in record["dag"]["nodes"] if n["fork"]):
+            kind = "refused" if fork["width"] == 0 else "all" if fork["width"] == fork["threads"] else "narrowed"
+            counts[kind] += 1
+    return counts
 
 
 @contextlib.contextmanager

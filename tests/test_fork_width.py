@@ -10,7 +10,7 @@ from orchestrator.protocol.fork import ForkPolicy, ForkQuery
 from orchestrator.routing.fork_width import advise, greedy_picks
 from orchestrator.routing.placement import Placer
 
-# a request's prefill costs more than a decode step; each sequence slows the step little
+# a request costs more than a decode step; each sequence slows the step little
 CPU = EngineProfile(1.1e-4, {1: 0.0046, 4: 0.0056, 16: 0.0073}, request_s=0.006, max_seqs=64)
 # decode steps long beside a request's prefill (vLLM, Qwen3-8B, H100: 9.7 / 16.9 / 26.6 ms)
 GPU = EngineProfile(6e-5, {8: 0.0097, 32: 0.0169, 64: 0.0266}, request_s=0.002, max_seqs=64)
@@ -34,15 +34,18 @@ def placer(active: dict[str, int], profile: EngineProfile, expected: float = 64.
     return p
 
 
-@pytest.mark.parametrize("case,profile,load,width", [
-    ("an idle CPU engine: every thread at once", CPU, 0, 4),
-    ("a CPU engine with 32 others: still every thread", CPU, 32, 4),
-    ("a CPU engine past its slots: the prefills stall more than the threads save", CPU, 96, 0),
-    ("an idle GPU engine: every thread", GPU, 0, 4),
-    ("a GPU engine past its slots: still every thread (its steps are long beside a prefill)", GPU, 96, 4),
+@pytest.mark.parametrize("case,profile,tokens,load,width", [
+    ("an idle CPU engine: every thread at once", CPU, 64, 0, 4),
+    ("a CPU engine past its slots: still every thread (they hold more of its slots)", CPU, 64, 96, 4),
+    ("threads of 8 tokens on an idle engine: every thread", CPU, 8, 0, 4),
+    ("threads of 8 tokens beside 32 others: refused (prefill costs the others more than overlap saves)",
+     CPU, 8, 32, 0),
+    ("an idle GPU engine: every thread", GPU, 1000, 0, 4),
+    ("a GPU engine past its slots: every thread", GPU, 1000, 96, 4),
+    ("threads of 8 tokens beside 32 others on a GPU: every thread (its decode steps are long)", GPU, 8, 32, 4),
 ])
-def test_one_engine(case, profile, load, width):
-    advice = advise(placer({"w0": load}, profile, expected=1000.0 if profile is GPU else 64.0), QUERY)
+def test_one_engine(case, profile, tokens, load, width):
+    advice = advise(placer({"w0": load}, profile, expected=tokens), QUERY)
     assert advice.width == width, case
     assert [e.width for e in advice.estimates] == [0, 1, 2, 3, 4]
     best = min(advice.estimates, key=lambda e: e.total_s)
@@ -64,7 +67,7 @@ def test_threads_go_to_an_idle_worker_when_the_holder_is_saturated():
 
 
 def test_a_latency_target_widens_the_fork_and_a_lost_cause_gets_the_least_cost():
-    p = placer({"w0": 96}, CPU)
+    p = placer({"w0": 32}, CPU, expected=8)
     least = advise(p, QUERY)
     assert least.width == 0
     job_s = {e.width: e.job_s for e in least.estimates}
@@ -76,7 +79,7 @@ def test_a_latency_target_widens_the_fork_and_a_lost_cause_gets_the_least_cost()
 
 @pytest.mark.parametrize("policy,width", [(ForkPolicy.NEVER, 0), (ForkPolicy.EAGER, 4)])
 def test_never_and_eager_ignore_the_load(policy, width):
-    advice = advise(placer({"w0": 96}, CPU), ForkQuery(QUERY.prompt_ids, 4, 5, policy))
+    advice = advise(placer({"w0": 32}, CPU, expected=8), ForkQuery(QUERY.prompt_ids, 4, 5, policy))
     assert advice.width == width and advice.estimates == [] and policy.value in advice.reason
 
 

@@ -33,7 +33,7 @@ class EngineProfile:
 
     prefill_s_per_token: float
     decode_step_s: dict[int, float]  # batch size -> seconds per decode step (measured points)
-    request_s: float = 0.0  # what prefilling a request costs besides its tokens (a step's fixed part)
+    request_s: float = 0.0  # what a request costs besides its prompt's tokens (into the engine, its first step, out)
     max_seqs: int = 0  # the most sequences it decodes at once (max_num_seqs); 0: no cap known
 
     def token_s(self, load: int) -> float:

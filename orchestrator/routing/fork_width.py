@@ -13,10 +13,12 @@ which past ``max_num_seqs`` counts the wait for a slot):
                 others = a_h * n * T * (tok_h(a_h + 1) - tok_h(a_h))
     w >= 1  ceil(n / w) waves of w threads, placed one by one where ``Placer.cost`` (with the
             threads placed before counted on their workers) is least; on each worker used, its m
-            threads prefill the ``miss`` prompt tokens it lacks once and their requests, then
-            decode with a + m in the engine:
-                stall       = miss * prefill + m * (request + header * prefill)
-                wave job    = max over those workers of  stall + T * tok(a + m)
+            threads prefill the ``miss`` prompt tokens it lacks once and their headers (a step the
+            engine's a sequences wait out), each request costs the job ``request`` (its way into
+            the engine and out, beside the engine's steps), then they decode with a + m in the
+            engine:
+                stall       = (miss + m * header) * prefill
+                wave job    = max over those workers of  m * request + stall + T * tok(a + m)
                 wave others = sum over them of  a * (stall + T * (tok(a + m) - tok(a)))
             then the join re-prefills threads 2..n and the headers on h (the context and thread 1
             come from its prefix cache), which the job and h's a_h others wait for:
@@ -27,10 +29,13 @@ The least ``job + others`` wins. With a latency target, the least among the widt
 seconds fit in the time left to it; where none fits, the least of all (a job that misses its
 target anyway is not given the other requests' time). Ties go to the narrower width.
 
-Where it narrows: the fork's gain is its threads' decode overlapping, about (n - 1) * T times the
-step's fixed part; its cost the requests' prefills, which stall every sequence in the engine: on
-an engine whose prefill of a request costs much beside a decode step (a CPU), a fork stops paying
-at a load of a few dozen sequences; on a GPU, where decode steps are long beside it, much later.
+What it predicts: the fork's gain is its threads' decode overlapping, about (n - 1) * T times a
+decode step's fixed part, and past ``max_num_seqs`` the larger share of the engine's slots its
+threads hold; its cost the requests' own overhead on the job's path and the prefills every
+sequence waits out. On the two profiles measured (this project's CPU engine, the simulated H100)
+that makes every fork of threads longer than a few tokens pay at every load; a fork is narrowed
+or refused where its threads are that short, where an idle worker must recompute a long prefix
+for threads the holder cannot batch, or, for a latency target, where no width can meet it.
 
 What this leaves out: pulls (``LinkModel``) could make a spread wider than estimated cheaper; the
 engines' other requests are counted, not their lengths; a thread's ``T`` is the mean output of
@@ -110,8 +115,8 @@ def wave(placer: Placer, picks: list[Pick], t: float, header: int) -> tuple[floa
     job = others = 0.0
     for w, p in used.items():
         prof, a = placer.profiles[w], placer.active(w)
-        stall = p.miss * prof.prefill_s_per_token + p.m * (prof.request_s + header * prof.prefill_s_per_token)
-        job = max(job, stall + t * prof.token_s(a + p.m))
+        stall = (p.miss + p.m * header) * prof.prefill_s_per_token
+        job = max(job, p.m * prof.request_s + stall + t * prof.token_s(a + p.m))
         others += a * (stall + t * (prof.token_s(a + p.m) - prof.token_s(a)))
     return job, others
 

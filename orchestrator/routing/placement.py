@@ -6,12 +6,13 @@ tokens that is expected to generate ``T`` tokens:
     held_w      leading prompt tokens ``w``'s cache holds (the KV index: what the engine reported)
     a_w         requests in ``w``'s engine now (its last load report + what we started there
                 since, less what ended)
-    cost_w  =   (1 + a_w) * (request_w + (P - held_w) * prefill_w)   its prefill; the a_w running
-                                                                      requests stall meanwhile
+    cost_w  =   request_w                                    its way into the engine and out
+              + (1 + a_w) * (P - held_w) * prefill_w         prefill of the miss; the a_w running
+                                                              requests stall meanwhile
               + T * tok_w(a_w + 1)                           this request's decode
               + a_w * T * (tok_w(a_w + 1) - tok_w(a_w))      the slowdown it causes the others
 
-``prefill_w`` (seconds per prompt token), ``request_w`` (a request's prefill besides its tokens)
+``prefill_w`` (seconds per prompt token), ``request_w`` (a request's cost besides its tokens)
 and ``tok_w(b)`` (seconds per token of a sequence with b in the engine: the decode step at batch b,
 stretched past ``max_num_seqs`` by the time it waits for a slot, ``EngineProfile.token_s``) are
 the engine's own, measured by its worker at start-up (``EngineProfile``); ``T`` is the mean
@@ -132,7 +133,7 @@ class Placer:
         threads not yet started, ``fork_width``)."""
         prof, a, t = self.profiles[worker], self.active(worker) + extra, self.expected_tokens
         after = prof.token_s(a + 1)
-        return ((1 + a) * (prof.request_s + (prompt - held) * prof.prefill_s_per_token) + t * after
+        return (prof.request_s + (1 + a) * (prompt - held) * prof.prefill_s_per_token + t * after
                 + a * t * (after - prof.token_s(a)))
 
     def active(self, worker: str) -> int:
