@@ -224,13 +224,16 @@ def loom_server(cfg):
 
 
 def run_all(askers: dict, workloads: dict, levels: list[int], rounds: int) -> list[dict]:
-    """Every system in turn at each round, workload and concurrency; ``askers``: system ->
-    (URL, ask(client, question))."""
-    rows = []
+    """Every system in turn at each round, workload and concurrency, the order rotated by one each
+    round (the first system on a server after the other server's turn ran slower: up to 30% on
+    2026-12-05, docs/experiments.md); ``askers``: system -> (URL, ask(client, question))."""
+    rows, systems = [], list(askers)
     for r in range(1, rounds + 1):
+        turn = systems[(r - 1) % len(systems):] + systems[:(r - 1) % len(systems)]
         for name, qs in workloads.items():
             for c in levels:
-                for system, (url, ask) in askers.items():
+                for system in turn:
+                    url, ask = askers[system]
                     rows.append({"round": r, "workload": name, **asyncio.run(over(url, system, ask, qs, c))})
                     print(json.dumps(rows[-1]), flush=True)
     return rows
