@@ -3,8 +3,8 @@ seconds, the job's own and those it adds to every other request, are least. Plai
 
 A fork of ``n`` threads, each expected to write ``T`` tokens (``Placer.expected_tokens``), with
 ``header`` tokens per thread header, on workers whose engines have ``a`` requests and measured
-speeds (``EngineProfile``: ``prefill`` seconds per prompt token, ``request`` seconds per request
-prefilled besides its tokens, ``tok(b)`` seconds per token of a sequence with b in the engine,
+speeds (``EngineProfile``: ``prefill`` seconds per prompt token, ``request`` seconds a request
+costs besides its prompt's tokens, ``tok(b)`` seconds per token of a sequence with b in the engine,
 which past ``max_num_seqs`` counts the wait for a slot):
 
     w = 0   the model writes the threads itself, in one request on the worker h that holds the
@@ -52,7 +52,8 @@ from orchestrator.routing.placement import Placer
 
 @dataclass(frozen=True)
 class Pick:
-    """The k-th thread of a wave placed on ``worker``, the m-th there, missing ``miss`` tokens."""
+    """A thread of a wave placed on ``worker``, the m-th there; ``miss``: the prompt tokens that
+    worker lacked before the wave (its first thread there prefills them)."""
 
     worker: str
     m: int
@@ -87,7 +88,7 @@ def estimate_widths(placer: Placer, q: ForkQuery) -> list[WidthEstimate]:
     """One estimate per width, 0 to ``q.threads``."""
     live = placer.live()
     held = placer.index.matched(q.prompt_ids, live)
-    holder = max(live, key=lambda w: (held[w], -placer.workers.index(w)))
+    holder = placer.holder(live, held)
     picks = greedy_picks(placer, q, live, held)
     t = placer.expected_tokens
     estimates = [alone(placer, holder, q.threads, t)]
@@ -109,11 +110,9 @@ def alone(placer: Placer, holder: str, n: int, t: float) -> WidthEstimate:
 
 def wave(placer: Placer, picks: list[Pick], t: float, header: int) -> tuple[float, float]:
     """(the job's seconds, the others' seconds) for one wave of these picks."""
-    used: dict[str, Pick] = {}
-    for p in picks:
-        used[p.worker] = Pick(p.worker, p.m, used[p.worker].miss if p.worker in used else p.miss)
+    last = {p.worker: p for p in picks}  # per worker, its last pick: how many threads it got (m)
     job = others = 0.0
-    for w, p in used.items():
+    for w, p in last.items():
         prof, a = placer.profiles[w], placer.active(w)
         stall = (p.miss + p.m * header) * prof.prefill_s_per_token
         job = max(job, p.m * prof.request_s + stall + t * prof.token_s(a + p.m))

@@ -124,9 +124,13 @@ class Placer:
         """Per worker holding less than the best holder: the cost of pulling the difference."""
         if self.link is None or not held:
             return {}
-        holder = max(live, key=lambda w: (held[w], -self.workers.index(w)))
+        holder = self.holder(live, held)
         return {w: (self.cost(w, prompt, held[holder]) + self.link.transfer_s(w, held[holder] - held[w]), holder)
                 for w in live if held[w] < held[holder]}
+
+    def holder(self, live: list[str], held: dict[str, int]) -> str:
+        """The live worker holding the most of a prompt (the first in order among equals)."""
+        return max(live, key=lambda w: (held[w], -self.workers.index(w)))
 
     def cost(self, worker: str, prompt: int, held: int, extra: int = 0) -> float:
         """The formula above; ``extra``: requests to count on ``worker`` beside its own (a fork's
