@@ -63,6 +63,8 @@ def cpu_seconds(pid: int) -> dict[str, float]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         name = Path(title).name if "/" in title else title
+        if name.startswith("ray::"):  # a Ray worker's title names the task running now: ray::Actor.method
+            name = name.split(".")[0]
         out[name] = out.get(name, 0.0) + times.user + times.system
     return out
 

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import latency_figures, machine, run_concurrently
+from bench.common import cpu_seconds, cpu_since, latency_figures, machine, ms_per_job, run_concurrently
 from bench.parallel_vs_sequential import question_with
 from bench.peers_plot import plot
 from models import task
@@ -182,10 +182,14 @@ async def measure(system: str, ask, questions: list[task.Question], concurrency:
 
 
 async def over(url: str, system: str, ask, questions: list[task.Question], concurrency: int) -> dict:
-    """``measure`` with one HTTP client; ``ask(client, question)`` answers one question. Loom's
-    rows also count how its forks ran, from the job records (read after the timed run)."""
+    """``measure`` with one HTTP client; ``ask(client, question)`` answers one question. Each row
+    also says the CPU milliseconds per job every process on this machine under this bench spent
+    (both servers', by process title: the one not answering is idle); Loom's rows also count how
+    its forks ran, from the job records (read after the timed run)."""
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        cpu = cpu_seconds(os.getpid())
         row, answers = await measure(system, functools.partial(ask, client), questions, concurrency)
+        row["cpu_ms_per_job"] = ms_per_job(cpu_since(os.getpid(), cpu), len(questions) + 1)  # (and the warm-up)
         if system in LOOM_POLICIES:
             row["forks"] = await fork_widths(client, answers)
         return row
@@ -209,9 +213,10 @@ def loom_server(cfg):
     import ray
     from ray import serve
 
-    from cluster import runtime
+    from cluster import ingress, runtime
     from cluster.app import app_builder
 
+    ingress.use(cfg.ingress)  # as `loom serve` starts Ray
     ray.init(include_dashboard=False, log_to_driver=False, namespace="loom")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})

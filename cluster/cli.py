@@ -78,12 +78,13 @@ def cmd_serve(args) -> int:
     import ray
     from ray import serve
 
-    from cluster import runtime
+    from cluster import ingress, runtime
     from cluster.app import app_builder
 
     cfg = load(args.config)
-    if not os.environ.get("RAY_ADDRESS"):  # Ray starts here: its processes off the engines' cores
+    if not os.environ.get("RAY_ADDRESS"):  # Ray starts here: its processes off the engines' cores,
         cfg = runtime.pin_controller(cfg)
+        ingress.use(cfg.ingress)  # and Serve's ingress as configured (a running cluster has its own)
     ray.init(namespace="loom", include_dashboard=args.dashboard)
     signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which installs its own
     try:

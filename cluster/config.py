@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path
 
 import yaml
 
+from cluster.ingress import Ingress
 from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.published import FORMATS
 from orchestrator.protocol.fork import ForkPolicy
@@ -61,6 +63,10 @@ class LoomConfig:
     budget: dict = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8000
+    # how requests reach the Serve app (cluster/ingress.py): "haproxy" (Ray Serve's HAProxy ingress,
+    # straight to the ingress replica) or "serve-proxy" (Serve's Python proxy actor); read where Loom
+    # starts Ray (`loom serve`), and by the Helm chart for its pods' environment
+    ingress: Ingress = Ingress.HAPROXY
     redis_url: str = ""
     max_request_bytes: int = 1 << 20  # larger HTTP bodies get a 413 before they are read
     # job store retention: finished records are kept store_ttl_s seconds (both stores); the
@@ -91,6 +97,7 @@ class LoomConfig:
         d = asdict(self)
         d["engine"]["engine_backend"] = self.engine.engine_backend.value
         d["fork_policy"] = self.fork_policy.value
+        d["ingress"] = self.ingress.value
         for key in PER_WORKER:
             del d["engine"][key]
         return d
@@ -106,7 +113,8 @@ class LoomConfig:
         except EngineConfigError as e:
             raise ConfigError(f"engine: {e}") from None
         cfg = cls(**{**d, "engine": replace(engine, model=bundled(engine.model)),
-                     "fork_policy": _policy(d.get("fork_policy", ForkPolicy.ADAPTIVE))})
+                     "fork_policy": _choice(ForkPolicy, "fork_policy", d.get("fork_policy", ForkPolicy.ADAPTIVE)),
+                     "ingress": _choice(Ingress, "ingress", d.get("ingress", Ingress.HAPROXY))})
         cfg.validate()
         return cfg
 
@@ -163,12 +171,11 @@ def _unknown(keys: set[str]) -> str:
     return f"unknown config key(s): {', '.join(sorted(keys))}{hint}"
 
 
-def _policy(value: object) -> ForkPolicy:
+def _choice(kind: type[Enum], key: str, value: object):
     try:
-        return ForkPolicy(value)
+        return kind(value)
     except ValueError:
-        raise ConfigError(f"fork_policy must be one of {', '.join(p.value for p in ForkPolicy)}, "
-                          f"not {value!r}") from None
+        raise ConfigError(f"{key} must be one of {', '.join(c.value for c in kind)}, not {value!r}") from None
 
 
 def bundled(model: str) -> str:
@@ -182,7 +189,8 @@ def bundled(model: str) -> str:
 ENV = {"LOOM_MODEL": ("engine", "model", str), "LOOM_KV_CACHE_GIB": ("engine", "kv_cache_gib", int),
        "LOOM_NUM_WORKERS": ("", "num_workers", int), "LOOM_REDIS_URL": ("", "redis_url", str),
        "LOOM_PORT": ("", "port", int), "LOOM_FORMAT": ("", "format", str),
-       "LOOM_KV_TRANSFER": ("", "kv_transfer", str), "LOOM_FORK_POLICY": ("", "fork_policy", str)}
+       "LOOM_KV_TRANSFER": ("", "kv_transfer", str), "LOOM_FORK_POLICY": ("", "fork_policy", str),
+       "LOOM_INGRESS": ("", "ingress", str)}
 
 
 def load(path: str | os.PathLike | None = None, overrides: dict | None = None) -> LoomConfig:

@@ -35,9 +35,13 @@ def trace_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(trace_server):
+def ray_cluster(trace_server, loom_config):
+    """Ray as `loom serve` starts it: Serve's ingress as the config says (cluster/ingress.py)."""
     import ray
 
+    from cluster import ingress
+
+    ingress.use(loom_config.ingress)
     os.environ.update(OTEL_TRACES_EXPORTER="otlp", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
                       OTEL_EXPORTER_OTLP_ENDPOINT=trace_server.url, OTEL_BSP_SCHEDULE_DELAY="200",
                       OTEL_RESOURCE_ATTRIBUTES=f"openinference.project.name={TRACE_PROJECT}")

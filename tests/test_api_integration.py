@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+import psutil
 import pytest
 from polling import final_record, wait_until
 
@@ -19,6 +20,15 @@ pytestmark = pytest.mark.integration
 def client(serve_url):
     with httpx.Client(base_url=serve_url, timeout=120) as c:
         yield c
+
+
+def test_the_app_is_reached_through_haproxy(client, serve_url):
+    """The session starts Ray as `loom serve` does (`ingress: haproxy`): HAProxy, not Serve's
+    Python proxy, listens on the app's port, and answers there."""
+    port = int(serve_url.rsplit(":", 1)[1])
+    listening = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert {psutil.Process(pid).name() for pid in listening} == {"haproxy"}
+    assert client.get("/v1/models").status_code == 200
 
 
 def test_submit_then_read_job(client):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import ConfigError, load
+from cluster.ingress import Ingress
 from orchestrator.protocol.fork import ForkPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +139,26 @@ def test_the_fork_policy_is_read_from_yaml_or_the_environment_and_a_bad_one_is_n
     assert load(path).fork_policy is ForkPolicy.EAGER
     with pytest.raises(ConfigError, match="fork_policy must be one of adaptive, eager, never, not 'wide'"):
         load(overrides={"fork_policy": "wide"})
+
+
+def test_the_ingress_is_read_from_yaml_or_the_environment_and_a_bad_one_is_named(monkeypatch, tmp_path):
+    assert load().ingress is Ingress.HAPROXY
+    path = tmp_path / "c.yaml"
+    path.write_text("ingress: serve-proxy\n")
+    assert load(path).ingress is Ingress.SERVE_PROXY and load(path).to_dict()["ingress"] == "serve-proxy"
+    monkeypatch.setenv("LOOM_INGRESS", "haproxy")
+    assert load(path).ingress is Ingress.HAPROXY
+    with pytest.raises(ConfigError, match="ingress must be one of haproxy, serve-proxy, not 'nginx'"):
+        load(overrides={"ingress": "nginx"})
+
+
+def test_ray_gets_haproxy_files_and_ports_of_its_own_or_serves_proxy_turned_back_on():
+    from cluster.ingress import PORTS, STATE_PATHS, HAProxyHome, ray_env
+
+    env = ray_env(Ingress.HAPROXY, HAProxyHome("/run/loom-a", (18404, 19101, 18500, 19500)))
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert all(env[var].startswith("/run/loom-a/") for var in STATE_PATHS)
+    assert [env[var] for var in PORTS] == ["18404", "19101", "18500", "19500"]
+    assert float(env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"]) < 30  # one machine: HAProxy drops it at once
+    assert len(set(HAProxyHome.fresh().ports)) == len(PORTS)
+    assert ray_env(Ingress.SERVE_PROXY) == {"RAY_SERVE_ENABLE_HA_PROXY": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
