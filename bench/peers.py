@@ -58,6 +58,10 @@ from orchestrator.protocol.segment import Finish
 TW = get_format("threadweaver")
 # Loom's systems: one server, each job asking for a fork policy ("loom": the server's, adaptive)
 LOOM_POLICIES = {"loom": None, "loom-eager": "eager", "loom-never": "never"}
+# between two turns: vLLM's processes keep spinning for a second after their last message
+# (vllm/distributed/device_communicators/shm_broadcast.py: SpinCondition's busy_loop_s), so the
+# server that just answered would take CPU from the next turn's first second
+SETTLE_S = 2.0
 
 
 @dataclass
@@ -231,7 +235,8 @@ def loom_server(cfg):
 def run_all(askers: dict, workloads: dict, levels: list[int], rounds: int) -> list[dict]:
     """Every system in turn at each round, workload and concurrency, the order rotated by one each
     round (the first system on a server after the other server's turn ran slower: up to 30% on
-    2026-12-05, docs/experiments.md); ``askers``: system -> (URL, ask(client, question))."""
+    2026-12-05, docs/experiments.md), ``SETTLE_S`` apart; ``askers``: system -> (URL,
+    ask(client, question))."""
     rows, systems = [], list(askers)
     for r in range(1, rounds + 1):
         turn = systems[(r - 1) % len(systems):] + systems[:(r - 1) % len(systems)]
@@ -239,6 +244,7 @@ def run_all(askers: dict, workloads: dict, levels: list[int], rounds: int) -> li
             for c in levels:
                 for system in turn:
                     url, ask = askers[system]
+                    time.sleep(SETTLE_S)
                     rows.append({"round": r, "workload": name, **asyncio.run(over(url, system, ask, qs, c))})
                     print(json.dumps(rows[-1]), flush=True)
     return rows

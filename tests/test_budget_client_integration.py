@@ -78,6 +78,19 @@ async def test_many_calls_made_at_once_go_out_together_and_all_land(coordinator)
     assert 2 <= calls < 101  # batched: far fewer Ray calls than the 101 budget calls made
 
 
+async def test_calls_made_over_several_passes_of_the_loop_within_the_window_go_out_as_one(coordinator):
+    client = ReplicatedBudget(coordinator, view_max_age_s=0, flush_s=60)  # nothing goes before drain
+    calls_before = (await coordinator.cluster.remote())["calls"]
+    await client.open_job("j", JobBudget(max_total_tokens=100))
+    for i in range(5):
+        await client.lease("j", f"n{i}", 0, 7)
+        await asyncio.sleep(0.01)  # the event loop runs in between
+    await client.close_job("j")
+    await client.drain()
+    assert (await coordinator.cluster.remote())["calls"] - calls_before == 1
+    await until(lambda: _empty(coordinator), 30, "the job closed in the coordinator's ledger")
+
+
 async def test_a_driver_admits_forks_with_its_recent_view_of_other_drivers_threads(coordinator):
     """Driver b learns that a has 6 of the 8 slots, and narrows its fork to 2 itself even after
     a's threads ended (its view is recent, and b does not ask); a driver that asks gets 4. The

@@ -3,8 +3,9 @@ copy of each of its jobs' accounts, and sent to the coordinator actor without wa
 
 Only one driver spends a job's tokens, so its copy of the job's account is exact: leases,
 settles, thread counts and the close are answered here with the account's own policy, numbered
-(``BudgetCall.seq``) and posted; the calls posted in one pass of the event loop go to the
-coordinator as one batch. Ray runs one caller's calls to an actor in the order they were sent,
+(``BudgetCall.seq``) and posted; the calls posted within ``flush_s`` of the first go to the
+coordinator as one batch (one Ray call: at concurrency 32 the replica spent 14% of its CPU
+sending a batch per pass of its event loop). Ray runs one caller's calls to an actor in the order they were sent,
 so the coordinator's ledger applies the same calls in the same order and comes to the same
 answers. No streamed token waits on the coordinator.
 
@@ -43,6 +44,7 @@ from orchestrator.budget.policy import Admission, BudgetError, Grant, JobBudget,
 log = logging.getLogger(__name__)
 
 VIEW_MAX_AGE_S = 1.0  # a driver admits forks itself with a count of the cluster's threads at most this old
+FLUSH_S = 0.05  # budget calls posted within this long go to the coordinator in one Ray call
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,10 @@ class ClusterView:
 
 
 class ReplicatedBudget:
-    def __init__(self, coordinator, view_max_age_s: float = VIEW_MAX_AGE_S):
+    def __init__(self, coordinator, view_max_age_s: float = VIEW_MAX_AGE_S, flush_s: float = FLUSH_S):
         self.coordinator = coordinator  # the coordinator actor's handle
         self.view_max_age_s = view_max_age_s
+        self.flush_s = flush_s
         self.accounts: dict[str, JobAccount] = {}
         self.outbox: list[BudgetCall] = []  # posted, not yet sent
         self.sent: set[asyncio.Task] = set()  # batches sent, not yet applied
@@ -69,11 +72,10 @@ class ReplicatedBudget:
         self._post(OpenJob(job_id, 0, now, budget))
 
     async def close_job(self, job_id: str) -> JobUsage:
-        """The job's usage, from our exact copy of its account; the close is sent at once, not
-        waited for."""
+        """The job's usage, from our exact copy of its account; the close is posted, not waited
+        for."""
         account = self.accounts.pop(job_id)
         self._post(CloseJob(job_id, account.calls + 1, time.time()))
-        self._flush()
         return account.usage()
 
     async def admit_fork(self, job_id: str, n: int, depth: int) -> Admission:
@@ -129,7 +131,7 @@ class ReplicatedBudget:
     def _post(self, call: BudgetCall) -> None:
         self.outbox.append(call)
         if len(self.outbox) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_later(self.flush_s, self._flush)
 
     def _threads(self) -> int:
         """Our jobs' threads in flight."""
