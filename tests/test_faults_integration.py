@@ -84,6 +84,7 @@ async def test_the_coordinator_killed_mid_jobs_is_rebuilt_and_budgets_hold(servi
     assert all(r.usage["tokens"] == r.result["total_tokens"] for r in records), \
         [(r.usage["tokens"], r.result["total_tokens"], r.usage["per_thread"]) for r in records]  # charged once
     assert await coordinator.pid.remote() != pid
+    await loom.runner.drain()  # the jobs' closes are posted, not waited for
     view = await coordinator.cluster.remote()
     assert view["jobs"] == 0 and view["threads_in_flight"] == 0  # the rebuilt ledger closed out clean
 
