@@ -130,26 +130,21 @@ def test_pinning_binds_this_process_and_the_engines_to_the_split():
     assert (affinity, binds) == ((split.controller, split.engines) if split else (cores, []))
 
 
-def test_the_fork_policy_is_read_from_yaml_or_the_environment_and_a_bad_one_is_named(monkeypatch, tmp_path):
-    assert load().fork_policy is ForkPolicy.ADAPTIVE
+@pytest.mark.parametrize("key, env, default, in_yaml, in_env, bad", [
+    ("fork_policy", "LOOM_FORK_POLICY", ForkPolicy.ADAPTIVE, ForkPolicy.NEVER, ForkPolicy.EAGER, "wide"),
+    ("ingress", "LOOM_INGRESS", Ingress.HAPROXY, Ingress.SERVE_PROXY, Ingress.HAPROXY, "nginx"),
+])
+def test_a_choice_is_read_from_yaml_or_the_environment_and_a_bad_one_is_named(monkeypatch, tmp_path, key, env,
+                                                                              default, in_yaml, in_env, bad):
+    assert getattr(load(), key) is default
     path = tmp_path / "c.yaml"
-    path.write_text("fork_policy: never\n")
-    assert load(path).fork_policy is ForkPolicy.NEVER and load(path).to_dict()["fork_policy"] == "never"
-    monkeypatch.setenv("LOOM_FORK_POLICY", "eager")
-    assert load(path).fork_policy is ForkPolicy.EAGER
-    with pytest.raises(ConfigError, match="fork_policy must be one of adaptive, eager, never, not 'wide'"):
-        load(overrides={"fork_policy": "wide"})
-
-
-def test_the_ingress_is_read_from_yaml_or_the_environment_and_a_bad_one_is_named(monkeypatch, tmp_path):
-    assert load().ingress is Ingress.HAPROXY
-    path = tmp_path / "c.yaml"
-    path.write_text("ingress: serve-proxy\n")
-    assert load(path).ingress is Ingress.SERVE_PROXY and load(path).to_dict()["ingress"] == "serve-proxy"
-    monkeypatch.setenv("LOOM_INGRESS", "haproxy")
-    assert load(path).ingress is Ingress.HAPROXY
-    with pytest.raises(ConfigError, match="ingress must be one of haproxy, serve-proxy, not 'nginx'"):
-        load(overrides={"ingress": "nginx"})
+    path.write_text(f"{key}: {in_yaml.value}\n")
+    assert getattr(load(path), key) is in_yaml and load(path).to_dict()[key] == in_yaml.value
+    monkeypatch.setenv(env, in_env.value)
+    assert getattr(load(path), key) is in_env
+    choices = ", ".join(c.value for c in type(default))
+    with pytest.raises(ConfigError, match=f"{key} must be one of {choices}, not '{bad}'"):
+        load(overrides={key: bad})
 
 
 def test_ray_gets_haproxy_files_and_ports_of_its_own_or_serves_proxy_turned_back_on():
