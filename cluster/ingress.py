@@ -10,8 +10,8 @@ with, since Ray Serve reads them once, when its controller, proxy and replicas s
 - ``serve-proxy``: Serve's Python proxy actor takes each request and hands it to the replica
   over a Ray call (Serve's default).
 
-``loom serve``, ``loom run`` and the benches put these into the environment before they start
-Ray; on a cluster started elsewhere (KubeRay: the Helm chart's pods) the pods' environment
+``loom serve``, the test session and bench.peers put these into the environment before they
+start Ray (``loom run`` starts no Serve app); on a cluster started elsewhere (KubeRay: the Helm chart's pods) the pods' environment
 must carry them (``helm/loom/templates/_helpers.tpl``: ``loom.rayEnv``).
 """
 from __future__ import annotations

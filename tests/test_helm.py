@@ -26,7 +26,7 @@ import yaml
 
 from cluster.config import ConfigError, LoomConfig
 from cluster.helm_values import chart_values
-from cluster.ingress import STATE_PATHS, Ingress, ray_env
+from cluster.ingress import Ingress, ray_env
 from orchestrator.budget.policy import JobBudget
 from orchestrator.plan.published import FORMATS
 from workers.config import PER_WORKER, EngineConfig
@@ -459,7 +459,7 @@ def test_otel_exporter_settings_reach_every_ray_container():
 def test_the_ingress_setting_reaches_every_ray_container():
     """Ray Serve reads its ingress mode from the environment its processes start with."""
     for values, ingress in (({}, Ingress.HAPROXY), ({"loom": {"ingress": "serve-proxy"}}, Ingress.SERVE_PROXY)):
-        flags = {k: v for k, v in ray_env(ingress).items() if k not in STATE_PATHS}  # what `loom serve` sets
+        flags = ray_env(ingress)  # what `loom serve` sets, bar the files and ports of its own machine
         for tmpl in pods(rayservice(render(values))):
             env = {k: e.get("value") for k, e in env_of(tmpl).items()}
             assert {k: env.get(k) for k in flags} == flags, values

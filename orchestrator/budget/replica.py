@@ -5,8 +5,8 @@ Only one driver spends a job's tokens, so its copy of the job's account is exact
 settles, thread counts and the close are answered here with the account's own policy, numbered
 (``BudgetCall.seq``) and posted; the calls posted within ``flush_s`` of the first go to the
 coordinator as one batch (one Ray call: at concurrency 32 the replica spent 14% of its CPU
-sending a batch per pass of its event loop). Ray runs one caller's calls to an actor in the order they were sent,
-so the coordinator's ledger applies the same calls in the same order and comes to the same
+sending a batch per pass of its event loop). Ray runs one caller's calls to an actor in the
+order they were sent, so the coordinator's ledger applies the same calls in the same order and comes to the same
 answers. No streamed token waits on the coordinator.
 
 A fork's admission needs the cluster's threads in flight, other drivers' too. Each batch's

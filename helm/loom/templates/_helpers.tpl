@@ -110,7 +110,7 @@ just before it, so the password never appears in the RayService spec. */}}
 - name: LOOM_REDIS_URL
   value: {{ include "loom.redis.url" . | quote }}
 {{- end }}
-{{- $haproxy := ternary "1" "0" (eq (.Values.loom.ingress | default "haproxy") "haproxy") }}
+{{- $haproxy := ternary "1" "0" (eq .Values.loom.ingress "haproxy") }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: {{ $haproxy | quote }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
